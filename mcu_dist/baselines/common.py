@@ -1,0 +1,43 @@
+"""Pieces the baseline units share: flagged forget/retain streams, fine-tuning loops, random labels."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from mcu_dist.data.loader import Batch
+from mcu_dist.lab import Lab
+from mcu_dist.train.fit import fit, sgd
+
+
+def forget_flags(lab: Lab) -> torch.Tensor:
+    flags = torch.zeros(len(lab.bundle.train), dtype=torch.bool)
+    flags[lab.splits.forget] = True
+    return flags
+
+
+def random_wrong_labels(lab: Lab, seed: int) -> torch.Tensor:
+    """Training labels with every forget sample relabelled to a seeded class other than its own."""
+    labels = lab.bundle.train.labels.clone()
+    g = torch.Generator().manual_seed(seed)
+    f = lab.splits.forget
+    shift = torch.randint(1, lab.bundle.num_classes, (len(f),), generator=g)
+    labels[f] = (labels[f] + shift) % lab.bundle.num_classes
+    return labels
+
+
+def train_on(model: nn.Module, lab: Lab, positions: torch.Tensor, hp: dict, seed: int,
+             loss_fn: Callable[[nn.Module, Batch], torch.Tensor], *, params=None,
+             after_step: Callable[[], None] | None = None, cosine: bool = False) -> nn.Module:
+    opt = sgd(model.parameters() if params is None else params, hp["lr"], hp.get("momentum", 0.9),
+              hp.get("weight_decay", 5e-4))
+    return fit(model, hp["epochs"], lambda e: lab.batches(positions, hp.get("batch_size", 128), seed=seed, epoch=e),
+               loss_fn, opt, cosine=cosine, after_step=after_step)
+
+
+def masked_mean_ce(logits: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean CE over the masked samples; 0 (not NaN) when none are."""
+    ce = nn.functional.cross_entropy(logits, y, reduction="none")
+    return (ce * mask).sum() / mask.sum().clamp_min(1)

@@ -1,0 +1,395 @@
+"""Typed configuration: the one source of truth for every knob.
+
+YAML files, command-line flags (fields carrying ``cli`` metadata) and tracking params are all
+derived from these dataclasses. ``validate()`` runs before any compute and raises
+:class:`ConfigError` with one line naming the field and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A bad configuration value; the message names the field and what is allowed."""
+
+
+def _cli(flag: str, help: str, **kw: Any) -> dict:
+    return {"cli": flag, "help": help, **kw}
+
+
+def _check(cond: bool, name: str, allowed: str, value: Any) -> None:
+    if not cond:
+        raise ConfigError(f"{name}: got {value!r}; allowed: {allowed}")
+
+
+@dataclass
+class DataConfig:
+    dataset: str = field(default="digits", metadata=_cli("--dataset", "dataset name (registry)"))
+    data_root: str | None = field(default=None, metadata=_cli("--data-root", "folder holding the dataset"))
+    subset: int | None = field(default=None, metadata=_cli("--subset", "keep N training images per class"))
+    download: bool = False
+    augment: bool | None = None  # None: the dataset's own default
+    test_fraction: float = 0.25  # digits only: its seeded stratified test split
+
+    def validate(self) -> None:
+        from mcu_dist.data import DATASETS
+
+        _check(self.dataset in DATASETS, "data.dataset", ", ".join(sorted(DATASETS)), self.dataset)
+        _check(self.subset is None or self.subset >= 1, "data.subset", "an integer >= 1", self.subset)
+        _check(0 < self.test_fraction < 1, "data.test_fraction", "a number in (0, 1)", self.test_fraction)
+        if DATASETS[self.dataset].needs_root:
+            from mcu_dist.data.registry import default_root
+
+            root = self.data_root or default_root(self.dataset)
+            _check(root is not None and (self.download or Path(root).exists()), "data.data_root",
+                   f"an existing folder holding {self.dataset} (or download: true)", self.data_root)
+
+
+@dataclass
+class ForgetConfig:
+    """``random:F`` | ``class:C[,C...]`` | ``classes:N`` | ``file:PATH`` (sample indices, one per line or .npy/.parquet)."""
+
+    spec: str = field(default="classes:1", metadata=_cli("--forget", "random:0.1 | class:3,5 | classes:1 | file:PATH"))
+
+    def parsed(self) -> tuple[str, Any]:
+        kind, _, arg = self.spec.partition(":")
+        try:
+            if kind == "random":
+                value: Any = float(arg)
+            elif kind == "class":
+                value = [int(c) for c in arg.split(",") if c.strip()]
+            elif kind == "classes":
+                value = int(arg)
+            elif kind == "file":
+                value = arg
+            else:
+                raise ValueError
+        except ValueError:
+            raise ConfigError(f"forget.spec: got {self.spec!r}; allowed: random:F with F in (0, 1), "
+                              "class:C[,C...], classes:N, file:PATH") from None
+        return kind, value
+
+    def validate(self, num_classes: int | None = None) -> None:
+        kind, value = self.parsed()
+        if kind == "random":
+            _check(0 < value < 1, "forget.spec", "random:F with F in (0, 1)", self.spec)
+        elif kind == "class":
+            _check(len(value) > 0, "forget.spec", "class:C[,C...] naming at least one class", self.spec)
+            if num_classes is not None:
+                _check(all(0 <= c < num_classes for c in value), "forget.spec",
+                       f"class ids in 0..{num_classes - 1}", self.spec)
+                _check(len(set(value)) < num_classes, "forget.spec", "fewer classes than the dataset has", self.spec)
+        elif kind == "classes":
+            hi = (num_classes - 1) if num_classes else "num_classes-1"
+            _check(value >= 1 and (num_classes is None or value < num_classes), "forget.spec",
+                   f"classes:N with 1 <= N <= {hi}", self.spec)
+        else:
+            _check(Path(value).is_file(), "forget.spec", "file:PATH naming an existing index file", self.spec)
+
+    @property
+    def classwise(self) -> bool:
+        return self.parsed()[0] in ("class", "classes")
+
+
+@dataclass
+class ModelConfig:
+    name: str = field(default="small_cnn", metadata=_cli("--model", "model name or package.module:factory"))
+    original: str | None = field(default=None, metadata=_cli("--original", "checkpoint of the user's own original model"))
+
+    def validate(self) -> None:
+        from mcu_dist.models import MODELS
+
+        _check(self.name in MODELS or ":" in self.name, "model.name",
+               ", ".join(sorted(MODELS)) + " or package.module:factory", self.name)
+        if self.original is not None:
+            _check(Path(self.original).is_file(), "model.original", "an existing checkpoint file", self.original)
+
+
+@dataclass
+class TrainConfig:
+    """The standard recipe for reference models (original, retrain): SGD + momentum, cosine, weight decay."""
+
+    epochs: int = 20
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    batch_size: int = 128
+
+    def validate(self, prefix: str = "reference") -> None:
+        _check(self.epochs >= 1, f"{prefix}.epochs", "an integer >= 1", self.epochs)
+        _check(self.lr > 0, f"{prefix}.lr", "a number > 0", self.lr)
+        _check(0 <= self.momentum < 1, f"{prefix}.momentum", "a number in [0, 1)", self.momentum)
+        _check(self.weight_decay >= 0, f"{prefix}.weight_decay", "a number >= 0", self.weight_decay)
+        _check(self.batch_size >= 1, f"{prefix}.batch_size", "an integer >= 1", self.batch_size)
+
+
+@dataclass
+class BaselineConfig:
+    methods: list[str] = field(default_factory=lambda: ["ft", "ga", "rl", "neggrad_plus", "salun", "negtv", "l1_sparse"],
+                               metadata=_cli("--methods", "comma-separated baseline names"))
+    params: dict[str, dict[str, Any]] = field(default_factory=dict)  # method -> hyperparameter overrides
+    endpoint: str | None = field(default=None, metadata=_cli("--endpoint", "checkpoint of the user's own pre-unlearned model"))
+
+    def validate(self) -> None:
+        from mcu_dist.baselines import BASELINES
+
+        allowed = ", ".join(sorted(BASELINES))
+        _check(len(self.methods) > 0 or self.endpoint is not None, "baselines.methods", allowed, self.methods)
+        for m in self.methods:
+            _check(m in BASELINES, "baselines.methods", allowed, m)
+        for m, hp in self.params.items():
+            _check(m in BASELINES, "baselines.params", allowed, m)
+            BASELINES[m].resolve(hp)
+        if self.endpoint is not None:
+            _check(Path(self.endpoint).is_file(), "baselines.endpoint", "an existing checkpoint file", self.endpoint)
+
+
+@dataclass
+class MCUConfig:
+    """Curve training (MCU_METHOD.md sections 2-5); defaults are the paper's."""
+
+    variants: list[str] = field(default_factory=lambda: ["mcu", "mcu_beta"],
+                                metadata=_cli("--variants", "mcu (fixed beta) and/or mcu_beta (adaptive); empty: none"))
+    curve_order: int = field(default=2, metadata=_cli("--curve-order", "Bezier degree n >= 2"))
+    k: float = field(default=0.5, metadata=_cli("--k", "fraction of parameters selected (1 = no mask)"))
+    k_r: float = field(default=0.0, metadata=_cli("--k-r", "fraction excluded first by retain saliency"))
+    mask: str = "gradient"  # gradient | random
+    beta: float = field(default=0.2, metadata=_cli("--beta", "fixed beta of the mcu variant"))
+    beta_schedule: str = field(default="adaptive_step", metadata=_cli("--beta-schedule", "schedule of the mcu_beta variant"))
+    beta_low: float = 0.01
+    beta_high: float = 0.5
+    beta_tau: float = 0.1  # temperature of the smooth schedule
+    retain_fraction: float = 0.5
+    lr: float = field(default=0.01, metadata=_cli("--curve-lr", "curve learning rate"))
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    epochs: int = field(default=10, metadata=_cli("--curve-epochs", "curve training epochs"))
+    batch_size: int = 128
+
+    def validate(self) -> None:
+        from mcu_dist.path.beta import BETA_SCHEDULES
+
+        for v in self.variants:
+            _check(v in ("mcu", "mcu_beta"), "mcu.variants", "mcu, mcu_beta", v)
+        _check(self.curve_order >= 2, "mcu.curve_order", "an integer >= 2", self.curve_order)
+        _check(0 <= self.k <= 1, "mcu.k", "a number in [0, 1]", self.k)
+        _check(0 <= self.k_r <= 1, "mcu.k_r", "a number in [0, 1]", self.k_r)
+        _check(self.k + self.k_r <= 1, "mcu.k_r", f"k + k_r <= 1 (k is {self.k})", self.k_r)
+        _check(self.mask in ("gradient", "random"), "mcu.mask", "gradient, random", self.mask)
+        _check(self.beta_schedule in BETA_SCHEDULES, "mcu.beta_schedule", ", ".join(sorted(BETA_SCHEDULES)),
+               self.beta_schedule)
+        _check(self.beta >= 0, "mcu.beta", "a number >= 0", self.beta)
+        _check(0 <= self.beta_low <= self.beta_high, "mcu.beta_low", "0 <= beta_low <= beta_high", self.beta_low)
+        _check(self.beta_tau > 0, "mcu.beta_tau", "a number > 0", self.beta_tau)
+        _check(0 < self.retain_fraction <= 1, "mcu.retain_fraction", "a number in (0, 1]", self.retain_fraction)
+        TrainConfig(self.epochs, self.lr, self.momentum, self.weight_decay, self.batch_size).validate("mcu")
+
+
+@dataclass
+class EvalConfig:
+    t_points: int = 20  # evenly spaced over [0, 1], both ends included
+    t_dense_near_one: int = 0  # extra points evenly spaced over [0.75, 1]
+    t_grid: list[float] | None = None  # an explicit grid overrides the two above
+    t_star_range: list[float] = field(default_factory=lambda: [0.75, 1.0])
+    calibration: str = field(default="subset", metadata=_cli("--calibration", "BN calibration set: train | retain | subset"))
+    calibration_size: int = 2000
+    mia_cap: int = 2000
+    batch_size: int = 512
+    workers: int = 0  # processes evaluating t points in parallel; 0 = one per core
+
+    def grid(self) -> list[float]:
+        if self.t_grid is not None:
+            return sorted(set(float(t) for t in self.t_grid))
+        pts = [i / (self.t_points - 1) for i in range(self.t_points)]
+        if self.t_dense_near_one:
+            pts += [0.75 + 0.25 * i / (self.t_dense_near_one - 1) for i in range(self.t_dense_near_one)]
+        return sorted(set(round(t, 10) for t in pts))
+
+    def validate(self) -> None:
+        _check(self.t_points >= 2, "eval.t_points", "an integer >= 2", self.t_points)
+        _check(self.t_dense_near_one == 0 or self.t_dense_near_one >= 2, "eval.t_dense_near_one", "0 or >= 2",
+               self.t_dense_near_one)
+        if self.t_grid is not None:
+            _check(len(self.t_grid) >= 2 and all(0 <= t <= 1 for t in self.t_grid), "eval.t_grid",
+                   "at least two values in [0, 1]", self.t_grid)
+            _check(1.0 in [float(t) for t in self.t_grid], "eval.t_grid", "a grid that includes t = 1", self.t_grid)
+        lo, hi = self.t_star_range
+        _check(0 <= lo < hi <= 1, "eval.t_star_range", "[lo, hi] with 0 <= lo < hi <= 1", self.t_star_range)
+        _check(self.calibration in ("train", "retain", "subset"), "eval.calibration", "train, retain, subset",
+               self.calibration)
+        _check(self.calibration_size >= 1, "eval.calibration_size", "an integer >= 1", self.calibration_size)
+        _check(self.mia_cap >= 10, "eval.mia_cap", "an integer >= 10", self.mia_cap)
+        _check(self.workers >= 0, "eval.workers", "an integer >= 0", self.workers)
+
+
+@dataclass
+class SeedConfig:
+    """One seed per stage; ``--seed`` sets them all."""
+
+    split: int = 0  # data split, subset and forget set
+    model: int = 0  # initialisation and reference training
+    unlearn: int = 0  # baselines and curve training
+    eval: int = 0  # calibration subsets and MIA shadow sets
+
+
+@dataclass
+class ExperimentConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    forget: ForgetConfig = field(default_factory=ForgetConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    reference: TrainConfig = field(default_factory=TrainConfig)
+    baselines: BaselineConfig = field(default_factory=BaselineConfig)
+    mcu: MCUConfig = field(default_factory=MCUConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    seeds: SeedConfig = field(default_factory=SeedConfig)
+    cache_dir: str = field(default_factory=lambda: default_cache_dir(),
+                           metadata=_cli("--cache-dir", "reference-model and dataset cache"))
+    out: str = field(default="runs", metadata=_cli("--out", "parent folder of run folders"))
+    device: str = "cpu"
+
+    def validate(self) -> None:
+        self.data.validate()
+        self.forget.validate()
+        self.model.validate()
+        self.reference.validate()
+        self.baselines.validate()
+        self.mcu.validate()
+        self.eval.validate()
+        _check(self.device == "cpu" or self.device.startswith("cuda"), "device", "cpu, cuda, cuda:N", self.device)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def flat(self) -> dict[str, Any]:
+        """Every resolved leaf field as ``section.field`` -> value (tracking params)."""
+        return flatten(self.to_dict())
+
+
+def default_cache_dir() -> str:
+    return os.environ.get("MCU_DIST_CACHE") or str(Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mcu_dist")
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v and all(isinstance(x, str) for x in v) and k != "params":
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _coerce(tp: Any, value: Any, name: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(inner[0], value, name)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{name}: got {value!r}; allowed: a mapping of {tp.__name__} fields")
+        return from_dict(tp, value, name + ".")
+    if origin is list:
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{name}: got {value!r}; allowed: a list")
+        return [_coerce(args[0], v, name) for v in value]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{name}: got {value!r}; allowed: a mapping")
+        return dict(value)
+    if tp is bool:
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        if not isinstance(value, bool):
+            raise ConfigError(f"{name}: got {value!r}; allowed: true or false")
+        return value
+    if tp in (int, float):
+        if isinstance(value, bool):
+            raise ConfigError(f"{name}: got {value!r}; allowed: a number")
+        try:
+            out = tp(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{name}: got {value!r}; allowed: {'an integer' if tp is int else 'a number'}") from None
+        if tp is int and isinstance(value, float) and not value.is_integer():
+            raise ConfigError(f"{name}: got {value!r}; allowed: an integer")
+        if tp is float and not math.isfinite(out):
+            raise ConfigError(f"{name}: got {value!r}; allowed: a finite number")
+        return out
+    if tp is str:
+        if not isinstance(value, (str, int, float)):
+            raise ConfigError(f"{name}: got {value!r}; allowed: a string")
+        return str(value)
+    return value
+
+
+def from_dict(cls: type, data: dict, prefix: str = "") -> Any:
+    """Build dataclass ``cls`` from a (nested) mapping; unknown keys are an error naming the key."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in names:
+            raise ConfigError(f"{prefix}{key}: unknown field; allowed: {', '.join(sorted(names))}")
+    kwargs = {k: _coerce(hints[k], v, prefix + k) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def merge(base: dict, overrides: dict) -> dict:
+    out = dict(base)
+    for k, v in overrides.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) and k != "params" else v
+    return out
+
+
+def with_overrides(cfg: Any, dotted: dict[str, Any]) -> Any:
+    """A copy of ``cfg`` with ``{"mcu.k": 0.1, ...}`` applied (types coerced, keys checked)."""
+    nested: dict = {}
+    for key, value in dotted.items():
+        node = nested
+        parts = key.split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = value
+    return from_dict(type(cfg), merge(dataclasses.asdict(cfg), nested))
+
+
+def load_yaml(path: str | Path, cls: type = ExperimentConfig) -> Any:
+    with open(path) as f:
+        data = yaml.safe_load(f) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: allowed: a YAML mapping of config sections")
+    return from_dict(cls, data)
+
+
+def save_yaml(cfg: Any, path: str | Path) -> None:
+    tmp = Path(str(path) + ".tmp")
+    with open(tmp, "w") as f:
+        yaml.safe_dump(dataclasses.asdict(cfg), f, sort_keys=False)
+    os.replace(tmp, path)
+
+
+def cli_fields(cls: type = ExperimentConfig, prefix: str = "") -> list[tuple[str, dataclasses.Field, Any]]:
+    """(dotted name, field, type) of every field that carries a ``cli`` flag."""
+    out = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            out += cli_fields(tp, prefix + f.name + ".")
+        elif "cli" in f.metadata:
+            out.append((prefix + f.name, f, tp))
+    return out

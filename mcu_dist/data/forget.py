@@ -1,0 +1,116 @@
+"""Forget scenarios and the forget manifest.
+
+D = D_f ∪ D_r. ``random:F`` forgets a seeded fraction F of the training set; ``class:C,...``
+forgets every training sample of the named classes; ``classes:N`` draws N classes with the split
+seed; ``file:PATH`` reads sample indices (into the full dataset's training split) that a user brings.
+Class-wise runs measure TA on the remaining classes' test samples and report the forgotten
+classes' test accuracy apart.
+
+The manifest (Parquet: index, label, split) has a SHA-256 over the dataset id and the sorted
+indices, so a run can prove which samples it forgot, whatever file format carried them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mcu_dist.config import ConfigError, ForgetConfig
+from mcu_dist.data.registry import DatasetBundle
+
+
+@dataclass
+class Splits:
+    forget: torch.Tensor  # positions into bundle.train
+    retain: torch.Tensor
+    forget_classes: list[int] | None  # class-wise scenarios only
+    test_eval: torch.Tensor  # positions into bundle.test used for TA (remaining classes when class-wise)
+    test_forgotten: torch.Tensor  # test samples of the forgotten classes (empty otherwise)
+    manifest_hash: str
+
+    @property
+    def classwise(self) -> bool:
+        return self.forget_classes is not None
+
+
+def read_index_file(path: str) -> np.ndarray:
+    p = Path(path)
+    try:
+        if p.suffix == ".npy":
+            return np.load(p).astype(np.int64).ravel()
+        if p.suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            return pq.read_table(p, columns=["index"]).column("index").to_numpy().astype(np.int64)
+        return np.array([int(t) for t in p.read_text().replace(",", " ").split()], dtype=np.int64)
+    except (ValueError, OSError, KeyError) as e:
+        raise ConfigError(f"forget.spec: cannot read sample indices from {path} ({e}); allowed: a text file of "
+                          "integers, a .npy array or a Parquet file with an 'index' column") from None
+
+
+def manifest_hash(dataset_id: str, indices: torch.Tensor) -> str:
+    h = hashlib.sha256(dataset_id.encode())
+    h.update(np.sort(indices.numpy()).astype("<i8").tobytes())
+    return h.hexdigest()
+
+
+def make_splits(bundle: DatasetBundle, cfg: ForgetConfig, seed: int) -> Splits:
+    cfg.validate(bundle.num_classes)
+    kind, value = cfg.parsed()
+    labels = bundle.train.labels
+    n = len(labels)
+    classes: list[int] | None = None
+    if kind == "random":
+        g = torch.Generator().manual_seed(seed)
+        count = max(1, int(round(value * n)))
+        forget_mask = torch.zeros(n, dtype=torch.bool)
+        forget_mask[torch.randperm(n, generator=g)[:count]] = True
+    elif kind in ("class", "classes"):
+        if kind == "classes":
+            g = torch.Generator().manual_seed(seed)
+            value = sorted(torch.randperm(bundle.num_classes, generator=g)[:value].tolist())
+        classes = sorted(value)
+        forget_mask = torch.isin(labels, torch.tensor(classes))
+    else:
+        wanted = torch.from_numpy(read_index_file(value))
+        forget_mask = torch.isin(bundle.train.index, wanted)
+        missing = int(len(torch.unique(wanted)) - forget_mask.sum())
+        if missing:
+            raise ConfigError(f"forget.spec: {missing} indices in {value} are not in the training set "
+                              f"(0..{int(bundle.train.index.max())}, after any subset); allowed: training-set indices")
+    forget = torch.nonzero(forget_mask).flatten()
+    retain = torch.nonzero(~forget_mask).flatten()
+    if len(forget) == 0 or len(retain) == 0:
+        raise ConfigError(f"forget.spec: {cfg.spec!r} leaves an empty forget or retain set; allowed: a proper subset")
+    test_labels = bundle.test.labels
+    if classes is not None:
+        gone = torch.isin(test_labels, torch.tensor(classes))
+        test_eval, test_forgotten = torch.nonzero(~gone).flatten(), torch.nonzero(gone).flatten()
+    else:
+        test_eval, test_forgotten = torch.arange(len(test_labels)), torch.empty(0, dtype=torch.int64)
+    return Splits(forget, retain, classes, test_eval, test_forgotten,
+                  manifest_hash(bundle.dataset_id, bundle.train.index[forget]))
+
+
+def write_manifest(bundle: DatasetBundle, splits: Splits, path: str | Path) -> str:
+    """Write the forget manifest as Parquet (atomically); returns its content hash."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    idx = bundle.train.index[splits.forget]
+    order = torch.argsort(idx)
+    table = pa.table({
+        "index": pa.array(idx[order].numpy(), pa.int64()),
+        "label": pa.array(bundle.train.labels[splits.forget][order].numpy(), pa.int16()),
+        "split": pa.array(["train"] * len(idx)).dictionary_encode(),
+    }, metadata={"dataset_id": bundle.dataset_id, "sha256": splits.manifest_hash,
+                 "forget_classes": ",".join(map(str, splits.forget_classes or []))})
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    pq.write_table(table, tmp)
+    tmp.replace(path)
+    return splits.manifest_hash

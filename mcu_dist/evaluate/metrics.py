@@ -1,0 +1,56 @@
+"""Accuracy-type metrics from one forward pass: logits -> accuracy and true-label confidences.
+
+UA = 100 - accuracy on D_f, RA = accuracy on D_r, TA = accuracy on D_test (remaining classes in
+class-wise runs); always with test-time transforms. Avg. Gap = mean over {UA, RA, TA, MIA} of
+|metric - metric(θ_r)|.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from mcu_dist.data.loader import Normalizer, iterate
+from mcu_dist.data.registry import ImageData
+
+GAP_METRICS = ("UA", "RA", "TA", "MIA")
+
+
+@dataclass
+class Outputs:
+    """Per-sample results of one evaluation pass."""
+
+    correct: torch.Tensor  # bool
+    confidence: torch.Tensor  # softmax probability of the true label
+    probs: torch.Tensor  # full softmax (kept for the secondary MIA features)
+    labels: torch.Tensor
+
+    @property
+    def accuracy(self) -> float:
+        return 100.0 * self.correct.float().mean().item() if len(self.correct) else float("nan")
+
+
+@torch.no_grad()
+def predict(model: nn.Module, data: ImageData, positions: torch.Tensor, normalize: Normalizer,
+            batch_size: int = 512, device: torch.device | str = "cpu") -> Outputs:
+    model.eval()
+    probs, labels = [], []
+    for batch in iterate(data, positions, batch_size, normalize, device=device):
+        probs.append(torch.softmax(model(batch.x).float(), dim=1).cpu())
+        labels.append(batch.y.cpu())
+    if not probs:
+        empty = torch.empty(0)
+        return Outputs(empty.bool(), empty, empty, empty.long())
+    p, y = torch.cat(probs), torch.cat(labels)
+    return Outputs(p.argmax(1) == y, p.gather(1, y.view(-1, 1)).flatten(), p, y)
+
+
+def accuracy(model: nn.Module, data: ImageData, positions: torch.Tensor, normalize: Normalizer,
+             batch_size: int = 512, device: torch.device | str = "cpu") -> float:
+    return predict(model, data, positions, normalize, batch_size, device).accuracy
+
+
+def avg_gap(row: dict[str, float], reference: dict[str, float]) -> float:
+    return sum(abs(row[m] - reference[m]) for m in GAP_METRICS) / len(GAP_METRICS)

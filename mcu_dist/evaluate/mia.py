@@ -1,0 +1,63 @@
+"""MIA-Efficacy (SalUn / Unlearn-Sparse convention).
+
+Shadow members: n samples of D_r; shadow non-members: n samples of D_test (remaining classes when
+class-wise); n = min(|D_r|, |D_test|, cap), seeded. An RBF SVC (C=3, gamma="auto") learns
+member vs non-member from a per-sample feature; MIA-Efficacy = 100 x the fraction of D_f it calls
+*non-member*. The headline feature is the true-label confidence; correctness, entropy and
+modified entropy are the secondary features.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from mcu_dist.evaluate.metrics import Outputs
+
+FEATURES = ("confidence", "correctness", "entropy", "m_entropy")
+_EPS = 1e-12
+
+
+def feature(out: Outputs, name: str) -> np.ndarray:
+    p = out.probs.double().clamp_min(_EPS)
+    if name == "confidence":
+        f = out.confidence.double()
+    elif name == "correctness":
+        f = out.correct.double()
+    elif name == "entropy":
+        f = -(p * p.log()).sum(1)
+    elif name == "m_entropy":
+        py = p.gather(1, out.labels.view(-1, 1)).flatten()
+        rest = (1 - p).clamp_min(_EPS)
+        others = -(p * rest.log()).sum(1) + py * (1 - py).clamp_min(_EPS).log()
+        f = -(1 - py) * py.log() + others
+    else:
+        raise KeyError(name)
+    return f.numpy().reshape(-1, 1)
+
+
+def shadow_positions(n_retain: int, n_test: int, cap: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Balanced, seeded shadow member/non-member positions (into the retain and test outputs)."""
+    n = min(n_retain, n_test, cap)
+    g = torch.Generator().manual_seed(seed)
+    return torch.randperm(n_retain, generator=g)[:n], torch.randperm(n_test, generator=g)[:n]
+
+
+def mia_efficacy(retain: Outputs, test: Outputs, forget: Outputs, cap: int = 2000, seed: int = 0,
+                 features: tuple[str, ...] = ("confidence",)) -> dict[str, float]:
+    """``{"MIA": ..., "MIA_<feature>": ..., "mia_n": n}`` for the requested features."""
+    from sklearn.svm import SVC
+
+    members, non_members = shadow_positions(len(retain.correct), len(test.correct), cap, seed)
+    result: dict[str, float] = {"mia_n": float(len(members))}
+    for name in features:
+        x_train = np.concatenate([feature(retain, name)[members.numpy()], feature(test, name)[non_members.numpy()]])
+        y_train = np.concatenate([np.ones(len(members)), np.zeros(len(non_members))])
+        clf = SVC(C=3, gamma="auto", kernel="rbf")
+        clf.fit(x_train, y_train)
+        pred = clf.predict(feature(forget, name))
+        value = 100.0 * float((pred == 0).mean())
+        result[f"MIA_{name}"] = value
+        if name == "confidence":
+            result["MIA"] = value
+    return result

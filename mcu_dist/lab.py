@@ -1,0 +1,62 @@
+"""The experiment's shared state: data, splits, batching, model factory, reference models."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+from mcu_dist.config import ExperimentConfig
+from mcu_dist.data import Batch, DatasetBundle, Normalizer, Splits, iterate, load_dataset, make_splits
+from mcu_dist.models import create_model
+
+if TYPE_CHECKING:
+    from mcu_dist.train.reference import ModelCache
+
+
+@dataclass
+class Lab:
+    cfg: ExperimentConfig
+    bundle: DatasetBundle
+    splits: Splits
+    device: torch.device
+    cache: ModelCache | None = None
+    normalize: Normalizer = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.normalize = Normalizer(self.bundle.mean, self.bundle.std, self.device)
+
+    @classmethod
+    def build(cls, cfg: ExperimentConfig) -> Lab:
+        from mcu_dist.train.reference import ModelCache
+
+        bundle = load_dataset(cfg.data, cfg.seeds.split, cfg.cache_dir)
+        splits = make_splits(bundle, cfg.forget, cfg.seeds.split)
+        return cls(cfg, bundle, splits, torch.device(cfg.device), ModelCache(cfg.cache_dir))
+
+    def new_model(self, seed: int | None = None) -> nn.Module:
+        if seed is not None:
+            torch.manual_seed(seed)
+        b = self.bundle
+        return create_model(self.cfg.model.name, b.num_classes, b.in_channels, b.image_size).to(self.device)
+
+    def batches(self, positions: torch.Tensor, batch_size: int, *, seed: int, epoch: int, shuffle: bool = True,
+                augment: bool | None = None) -> Iterator[Batch]:
+        """Training batches over training-set positions (augmented per the dataset's default)."""
+        aug = self.bundle.augment if augment is None else augment
+        return iterate(self.bundle.train, positions, batch_size, self.normalize, shuffle=shuffle, seed=seed,
+                       epoch=epoch, augment=aug, device=self.device)
+
+    @property
+    def all_train(self) -> torch.Tensor:
+        return torch.arange(len(self.bundle.train))
+
+    def reference_key(self) -> dict:
+        """The config fields the original model depends on (and nothing else)."""
+        cfg = self.cfg
+        return {"dataset_id": self.bundle.dataset_id, "model": cfg.model.name, "augment": self.bundle.augment,
+                "recipe": vars(cfg.reference).copy(), "seed": cfg.seeds.model,
+                "original": cfg.model.original}

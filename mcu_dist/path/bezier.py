@@ -1,0 +1,120 @@
+"""Bézier curves in weight space over an unmodified nn.Module.
+
+    θ(t) = Σ_j C(n, j) tʲ (1−t)ⁿ⁻ʲ θ_j,   θ_0 = θ_o (t = 0),  θ_n = θ_p (t = 1)
+
+Degree 2 is the paper's quadratic curve (1−t)²θ_o + 2t(1−t)θ_c + t²θ_p. The endpoints are frozen
+buffers; the interior points start evenly on the straight line (point j at j/n), so the initial
+curve *is* the line. Only interior tensors the mask selects are ``nn.Parameter``s; the others are
+buffers that nothing can move. The network is run on θ(t) with ``torch.func.functional_call``, so
+autograd gives ∂L/∂θ_j = B_j(t)·∂L/∂w at w = θ(t) exactly, for any architecture.
+
+BatchNorm running statistics do not lie on the curve: there is one set, the base model's.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from mcu_dist.config import ConfigError
+
+
+def bernstein(n: int, t: float | torch.Tensor) -> list:
+    return [math.comb(n, j) * t**j * (1 - t) ** (n - j) for j in range(n + 1)]
+
+
+def _slot(name: str) -> str:
+    return name.replace(".", "__")
+
+
+class BezierCurve(nn.Module):
+    def __init__(self, base: nn.Module, start: dict[str, torch.Tensor], end: dict[str, torch.Tensor],
+                 order: int = 2, selected: set[str] | None = None):
+        super().__init__()
+        if order < 2:
+            raise ConfigError(f"mcu.curve_order: got {order!r}; allowed: an integer >= 2")
+        names = [n for n, _ in base.named_parameters()]
+        for which, d in (("start", start), ("end", end)):
+            missing = [n for n in names if n not in d]
+            wrong = [n for n in names if n in d and d[n].shape != dict(base.named_parameters())[n].shape]
+            if missing or wrong:
+                raise ConfigError(f"endpoints: the {which} model is not of the base architecture "
+                                  f"({(missing or wrong)[0]} {'missing' if missing else 'has another shape'}); "
+                                  "allowed: two checkpoints of one architecture")
+        self.base = base
+        self.order = order
+        self.names = names
+        self.selected = set(names) if selected is None else set(selected)
+        self.points = nn.ModuleList()
+        for j in range(order + 1):
+            holder = nn.Module()
+            for n in names:
+                a, b = start[n].detach(), end[n].detach()
+                value = (a + (b - a) * (j / order)).clone() if 0 < j < order else (a if j == 0 else b).clone()
+                if 0 < j < order and n in self.selected:
+                    holder.register_parameter(_slot(n), nn.Parameter(value))
+                else:
+                    holder.register_buffer(_slot(n), value)
+            self.points.append(holder)
+        for p in self.base.parameters():
+            p.requires_grad_(False)
+
+    @property
+    def control_points(self) -> list[nn.Module]:
+        return list(self.points[1:-1])
+
+    def trainable(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def point(self, j: int, name: str) -> torch.Tensor:
+        return getattr(self.points[j], _slot(name))
+
+    def weights_at(self, t: float | torch.Tensor) -> dict[str, torch.Tensor]:
+        """θ(t) for every parameter tensor (differentiable in the selected control-point tensors)."""
+        coeffs = bernstein(self.order, t)
+        out = {}
+        for n in self.names:
+            w = coeffs[0] * self.point(0, n)
+            for j in range(1, self.order + 1):
+                w = w + coeffs[j] * self.point(j, n)
+            out[n] = w
+        return out
+
+    def forward(self, x: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:
+        buffers = dict(self.base.named_buffers())
+        return functional_call(self.base, {**self.weights_at(t), **buffers}, (x,))
+
+    @torch.no_grad()
+    def materialize(self, t: float, buffers: dict[str, torch.Tensor] | None = None) -> nn.Module:
+        """A plain model of the base architecture with weights θ(t) (and the given or current buffers)."""
+        model = copy.deepcopy(self.base)
+        weights = self.weights_at(float(t))
+        for n, p in model.named_parameters():
+            p.copy_(weights[n])
+            p.requires_grad_(True)
+        if buffers is not None:
+            for n, b in model.named_buffers():
+                b.copy_(buffers[n])
+        return model.eval()
+
+    def control_state(self) -> dict[str, torch.Tensor]:
+        """Interior points only (what training changes), keyed ``point{j}.{name}``."""
+        return {f"point{j}.{n}": self.point(j, n).detach().clone() for j in range(1, self.order) for n in self.names}
+
+    @torch.no_grad()
+    def load_control_state(self, state: dict[str, torch.Tensor]) -> None:
+        for j in range(1, self.order):
+            for n in self.names:
+                self.point(j, n).copy_(state[f"point{j}.{n}"])
+
+
+def has_batchnorm(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+def params_of(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters()}

@@ -1,0 +1,1 @@
+"""Training: supervised fitting, reference models, the MCU curve-training loop."""

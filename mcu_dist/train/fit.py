@@ -1,0 +1,44 @@
+"""Plain supervised optimisation shared by reference models and baselines (SGD + momentum, cosine)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+
+import torch
+from torch import nn
+
+from mcu_dist.data.loader import Batch
+
+
+def sgd(params: Iterable[torch.Tensor], lr: float, momentum: float, weight_decay: float) -> torch.optim.SGD:
+    return torch.optim.SGD(list(params), lr=lr, momentum=momentum, weight_decay=weight_decay)
+
+
+def fit(model: nn.Module, epochs: int, batches: Callable[[int], Iterable[Batch]],
+        loss_fn: Callable[[nn.Module, Batch], torch.Tensor], optimizer: torch.optim.Optimizer, *,
+        cosine: bool = True, after_step: Callable[[], None] | None = None) -> nn.Module:
+    """Train ``model`` in place: ``epochs`` passes over ``batches(epoch)``, lr cosine-annealed per step."""
+    total = max(1, epochs * sum(1 for _ in batches(0))) if cosine else 0
+    base = [g["lr"] for g in optimizer.param_groups]
+    step = 0
+    model.train()
+    for epoch in range(epochs):
+        for batch in batches(epoch):
+            if cosine:
+                scale = 0.5 * (1 + math.cos(math.pi * step / total))
+                for g, lr in zip(optimizer.param_groups, base, strict=True):
+                    g["lr"] = lr * scale
+            optimizer.zero_grad(set_to_none=True)
+            loss = loss_fn(model, batch)
+            loss.backward()
+            optimizer.step()
+            if after_step is not None:
+                after_step()
+            step += 1
+    model.eval()
+    return model
+
+
+def cross_entropy(model: nn.Module, batch: Batch) -> torch.Tensor:
+    return nn.functional.cross_entropy(model(batch.x), batch.y)
