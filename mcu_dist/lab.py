@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -24,6 +24,7 @@ class Lab:
     splits: Splits
     device: torch.device
     cache: ModelCache | None = None
+    model_factory: Callable[[], nn.Module] | None = None  # a user's own architecture (Python API)
     normalize: Normalizer = field(init=False)
 
     def __post_init__(self) -> None:
@@ -40,15 +41,17 @@ class Lab:
     def new_model(self, seed: int | None = None) -> nn.Module:
         if seed is not None:
             torch.manual_seed(seed)
+        if self.model_factory is not None:
+            return self.model_factory().to(self.device)
         b = self.bundle
         return create_model(self.cfg.model.name, b.num_classes, b.in_channels, b.image_size).to(self.device)
 
     def batches(self, positions: torch.Tensor, batch_size: int, *, seed: int, epoch: int, shuffle: bool = True,
-                augment: bool | None = None) -> Iterator[Batch]:
+                augment: bool | None = None, rank: int = 0, world_size: int = 1) -> Iterator[Batch]:
         """Training batches over training-set positions (augmented per the dataset's default)."""
         aug = self.bundle.augment if augment is None else augment
         return iterate(self.bundle.train, positions, batch_size, self.normalize, shuffle=shuffle, seed=seed,
-                       epoch=epoch, augment=aug, device=self.device)
+                       epoch=epoch, augment=aug, rank=rank, world_size=world_size, device=self.device)
 
     @property
     def all_train(self) -> torch.Tensor:

@@ -44,6 +44,8 @@ class Normalizer:
         self.std = torch.tensor(std, device=device).view(1, -1, 1, 1) * 255.0
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        if images.is_floating_point():  # a user's tensors arrive already normalised
+            return images.to(self.mean.device)
         return (images.to(self.mean.device, torch.float32) - self.mean) / self.std
 
 

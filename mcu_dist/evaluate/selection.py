@@ -1,0 +1,55 @@
+"""Choosing models on the path, without the retrained model.
+
+    gap_cal(t) = ½(|RA(t) − Cal_r| + |FA(t) − Cal_f|)
+
+Effective unlearning region: every t with gap_cal(t) < gap_cal(1) (the points that beat the
+pre-unlearning endpoint). t* = argmin of the cubic interpolant of gap_cal over [0.75, 1] in steps
+of 0.01 — a value of t, not an index.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.interpolate import CubicSpline
+
+from mcu_dist.path.beta import Calibration
+
+
+def gap_cal(ra: float, fa: float, cal: Calibration) -> float:
+    return 0.5 * (abs(ra - cal.cal_r) + abs(fa - cal.cal_f))
+
+
+def interpolant(ts: list[float], gaps: list[float]):
+    order = np.argsort(ts)
+    x, y = np.asarray(ts, float)[order], np.asarray(gaps, float)[order]
+    return CubicSpline(x, y) if len(x) >= 4 else (lambda q: np.interp(q, x, y))
+
+
+def t_star(ts: list[float], gaps: list[float], lo: float = 0.75, hi: float = 1.0, step: float = 0.01) -> float:
+    fine = np.round(np.arange(lo, hi + step / 2, step), 10)
+    values = interpolant(ts, gaps)(fine)
+    return float(fine[int(np.argmin(values))])
+
+
+def effective_region(ts: list[float], gaps: list[float]) -> list[float]:
+    """The grid points whose gap_cal beats the endpoint t = 1 (which must be on the grid)."""
+    at_end = dict(zip(ts, gaps, strict=True))[1.0]
+    return [t for t, g in zip(ts, gaps, strict=True) if g < at_end]
+
+
+def region_intervals(ts: list[float], gaps: list[float], step: float = 0.01) -> list[tuple[float, float]]:
+    """The effective region of the interpolated curve as closed intervals of t (for shading plots)."""
+    at_end = dict(zip(ts, gaps, strict=True))[1.0]
+    fine = np.round(np.arange(0, 1 + step / 2, step), 10)
+    inside = interpolant(ts, gaps)(fine) < at_end
+    intervals, start = [], None
+    for t, ok in zip(fine, inside, strict=True):
+        if ok and start is None:
+            start = t
+        if not ok and start is not None:
+            intervals.append((float(start), float(prev)))
+            start = None
+        prev = t
+    if start is not None:
+        intervals.append((float(start), float(fine[-1])))
+    return intervals

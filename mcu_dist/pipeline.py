@@ -1,0 +1,103 @@
+"""One MCU path from end to end: mask -> curve training -> path evaluation -> t* -> θ(t*).
+
+Used by ``python -m mcu_dist.run`` for every (baseline, variant) pair and by the Python API.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from mcu_dist.evaluate.bn import calibration_positions
+from mcu_dist.evaluate.metrics import avg_gap
+from mcu_dist.evaluate.mia import FEATURES
+from mcu_dist.evaluate.path_eval import evaluate_path, model_at, write_table
+from mcu_dist.evaluate.point import evaluate_model
+from mcu_dist.evaluate.selection import effective_region, gap_cal, region_intervals, t_star
+from mcu_dist.lab import Lab
+from mcu_dist.path.beta import Calibration
+from mcu_dist.path.bezier import BezierCurve, params_of
+from mcu_dist.train.mcu import train_curve
+from mcu_dist.train.reference import save_checkpoint
+
+VARIANT_SCHEDULE = {"mcu": "fixed"}  # mcu_beta uses the configured adaptive schedule
+
+
+@dataclass
+class PathResult:
+    variant: str
+    schedule: str
+    curve: BezierCurve
+    path_table: list[dict]
+    steps: list[dict]
+    t_star: float
+    effective_region: list[float]
+    region_intervals: list[tuple[float, float]]
+    row: dict  # θ(t*) evaluated, every MIA feature included
+    model: nn.Module  # θ(t*), BN recalibrated
+    seconds: dict = field(default_factory=dict)  # curve training, path evaluation
+
+
+def schedule_of(variant: str, lab: Lab) -> str:
+    return VARIANT_SCHEDULE.get(variant, lab.cfg.mcu.beta_schedule)
+
+
+def build_curve(original: nn.Module, endpoint: nn.Module, order: int, selected: list[str]) -> BezierCurve:
+    import copy
+
+    return BezierCurve(copy.deepcopy(original), params_of(original), params_of(endpoint), order, set(selected))
+
+
+def run_path(lab: Lab, original: nn.Module, endpoint: nn.Module, variant: str, mask: dict, cal: Calibration,
+             retrain_row: dict | None, out_dir: Path | None = None) -> PathResult:
+    cfg = lab.cfg
+    schedule = schedule_of(variant, lab)
+    curve = build_curve(original, endpoint, cfg.mcu.curve_order, mask["selected"]).to(lab.device)
+    start = time.perf_counter()
+    state = train_curve(curve, lab, cfg.mcu, schedule, cal, cfg.seeds.unlearn)
+    train_s = time.perf_counter() - start
+    start = time.perf_counter()
+    table = evaluate_path(curve, lab, cfg.eval.grid(), cal, retrain_row)
+    ts, gaps = [r["t"] for r in table], [r["gap_cal"] for r in table]
+    chosen = t_star(ts, gaps, *cfg.eval.t_star_range)
+    model = model_at(curve, chosen, lab, calibration_positions(lab, cfg.eval, cfg.seeds.eval))
+    row = evaluate_model(model, lab, features=FEATURES)
+    row["gap_cal"] = gap_cal(row["RA"], row["FA"], cal)
+    if retrain_row is not None:
+        row["avg_gap"] = avg_gap(row, retrain_row)
+    eval_s = time.perf_counter() - start
+    result = PathResult(variant, schedule, curve, table, state.steps, chosen, effective_region(ts, gaps),
+                        region_intervals(ts, gaps), row, model, {"curve": train_s, "path_eval": eval_s})
+    if out_dir is not None:
+        save_path(result, mask, out_dir, retrain_row)
+    return result
+
+
+def save_path(result: PathResult, mask: dict, out_dir: Path, retrain_row: dict | None) -> None:
+    """Path table + step table (Parquet), plot (PNG), mask (JSON), θ(t*) checkpoint."""
+    from mcu_dist.plots import plot_path
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    meta = {"variant": result.variant, "schedule": result.schedule, "t_star": result.t_star,
+            "effective_region": json.dumps(result.effective_region), "mask_sha256": mask["sha256"]}
+    write_table(result.path_table, out_dir / "path_table.parquet", meta)
+    write_table(result.steps, out_dir / "steps.parquet", meta)
+    (out_dir / "mask.json").write_text(json.dumps({k: v for k, v in mask.items()}, indent=1, sort_keys=True))
+    save_checkpoint(result.model, out_dir / "unlearned_t_star.pt",
+                    {"t": result.t_star, "variant": result.variant, "mask_sha256": mask["sha256"]})
+    torch.save({"control_state": result.curve.control_state(), "order": result.curve.order,
+                "selected": sorted(result.curve.selected)}, out_dir / "curve.pt")
+    plot_path(result.path_table, result.t_star, result.region_intervals, retrain_row, out_dir / "path.png",
+              title=f"{out_dir.name}: t* = {result.t_star:.2f}")
+
+
+def export_point(curve: BezierCurve, lab: Lab, t: float, path: str | Path) -> nn.Module:
+    """Materialise θ(t) (BN recalibrated) as a plain checkpoint: any point of the effective region."""
+    model = model_at(curve, t, lab, calibration_positions(lab, lab.cfg.eval, lab.cfg.seeds.eval))
+    save_checkpoint(model, path, {"t": float(t)})
+    return model

@@ -1,0 +1,73 @@
+"""``python -m mcu_dist.run``: one experiment, no Ray Tune — the fast path for users and tests.
+
+Flags are derived from the config dataclasses (fields with ``cli`` metadata); ``--config FILE``
+loads a YAML config first, flags override it, ``--seed`` sets every stage's seed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import typing
+
+from mcu_dist.config import ConfigError, ExperimentConfig, cli_fields, load_yaml, with_overrides
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m mcu_dist.run", description=__doc__.splitlines()[0])
+    p.add_argument("--config", help="YAML experiment config (flags override it)")
+    p.add_argument("--seed", type=int, help="seed of every stage (split, model, unlearn, eval)")
+    p.add_argument("--smoke-test", action="store_true", help="shrink everything so the run takes seconds")
+    for dotted, f, tp in cli_fields():
+        default = f.default if f.default is not dataclasses.MISSING else None
+        extra = f" (default: {default})" if default not in (None, "") else ""
+        p.add_argument(f.metadata["cli"], dest=dotted, metavar=_metavar(tp), help=f.metadata["help"] + extra)
+    return p
+
+
+def _metavar(tp) -> str:
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    base = args[0] if args else tp
+    return {int: "N", float: "X", bool: "BOOL"}.get(base, "LIST" if typing.get_origin(base) is list else "VALUE")
+
+
+SMOKE = {"reference.epochs": 2, "mcu.epochs": 1, "eval.t_points": 5, "eval.mia_cap": 200,
+         "eval.calibration_size": 256}
+
+
+def config_from_args(args: argparse.Namespace) -> tuple[ExperimentConfig, bool]:
+    cfg = load_yaml(args.config) if args.config else ExperimentConfig()
+    flags = {dotted for dotted, _, _ in cli_fields()}
+    overrides = {k: v for k, v in vars(args).items() if k in flags and v is not None}
+    if args.seed is not None:
+        overrides.update({f"seeds.{s}": args.seed for s in ("split", "model", "unlearn", "eval")})
+    if args.smoke_test:
+        overrides = {**SMOKE, **overrides}
+    return with_overrides(cfg, overrides), args.smoke_test
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        cfg, _ = config_from_args(args)
+        cfg.validate()
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    from mcu_dist.experiment import format_table, run_experiment, run_folder
+
+    out = run_folder(cfg.out, cfg)
+    try:
+        result = run_experiment(cfg, out)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print()
+    print(format_table(result.rows))
+    print(f"\nrun folder: {out}  (results.parquet, config.yaml, forget_manifest.parquet, paths/*/)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,134 @@
+"""Curve training: min over the control points of E_{t~U(0,1)} [ CE(D_r'; θ(t)) − β·CE(D_f; θ(t)) ].
+
+D_r' is a seeded fraction ρ of D_r, drawn once per run and mixed with all of D_f into one
+shuffled stream; each sample carries a forget flag. One t per mini-batch from a step-seeded
+generator (the same t on every data-parallel rank). L_r and L_f are the mean CE over the *global*
+batch's retain and forget samples; a side with no samples contributes 0. β comes from the
+schedule, fed with the global batch's accuracies. This one function is the body of the
+in-process run and of every Ray Train worker: ``comm`` is the only thing that differs.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from mcu_dist.config import MCUConfig
+from mcu_dist.lab import Lab
+from mcu_dist.path.beta import BETA_SCHEDULES, BetaParams, Calibration
+from mcu_dist.path.bezier import BezierCurve
+
+
+class LocalComm:
+    """Single-process stand-in for a process group."""
+
+    rank = 0
+    world_size = 1
+
+    def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor
+
+
+class TorchDistComm:
+    """``torch.distributed`` process group (gloo or NCCL), as Ray Train sets it up."""
+
+    def __init__(self) -> None:
+        import torch.distributed as dist
+
+        self._dist = dist
+        self.rank = dist.get_rank()
+        self.world_size = dist.get_world_size()
+
+    def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        self._dist.all_reduce(tensor, op=self._dist.ReduceOp.SUM)
+        return tensor
+
+
+def retain_sample(retain: torch.Tensor, fraction: float, seed: int) -> torch.Tensor:
+    """D_r': a seeded fraction of D_r, drawn once per run."""
+    count = max(1, int(round(fraction * len(retain))))
+    return retain[torch.randperm(len(retain), generator=torch.Generator().manual_seed(seed))[:count]]
+
+
+def step_t(seed: int, step: int) -> float:
+    """t ~ U(0, 1) for global step ``step``: a pure function of (seed, step), so every rank agrees."""
+    return float(torch.rand(1, generator=torch.Generator().manual_seed(seed * 1_000_033 + step)).item())
+
+
+@dataclass
+class CurveState:
+    """What a checkpoint holds, and what a resumed run continues from."""
+
+    epoch: int = 0  # epochs completed
+    steps: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def make_optimizer(curve: BezierCurve, cfg: MCUConfig) -> torch.optim.SGD:
+    return torch.optim.SGD(curve.trainable(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+def train_curve(curve: BezierCurve, lab: Lab, cfg: MCUConfig, schedule: str, calibration: Calibration, seed: int,
+                *, comm=None, optimizer: torch.optim.Optimizer | None = None, state: CurveState | None = None,
+                per_rank_t: bool = False, autocast_dtype: torch.dtype | None = None,
+                on_epoch_end: Callable[[CurveState, torch.optim.Optimizer], None] | None = None) -> CurveState:
+    comm = comm or LocalComm()
+    state = state or CurveState()
+    optimizer = optimizer or make_optimizer(curve, cfg)
+    rule = BETA_SCHEDULES[schedule]
+    params = BetaParams(cfg.beta, cfg.beta_low, cfg.beta_high, cfg.beta_tau)
+    flags = torch.zeros(len(lab.bundle.train), dtype=torch.bool)
+    flags[lab.splits.forget] = True
+    stream = torch.cat([lab.splits.forget, retain_sample(lab.splits.retain, cfg.retain_fraction, seed)])
+    trainable = curve.trainable()
+    curve.base.train()
+    step = len(state.steps)
+    for epoch in range(state.epoch, cfg.epochs):
+        start = time.perf_counter()
+        for batch in lab.batches(stream, cfg.batch_size, seed=seed, epoch=epoch, rank=comm.rank,
+                                 world_size=comm.world_size):
+            t = step_t(seed + (comm.rank * 7_777 if per_rank_t else 0), step)
+            is_f = flags[batch.positions].to(batch.y.device)
+            with torch.autocast(batch.x.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+                logits = curve(batch.x, t)
+            ce = nn.functional.cross_entropy(logits.float(), batch.y, reduction="none")
+            correct = (logits.argmax(1) == batch.y)
+            f, r = is_f.float(), (~is_f).float()
+            local = torch.stack([f.sum(), r.sum(), (correct * f).sum(), (correct * r).sum(),
+                                 (ce * f).sum().detach(), (ce * r).sum().detach()]).double()
+            n_f, n_r, c_f, c_r, s_f, s_r = comm.all_reduce_sum(local).tolist()
+            acc_f = 100.0 * c_f / n_f if n_f else float("nan")
+            acc_r = 100.0 * c_r / n_r if n_r else calibration.cal_r
+            beta = rule(acc_f, acc_r, calibration, params) if n_f else 0.0
+            loss_r = (ce * r).sum() / max(n_r, 1.0)
+            loss_f = (ce * f).sum() / max(n_f, 1.0)
+            optimizer.zero_grad(set_to_none=True)
+            (loss_r - beta * loss_f).backward()
+            if comm.world_size > 1:
+                for p in trainable:
+                    comm.all_reduce_sum(p.grad)
+            optimizer.step()
+            state.steps.append({"step": step, "epoch": epoch, "t": t, "beta": beta, "loss_r": s_r / max(n_r, 1.0),
+                                "loss_f": s_f / max(n_f, 1.0), "acc_r": acc_r, "acc_f": acc_f,
+                                "n_r": int(n_r), "n_f": int(n_f)})
+            step += 1
+        state.epoch = epoch + 1
+        state.seconds += time.perf_counter() - start
+        if on_epoch_end is not None:
+            on_epoch_end(state, optimizer)
+    curve.base.eval()
+    return state
+
+
+def calibration_targets(original: nn.Module, lab: Lab, classwise: bool, batch_size: int = 512) -> Calibration:
+    """Cal_r: θ_o's accuracy on its training data; Cal_f: θ_o's test accuracy (0 when class-wise)."""
+    from mcu_dist.evaluate.metrics import accuracy
+
+    cal_r = accuracy(original, lab.bundle.train, lab.all_train, lab.normalize, batch_size, lab.device)
+    cal_f = 0.0 if classwise else accuracy(original, lab.bundle.test, lab.splits.test_eval, lab.normalize,
+                                           batch_size, lab.device)
+    return Calibration(cal_f=cal_f, cal_r=cal_r)
