@@ -38,7 +38,7 @@ class DataConfig:
     data_root: str | None = field(default=None, metadata=_cli("--data-root", "folder holding the dataset"))
     subset: int | None = field(default=None, metadata=_cli("--subset", "keep N training images per class"))
     download: bool = False
-    augment: bool | None = None  # None: the dataset's own default
+    augment: bool | None = field(default=None, metadata=_cli("--augment", "training augmentation (crop+flip); default: the dataset's"))
     test_fraction: float = 0.25  # digits only: its seeded stratified test split
 
     def validate(self) -> None:
@@ -119,7 +119,7 @@ class ModelConfig:
 class TrainConfig:
     """The standard recipe for reference models (original, retrain): SGD + momentum, cosine, weight decay."""
 
-    epochs: int = 20
+    epochs: int = field(default=20, metadata=_cli("--reference-epochs", "epochs of the original and retrained models"))
     lr: float = 0.05
     momentum: float = 0.9
     weight_decay: float = 5e-4

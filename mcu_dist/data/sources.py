@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -136,7 +138,9 @@ def _folder_listing(split_dir: Path, classes: list[str] | None) -> tuple[list[Pa
     return files, labels, classes
 
 
-def _decode_folder(name: str, root: Path, image_size: int, cache_dir: str) -> tuple[dict[str, np.ndarray], list[str]]:
+def _decode_folder(name: str, root: Path, image_size: int, cache_dir: str) -> tuple[dict[str, np.ndarray], list[str], str]:
+    """Decode (once) to uint8 arrays; the cache key and the returned digest cover every file's path, size,
+    mtime and label, so a changed tree is decoded again and named differently."""
     from PIL import Image
 
     train_files, train_labels, classes = _folder_listing(root / "train", None)
@@ -144,34 +148,39 @@ def _decode_folder(name: str, root: Path, image_size: int, cache_dir: str) -> tu
     test_files, test_labels, _ = _folder_listing(val_dir, classes)
     if not train_files or not test_files:
         raise ConfigError(f"data.data_root: {root} has no images under train/ and val/; allowed: an image-folder tree")
-    where = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:8]
-    key = f"{name}-{image_size}-{len(train_files)}-{len(test_files)}-{where}"
+    listing = hashlib.sha256()
+    for f, y in zip(train_files + test_files, train_labels + test_labels, strict=True):
+        st = f.stat()
+        listing.update(f"{f.relative_to(root)}|{st.st_size}|{st.st_mtime_ns}|{y}\n".encode())
+    digest = listing.hexdigest()[:16]
+    key = f"{name}-{image_size}-{digest}"
     out = {}
     for part, files, labels in (("train", train_files, train_labels), ("test", test_files, test_labels)):
         fx, fy = cache_path(cache_dir, f"{key}-{part}_x.npy"), cache_path(cache_dir, f"{key}-{part}_y.npy")
         if not (fx.exists() and fy.exists()):
-            arr = np.lib.format.open_memmap(fx.with_suffix(".tmp.npy"), mode="w+", dtype=np.uint8,
+            tmp = fx.with_name(f"{fx.stem}.{os.getpid()}.{uuid.uuid4().hex}.tmp.npy")
+            arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8,
                                             shape=(len(files), 3, image_size, image_size))
             for i, f in enumerate(files):
                 img = Image.open(f).convert("RGB").resize((image_size, image_size), Image.BILINEAR)
                 arr[i] = np.asarray(img).transpose(2, 0, 1)
             arr.flush()
             del arr
-            fx.with_suffix(".tmp.npy").replace(fx)
+            tmp.replace(fx)
             save_npy_atomic(fy, np.asarray(labels, dtype=np.int64))
         out[f"{part}_x"] = np.load(fx, mmap_mode="c")  # copy-on-write: paged in lazily
         out[f"{part}_y"] = np.load(fy)
-    return out, classes
+    return out, classes, digest
 
 
 def _load_folder(name: str, image_size: int, cfg: DataConfig, split_seed: int, cache_dir: str) -> DatasetBundle:
     root = Path(cfg.data_root or default_root(name) or "")
     if not (root / "train").is_dir():
         raise ConfigError(f"data.data_root: {root} has no train/ folder; allowed: an image-folder tree with train/ and val/")
-    arrays, classes = _decode_folder(name, root, image_size, cache_dir)
+    arrays, classes, digest = _decode_folder(name, root, image_size, cache_dir)
     train = _image_data(arrays["train_x"], arrays["train_y"])
     test = _image_data(arrays["test_x"], arrays["test_y"])
-    return finish(name, f"folder:{len(classes)}:{image_size}", train, test, len(classes), *IMAGENET_STATS, True,
+    return finish(name, f"folder:{len(classes)}:{image_size}:{digest}", train, test, len(classes), *IMAGENET_STATS, True,
                   cfg.subset, split_seed)
 
 

@@ -1,0 +1,224 @@
+"""``python -m mcu_dist.bench``: speed of curve training, printed as a table and written as Parquet.
+
+Rows:
+- ``curve_vs_ft``: one curve-training step (θ(t) built from the points, the network run on it,
+  backward to the control points, SGD) ÷ one fine-tuning step of the plain model, same model and batch.
+- ``mask_k``: a curve epoch with a k-mask ÷ the unmasked curve epoch, beside the bound the selected
+  tensors allow: a tensor mask saves only the weight-gradient work of unselected layers, and the
+  input-gradient work of the layers before the earliest selected one (estimated from per-layer
+  multiply-accumulate counts, backward ≈ 2 × forward).
+
+Synthetic CIFAR-shaped data (random pixels, random labels) by default; ``--data cifar10`` uses the
+offline CIFAR-10 copy so the gradient mask sees real saliencies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from mcu_dist.config import ConfigError, ExperimentConfig, with_overrides
+from mcu_dist.data.forget import make_splits
+from mcu_dist.data.registry import DatasetBundle, ImageData
+from mcu_dist.evaluate.path_eval import write_table
+from mcu_dist.lab import Lab
+from mcu_dist.path.beta import Calibration
+from mcu_dist.path.mask import compute_mask
+from mcu_dist.pipeline import build_curve
+from mcu_dist.train.mcu import train_curve
+
+
+def synthetic_bundle(n_train: int, n_test: int = 256, size: int = 32, classes: int = 10, seed: int = 0) -> DatasetBundle:
+    g = torch.Generator().manual_seed(seed)
+
+    def part(n: int) -> ImageData:
+        return ImageData(torch.randint(0, 256, (n, 3, size, size), generator=g, dtype=torch.uint8),
+                         torch.randint(0, classes, (n,), generator=g), torch.arange(n))
+
+    return DatasetBundle("synthetic", f"synthetic:{n_train}:{seed}", part(n_train), part(n_test), classes,
+                         (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), augment=False)
+
+
+def make_lab(model: str, data: str, n_train: int, device: str, cache_dir: str) -> Lab:
+    over = {"model.name": model, "forget.spec": "random:0.1", "cache_dir": cache_dir, "device": device}
+    if data == "cifar10":
+        cfg = with_overrides(ExperimentConfig(), {**over, "data.dataset": "cifar10",
+                                                   "data.subset": max(1, n_train // 10)})
+        cfg.validate()
+        return Lab.build(cfg)
+    cfg = with_overrides(ExperimentConfig(), over)
+    bundle = synthetic_bundle(n_train)
+    return Lab(cfg, bundle, make_splits(bundle, cfg.forget, 0), torch.device(device))
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_steps(step, n: int, warmup: int, device: torch.device) -> float:
+    """Median seconds per call of ``step`` after ``warmup`` calls."""
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(n):
+        _sync(device)
+        start = time.perf_counter()
+        step()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2]
+
+
+def curve_vs_ft(lab: Lab, batch_size: int, steps: int) -> dict:
+    torch.manual_seed(0)
+    original = lab.new_model(0)
+    endpoint = copy.deepcopy(original)
+    x = lab.normalize(lab.bundle.train.images[:batch_size].to(lab.device))
+    y = lab.bundle.train.labels[:batch_size].to(lab.device)
+    ft_model = copy.deepcopy(original).train()
+    ft_opt = torch.optim.SGD(ft_model.parameters(), lr=0.01, momentum=0.9)
+
+    def ft_step():
+        ft_opt.zero_grad(set_to_none=True)
+        nn.functional.cross_entropy(ft_model(x), y).backward()
+        ft_opt.step()
+
+    curve = build_curve(original, endpoint, 2, [n for n, _ in original.named_parameters()]).to(lab.device)
+    curve.base.train()
+    opt = torch.optim.SGD(curve.trainable(), lr=0.01, momentum=0.9)
+    gen = torch.Generator().manual_seed(0)
+
+    def curve_step():
+        opt.zero_grad(set_to_none=True)
+        t = float(torch.rand(1, generator=gen))
+        nn.functional.cross_entropy(curve(x, t), y).backward()
+        opt.step()
+
+    warm = 2
+    ft_s = time_steps(ft_step, steps, warm, lab.device)
+    curve_s = time_steps(curve_step, steps, warm, lab.device)
+    return {"bench": "curve_vs_ft", "model": lab.cfg.model.name, "batch": batch_size, "ft_s": ft_s,
+            "curve_s": curve_s, "ratio": curve_s / ft_s, "target": 1.10}
+
+
+def layer_macs(model: nn.Module, x: torch.Tensor) -> list[tuple[str, int, list[str]]]:
+    """(module name, forward MACs, its parameter names) for conv/linear/norm layers in execution order."""
+    records: list[tuple[str, int, list[str]]] = []
+    names = {m: n for n, m in model.named_modules()}
+
+    def hook(module, inputs, output):
+        n = names[module]
+        pnames = [f"{n}.{p}" if n else p for p, _ in module.named_parameters(recurse=False)]
+        if isinstance(module, nn.Conv2d):
+            k = module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
+            macs = output.numel() * k
+        elif isinstance(module, nn.Linear):
+            macs = output.numel() * module.in_features
+        else:
+            macs = output.numel()
+        records.append((n, macs, pnames))
+
+    leaves = [m for m in model.modules() if any(True for _ in m.parameters(recurse=False))]
+    handles = [m.register_forward_hook(hook) for m in leaves]
+    with torch.no_grad():
+        model.train()(x)
+    for h in handles:
+        h.remove()
+    return records
+
+
+def mask_bound(records: list[tuple[str, int, list[str]]], selected: set[str]) -> float:
+    """Estimated masked step cost ÷ unmasked step cost (forward F; backward input-grad ≈ weight-grad ≈ F)."""
+    forward = sum(m for _, m, _ in records)
+    full = forward + 2 * forward
+    first = next((i for i, (_, _, p) in enumerate(records) if selected & set(p)), len(records))
+    input_grads = sum(m for _, m, _ in records[first + 1:])
+    weight_grads = sum(m for _, m, p in records if selected & set(p))
+    return (forward + input_grads + weight_grads) / full
+
+
+def masked_epoch(lab: Lab, k: float, batch_size: int, epochs: int) -> dict:
+    original = lab.new_model(0)
+    endpoint = copy.deepcopy(original)
+    with torch.no_grad():
+        for p in endpoint.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    cal = Calibration(cal_f=50.0, cal_r=90.0)
+    cfg = copy.deepcopy(lab.cfg.mcu)
+    cfg.epochs, cfg.batch_size = epochs, batch_size
+    out = {}
+    selected_at_k = []
+    for kk in (1.0, k):
+        mask = compute_mask(original, lab, kk, 0.0)
+        curve = build_curve(original, endpoint, 2, mask["selected"]).to(lab.device)
+        train_curve(curve, lab, cfg, "fixed", cal, seed=0)  # warm-up epoch(s)
+        _sync(lab.device)
+        start = time.perf_counter()
+        train_curve(curve, lab, cfg, "fixed", cal, seed=1)
+        _sync(lab.device)
+        out[kk] = (time.perf_counter() - start) / epochs
+        selected_at_k = mask["selected"]
+    x = lab.normalize(lab.bundle.train.images[:batch_size].to(lab.device))
+    bound = mask_bound(layer_macs(copy.deepcopy(original), x), set(selected_at_k))
+    return {"bench": f"mask_k={k}", "model": lab.cfg.model.name, "batch": batch_size, "unmasked_epoch_s": out[1.0],
+            "masked_epoch_s": out[k], "ratio": out[k] / out[1.0], "bound": bound, "target": 0.6,
+            "selected_tensors": len(selected_at_k)}
+
+
+def format_rows(rows: list[dict]) -> str:
+    lines = [f"{'bench':<14}{'model':<12}{'batch':>6}{'base_s':>10}{'test_s':>10}{'ratio':>8}{'bound':>8}{'target':>8}"]
+    for r in rows:
+        base = r.get("ft_s", r.get("unmasked_epoch_s"))
+        test = r.get("curve_s", r.get("masked_epoch_s"))
+        bound = f"{r['bound']:.2f}" if "bound" in r else "-"
+        lines.append(f"{r['bench']:<14}{r['model']:<12}{r['batch']:>6}{base:>10.4f}{test:>10.4f}{r['ratio']:>8.2f}"
+                     f"{bound:>8}{'<= ' + str(r['target']):>8}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m mcu_dist.bench", description=__doc__.splitlines()[0])
+    p.add_argument("--models", default="small_cnn,resnet18")
+    p.add_argument("--data", default="synthetic", choices=["synthetic", "cifar10"])
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--steps", type=int, default=10, help="timed steps per measurement")
+    p.add_argument("--n-train", type=int, default=2560, help="training images (mask epoch benchmark)")
+    p.add_argument("--mask-k", type=float, default=0.1)
+    p.add_argument("--mask-models", default="small_cnn", help="models for the masked-epoch benchmark")
+    p.add_argument("--gpu", action="store_true")
+    p.add_argument("--out", default="bench.parquet")
+    p.add_argument("--cache-dir", default=ExperimentConfig().cache_dir)
+    args = p.parse_args(argv)
+    device = "cuda" if args.gpu else "cpu"
+    if args.gpu and not torch.cuda.is_available():
+        print("error: --gpu: no CUDA device is visible; allowed: omit --gpu on a CPU machine", file=sys.stderr)
+        return 2
+    try:
+        rows = []
+        for model in args.models.split(","):
+            lab = make_lab(model, args.data, args.n_train, device, args.cache_dir)
+            rows.append(curve_vs_ft(lab, args.batch_size, args.steps))
+            print(format_rows(rows[-1:]), flush=True)
+        for model in args.mask_models.split(","):
+            lab = make_lab(model, args.data, args.n_train, device, args.cache_dir)
+            rows.append(masked_epoch(lab, args.mask_k, args.batch_size, epochs=1))
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print()
+    print(format_rows(rows))
+    device_name = torch.cuda.get_device_name() if args.gpu else f"CPU x{torch.get_num_threads()} threads"
+    write_table([{**r, "device": device_name} for r in rows], Path(args.out))
+    print(f"\ndevice: {device_name}; table written to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

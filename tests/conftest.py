@@ -1,0 +1,40 @@
+"""Shared fixtures: a digits lab with a cached, briefly trained original model (seconds on a CPU)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from mcu_dist.config import ExperimentConfig, with_overrides
+from mcu_dist.lab import Lab
+
+torch.set_num_threads(2)
+
+CIFAR_PARQUET = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10" / "cifar10_jpeg.parquet"
+
+
+def digits_config(tmp: Path, **overrides) -> ExperimentConfig:
+    """Digits, class-wise forgetting of one class, small budgets; ``overrides`` are dotted config keys."""
+    base = {"cache_dir": str(tmp / "cache"), "out": str(tmp / "runs"), "reference.epochs": 8,
+            "mcu.epochs": 2, "eval.t_points": 5, "eval.mia_cap": 300, "eval.calibration_size": 300}
+    return with_overrides(ExperimentConfig(), {**base, **overrides})
+
+
+@pytest.fixture(scope="session")
+def session_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("mcu")
+
+
+@pytest.fixture(scope="session")
+def digits_lab(session_dir) -> Lab:
+    return Lab.build(digits_config(session_dir))
+
+
+@pytest.fixture(scope="session")
+def digits_original(digits_lab):
+    from mcu_dist.train.reference import original_model
+
+    model, _ = original_model(digits_lab, digits_lab.cache)
+    return model

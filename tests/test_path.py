@@ -1,0 +1,98 @@
+"""The Bézier path: endpoints, the straight-line start, and the gradient that reaches a control point."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from mcu_dist.config import ConfigError
+from mcu_dist.models import create_model
+from mcu_dist.path.bezier import BezierCurve, bernstein, params_of
+
+
+def _pair(seed: int = 0, name: str = "small_cnn"):
+    torch.manual_seed(seed)
+    a = create_model(name, 10, 3, 16)
+    b = copy.deepcopy(a)
+    with torch.no_grad():
+        for p in b.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    # give each endpoint its own BN statistics
+    x = torch.randn(64, 3, 16, 16)
+    a.train()(x)
+    b.train()(x * 2 + 1)
+    return a.eval(), b.eval()
+
+
+def _buffers(m: nn.Module) -> dict[str, torch.Tensor]:
+    return {n: v.clone() for n, v in m.named_buffers()}
+
+
+@pytest.mark.parametrize("order", [2, 3, 4])
+def test_endpoints_reproduce_original_and_baseline_outputs(order):
+    a, b = _pair()
+    curve = BezierCurve(copy.deepcopy(a), params_of(a), params_of(b), order)
+    x = torch.randn(8, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.allclose(curve.materialize(0.0, _buffers(a))(x), a(x), atol=1e-5)
+        assert torch.allclose(curve.materialize(1.0, _buffers(b))(x), b(x), atol=1e-5)
+
+
+@pytest.mark.parametrize("order", [2, 3, 4])
+def test_initial_curve_is_the_straight_line(order):
+    a, b = _pair()
+    curve = BezierCurve(copy.deepcopy(a), params_of(a), params_of(b), order)
+    pa, pb = params_of(a), params_of(b)
+    for t in (0.0, 0.13, 0.5, 0.77, 1.0):
+        w = curve.weights_at(t)
+        for n in pa:
+            assert torch.allclose(w[n], (1 - t) * pa[n] + t * pb[n], atol=1e-6), (t, n)
+
+
+def test_bernstein_coefficients_sum_to_one():
+    for n in (2, 3, 5):
+        for t in (0.0, 0.3, 1.0):
+            assert sum(bernstein(n, t)) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("order", [2, 3])
+def test_control_point_gradient_is_bernstein_times_gradient_at_theta_t(order):
+    a, b = _pair(name="small_cnn_nobn")
+    curve = BezierCurve(copy.deepcopy(a), params_of(a), params_of(b), order)
+    with torch.no_grad():  # move the control points off the line so the check is not trivial
+        for p in curve.trainable():
+            p.add_(0.05 * torch.randn_like(p))
+    x, y, t = torch.randn(16, 3, 16, 16), torch.randint(0, 10, (16,)), 0.37
+    nn.functional.cross_entropy(curve(x, t), y).backward()
+    plain = curve.materialize(t)
+    nn.functional.cross_entropy(plain(x), y).backward()
+    coeffs = bernstein(order, t)
+    for j in range(1, order):
+        for name, p in plain.named_parameters():
+            got = curve.point(j, name).grad
+            assert torch.allclose(got, coeffs[j] * p.grad, atol=1e-6, rtol=1e-4), (j, name)
+
+
+def test_endpoints_are_frozen_and_unselected_tensors_are_not_parameters():
+    a, b = _pair()
+    names = [n for n, _ in a.named_parameters()]
+    selected = set(names[:3])
+    curve = BezierCurve(copy.deepcopy(a), params_of(a), params_of(b), 3, selected)
+    trainable = {id(p) for p in curve.trainable()}
+    for j in range(4):
+        for n in names:
+            is_trainable = id(curve.point(j, n)) in trainable
+            assert is_trainable == (0 < j < 3 and n in selected)
+    assert not any(p.requires_grad for p in curve.base.parameters())
+
+
+def test_endpoints_of_different_architectures_are_refused():
+    a = create_model("small_cnn", 10, 3, 16)
+    b = create_model("small_cnn", 5, 3, 16)
+    with pytest.raises(ConfigError, match="endpoints"):
+        BezierCurve(a, params_of(a), params_of(b), 2)
+    with pytest.raises(ConfigError, match="curve_order"):
+        BezierCurve(a, params_of(a), params_of(a), 1)
