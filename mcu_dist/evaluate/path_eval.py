@@ -42,8 +42,9 @@ def evaluate_path(curve: BezierCurve, lab: Lab, grid: list[float], cal: Calibrat
 
 
 def write_table(rows: list[dict], path: str | Path, metadata: dict[str, str] | None = None) -> None:
-    """Rows of scalars -> Parquet, atomically."""
-    table = pa.Table.from_pylist(rows)
+    """Rows of scalars -> Parquet, atomically; a key missing from some rows is null there."""
+    keys = list(dict.fromkeys(k for row in rows for k in row))
+    table = pa.Table.from_pylist([{k: row.get(k) for k in keys} for row in rows])
     if metadata:
         table = table.replace_schema_metadata({k: str(v) for k, v in metadata.items()})
     path = Path(path)
