@@ -233,6 +233,35 @@ class EvalConfig:
 
 
 @dataclass
+class ScaleConfig:
+    """Where curve training runs: in-process (1 CPU worker) or Ray Train DDP (>= 2 workers or a GPU)."""
+
+    workers: int = field(default=1, metadata=_cli("--workers", "curve-training workers (>= 2: Ray Train DDP)"))
+    gpu: bool = field(default=False, metadata=_cli("--gpu", "one GPU per worker (NCCL, SyncBatchNorm)"))
+    cpus_per_worker: float = 1.0
+    bf16: bool = False  # bf16 autocast on GPU
+    per_rank_t: bool = False  # default: the same t on every rank at each step
+    storage: str | None = field(default=None, metadata=_cli("--storage", "Ray storage path (local dir, NFS, s3://...)"))
+    max_failures: int = 2  # worker-group restarts from the latest checkpoint
+    address: str | None = None  # Ray cluster to join; None: RAY_ADDRESS or a new local instance
+
+    @property
+    def distributed(self) -> bool:
+        return self.workers >= 2 or self.gpu
+
+    def validate(self) -> None:
+        _check(self.workers >= 1, "scale.workers", "an integer >= 1", self.workers)
+        _check(self.cpus_per_worker > 0, "scale.cpus_per_worker", "a number > 0", self.cpus_per_worker)
+        _check(self.max_failures >= 0, "scale.max_failures", "an integer >= 0", self.max_failures)
+        if self.gpu:
+            import torch
+
+            _check(torch.cuda.is_available(), "scale.gpu", "false on a machine without a visible CUDA device",
+                   self.gpu)
+        _check(not self.bf16 or self.gpu, "scale.bf16", "true only with scale.gpu", self.bf16)
+
+
+@dataclass
 class SeedConfig:
     """One seed per stage; ``--seed`` sets them all."""
 
@@ -252,6 +281,7 @@ class ExperimentConfig:
     mcu: MCUConfig = field(default_factory=MCUConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     seeds: SeedConfig = field(default_factory=SeedConfig)
+    scale: ScaleConfig = field(default_factory=ScaleConfig)
     cache_dir: str = field(default_factory=lambda: default_cache_dir(),
                            metadata=_cli("--cache-dir", "reference-model and dataset cache"))
     out: str = field(default="runs", metadata=_cli("--out", "parent folder of run folders"))
@@ -265,6 +295,7 @@ class ExperimentConfig:
         self.baselines.validate()
         self.mcu.validate()
         self.eval.validate()
+        self.scale.validate()
         _check(self.device == "cpu" or self.device.startswith("cuda"), "device", "cpu, cuda, cuda:N", self.device)
 
     def to_dict(self) -> dict:

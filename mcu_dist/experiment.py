@@ -43,7 +43,7 @@ def baseline_model(lab: Lab, method: str, original: nn.Module) -> tuple[nn.Modul
     unit = BASELINES[method]
     hp = unit.resolve(lab.cfg.baselines.params.get(method))
     fields = {**lab.reference_key(), "forget": lab.splits.manifest_hash, "method": method, "hp": hp,
-              "seed": lab.cfg.seeds.unlearn}
+              "unlearn_seed": lab.cfg.seeds.unlearn}
     model, meta = lab.cache.get(f"baseline-{method}", fields, lab.new_model(),
                                 lambda: unit.run(copy.deepcopy(original).train(), lab, hp, lab.cfg.seeds.unlearn))
     return model.eval(), float(meta.get("seconds", 0.0))
@@ -55,6 +55,15 @@ def endpoints(lab: Lab, original: nn.Module) -> dict[str, tuple[nn.Module, float
         state, _ = load_checkpoint(lab.cfg.baselines.endpoint, "baselines.endpoint")
         out["endpoint"] = (load_into(lab.new_model(), state, "baselines.endpoint", lab.cfg.baselines.endpoint).eval(), 0.0)
     return out
+
+
+def curve_run_name(cfg: ExperimentConfig, lab: Lab, key: str) -> str:
+    """A stable name per (config, path): a restarted driver finds its Ray Train checkpoints again."""
+    from mcu_dist.train.reference import key_hash
+
+    fields = {"config": {k: v for k, v in cfg.flat().items() if not k.startswith(("scale.", "out"))},
+              "dataset": lab.bundle.dataset_id, "forget": lab.splits.manifest_hash, "path": key}
+    return f"curve-{key.replace('+', '-')}-{key_hash(fields)[:12]}"
 
 
 def run_experiment(cfg: ExperimentConfig, out_dir: str | Path | None = None, log=print) -> ExperimentResult:
@@ -84,7 +93,7 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path | None = None, log
         for variant in cfg.mcu.variants:
             key = f"{name}+{variant}"
             result = run_path(lab, original, endpoint, variant, mask, cal, retrain_row,
-                              out / "paths" / key if out is not None else None)
+                              out / "paths" / key if out is not None else None, curve_run_name(cfg, lab, key))
             paths[key] = result
             rows.append({"model": key, **result.row, "t_star": result.t_star,
                          "region_size": len(result.effective_region),

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
@@ -11,6 +13,7 @@ from torch import nn
 
 from mcu_dist.config import ExperimentConfig
 from mcu_dist.data import Batch, DatasetBundle, Normalizer, Splits, iterate, load_dataset, make_splits
+from mcu_dist.data.registry import file_digest
 from mcu_dist.models import create_model
 
 if TYPE_CHECKING:
@@ -60,6 +63,11 @@ class Lab:
     def reference_key(self) -> dict:
         """The config fields the original model depends on (and nothing else)."""
         cfg = self.cfg
-        return {"dataset_id": self.bundle.dataset_id, "model": cfg.model.name, "augment": self.bundle.augment,
-                "recipe": vars(cfg.reference).copy(), "seed": cfg.seeds.model,
-                "original": cfg.model.original}
+        return {"dataset_id": self.bundle.dataset_id, "model": cfg.model.name, "arch": self.architecture(),
+                "augment": self.bundle.augment, "recipe": vars(cfg.reference).copy(), "seed": cfg.seeds.model,
+                "original": file_digest(Path(cfg.model.original)) if cfg.model.original else None}
+
+    def architecture(self) -> str:
+        """A fingerprint of the model's parameter and buffer names and shapes (a user factory included)."""
+        shapes = [(n, tuple(v.shape)) for n, v in self.new_model(0).state_dict().items()]
+        return hashlib.sha256(repr(shapes).encode()).hexdigest()[:16]

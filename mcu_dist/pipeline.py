@@ -54,12 +54,17 @@ def build_curve(original: nn.Module, endpoint: nn.Module, order: int, selected: 
 
 
 def run_path(lab: Lab, original: nn.Module, endpoint: nn.Module, variant: str, mask: dict, cal: Calibration,
-             retrain_row: dict | None, out_dir: Path | None = None) -> PathResult:
+             retrain_row: dict | None, out_dir: Path | None = None, run_name: str | None = None) -> PathResult:
     cfg = lab.cfg
     schedule = schedule_of(variant, lab)
     curve = build_curve(original, endpoint, cfg.mcu.curve_order, mask["selected"]).to(lab.device)
     start = time.perf_counter()
-    state = train_curve(curve, lab, cfg.mcu, schedule, cal, cfg.seeds.unlearn)
+    if cfg.scale.distributed:
+        from mcu_dist.train.distributed import fit_distributed
+
+        state = fit_distributed(lab, original, endpoint, curve, schedule, cal, run_name or f"curve-{variant}")
+    else:
+        state = train_curve(curve, lab, cfg.mcu, schedule, cal, cfg.seeds.unlearn)
     train_s = time.perf_counter() - start
     start = time.perf_counter()
     table = evaluate_path(curve, lab, cfg.eval.grid(), cal, retrain_row)

@@ -22,7 +22,8 @@ def build_parser() -> argparse.ArgumentParser:
     for dotted, f, tp in cli_fields():
         default = f.default if f.default is not dataclasses.MISSING else None
         extra = f" (default: {default})" if default not in (None, "") else ""
-        p.add_argument(f.metadata["cli"], dest=dotted, metavar=_metavar(tp), help=f.metadata["help"] + extra)
+        flag_kw = {"nargs": "?", "const": "true"} if _metavar(tp) == "BOOL" else {}
+        p.add_argument(f.metadata["cli"], dest=dotted, metavar=_metavar(tp), help=f.metadata["help"] + extra, **flag_kw)
     return p
 
 

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import os
+import secrets
 from pathlib import Path
 
-import pytest
-import torch
+from tests.ray_cluster import LOOPBACK
 
-from mcu_dist.config import ExperimentConfig, with_overrides
-from mcu_dist.lab import Lab
+# Ray reads these when it is imported: set them before any test module imports it. The test cluster
+# has its own token, and token authentication stays on.
+os.environ.update({**LOOPBACK, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(24)})
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from mcu_dist.config import ExperimentConfig, with_overrides  # noqa: E402
+from mcu_dist.lab import Lab  # noqa: E402
 
 torch.set_num_threads(2)
 
@@ -38,3 +46,21 @@ def digits_original(digits_lab):
 
     model, _ = original_model(digits_lab, digits_lab.cache)
     return model
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One loopback Ray head for every test that needs Ray; this process joins it."""
+    import ray
+
+    from tests.ray_cluster import start_head
+
+    head = start_head(num_cpus=4, token=os.environ["RAY_AUTH_TOKEN"])
+    os.environ["RAY_ADDRESS"] = head.address
+    ray.init(address=head.address, log_to_driver=False)
+    try:
+        yield head
+    finally:
+        ray.shutdown()
+        head.stop()
+        os.environ.pop("RAY_ADDRESS", None)

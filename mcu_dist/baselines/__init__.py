@@ -13,7 +13,7 @@ from typing import Any
 
 from torch import nn
 
-from mcu_dist.config import ConfigError
+from mcu_dist.config import ConfigError, _coerce
 from mcu_dist.registry import Registry
 
 
@@ -29,11 +29,7 @@ class Baseline:
         for key, value in (overrides or {}).items():
             if key not in hp:
                 raise ConfigError(f"baselines.params.{self.name}.{key}: unknown; allowed: {', '.join(sorted(hp))}")
-            kind = type(hp[key])
-            try:
-                hp[key] = kind(value) if not isinstance(value, bool) else value
-            except (TypeError, ValueError):
-                raise ConfigError(f"baselines.params.{self.name}.{key}: got {value!r}; allowed: {kind.__name__}") from None
+            hp[key] = _coerce(type(hp[key]), value, f"baselines.params.{self.name}.{key}")
         return hp
 
 

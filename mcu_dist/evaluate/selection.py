@@ -43,13 +43,10 @@ def region_intervals(ts: list[float], gaps: list[float], step: float = 0.01) -> 
     fine = np.round(np.arange(0, 1 + step / 2, step), 10)
     inside = interpolant(ts, gaps)(fine) < at_end
     intervals, start = [], None
-    for t, ok in zip(fine, inside, strict=True):
+    for i, ok in enumerate(inside):
         if ok and start is None:
-            start = t
-        if not ok and start is not None:
-            intervals.append((float(start), float(prev)))
+            start = float(fine[i])
+        if start is not None and (not ok or i == len(fine) - 1):
+            intervals.append((start, float(fine[i] if ok else fine[i - 1])))
             start = None
-        prev = t
-    if start is not None:
-        intervals.append((float(start), float(fine[-1])))
     return intervals

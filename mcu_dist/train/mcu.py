@@ -66,6 +66,7 @@ class CurveState:
     epoch: int = 0  # epochs completed
     steps: list[dict] = field(default_factory=list)
     seconds: float = 0.0
+    attempts: list[int] = field(default_factory=list)  # start epoch of each (re)start, distributed runs
 
 
 def make_optimizer(curve: BezierCurve, cfg: MCUConfig) -> torch.optim.SGD:

@@ -33,8 +33,12 @@ def save_checkpoint(model: nn.Module, path: str | Path, meta: dict | None = None
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    torch.save({"state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}, "meta": meta or {}}, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save({"state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}, "meta": meta or {}},
+                   tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def load_checkpoint(path: str | Path, field_name: str = "checkpoint") -> tuple[dict, dict]:
@@ -83,7 +87,7 @@ class ModelCache:
                     save_checkpoint(model, path, meta)
                     self.trained.append(path.stem)
         state, meta = load_checkpoint(path, f"cache entry {path.name}")
-        return load_into(template, state, "cache", path), meta
+        return load_into(template, state, "cache", path).eval(), meta
 
     @contextlib.contextmanager
     def _lock(self, path: Path):

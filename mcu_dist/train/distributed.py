@@ -1,0 +1,151 @@
+"""Curve training on Ray Train (DDP): the same ``train_curve`` loop as in-process, one process per worker.
+
+- The driver obtains θ_o and θ_p (through the model cache) before workers start and writes them once
+  under the run's storage; workers only load them.
+- Sharding follows the global batch (``mcu_dist.data.loader``); the same t on every rank per step;
+  β from all-reduced global counts; gradients summed across ranks with losses normalised by the
+  global forget/retain counts, so N workers with global batch B equal one worker with batch B.
+- Rank 0 reports a checkpoint every epoch (control points, optimiser state, epoch, step log, RNG
+  state); after a worker dies, Ray Train restarts the group and ``ray.train.get_checkpoint()``
+  resumes from the latest one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from mcu_dist.config import ConfigError, ExperimentConfig, from_dict
+from mcu_dist.lab import Lab
+from mcu_dist.path.beta import Calibration
+from mcu_dist.path.bezier import BezierCurve, has_batchnorm
+from mcu_dist.train.mcu import CurveState, TorchDistComm, make_optimizer, train_curve
+from mcu_dist.train.reference import load_checkpoint, save_checkpoint
+
+STATE_FILE = "curve_state.pt"
+
+
+def _payload(curve: BezierCurve, optimizer: torch.optim.Optimizer, state: CurveState, attempts: list[int]) -> dict:
+    return {"control_state": curve.control_state(), "optimizer": optimizer.state_dict(), "epoch": state.epoch,
+            "steps": json.dumps(state.steps), "seconds": state.seconds, "attempts": attempts,
+            "rng": torch.get_rng_state()}
+
+
+def restore(curve: BezierCurve, optimizer: torch.optim.Optimizer | None, payload: dict) -> tuple[CurveState, list[int]]:
+    curve.load_control_state(payload["control_state"])
+    if optimizer is not None:
+        optimizer.load_state_dict(payload["optimizer"])
+    torch.set_rng_state(payload["rng"])
+    state = CurveState(int(payload["epoch"]), json.loads(payload["steps"]), float(payload["seconds"]))
+    return state, list(payload["attempts"])
+
+
+def worker_loop(config: dict) -> None:
+    """The body of every Ray Train worker."""
+    import ray.train
+    import ray.train.torch
+
+    from mcu_dist.pipeline import build_curve
+
+    cfg = from_dict(ExperimentConfig, config["experiment"])
+    device = ray.train.torch.get_device() if cfg.scale.gpu else torch.device("cpu")
+    cfg.device = str(device)
+    lab = Lab.build(cfg)
+    models = []
+    for key in ("original", "endpoint"):
+        state, _ = load_checkpoint(config[key], key)
+        model = lab.new_model()
+        model.load_state_dict(state)
+        models.append(model.to(device).eval())
+    curve = build_curve(*models, cfg.mcu.curve_order, config["selected"]).to(device)
+    comm = TorchDistComm()
+    if cfg.scale.gpu and comm.world_size > 1 and has_batchnorm(curve.base):
+        curve.base = nn.SyncBatchNorm.convert_sync_batchnorm(curve.base)
+    optimizer = make_optimizer(curve, cfg.mcu)
+    state, attempts = CurveState(), []
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            state, attempts = restore(curve, optimizer, torch.load(Path(d) / STATE_FILE, weights_only=True,
+                                                                   map_location=device))
+    attempts.append(state.epoch)
+
+    def on_epoch_end(st: CurveState, opt: torch.optim.Optimizer) -> None:
+        last = st.steps[-1] if st.steps else {}
+        metrics = {"epoch": st.epoch, "resumed_from": attempts[-1], "attempts": len(attempts),
+                   "loss_r": last.get("loss_r"), "loss_f": last.get("loss_f"), "beta": last.get("beta")}
+        if comm.rank == 0:
+            with tempfile.TemporaryDirectory() as d:
+                torch.save(_payload(curve, opt, st, attempts), Path(d) / STATE_FILE)
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+        else:
+            ray.train.report(metrics)
+
+    cal = Calibration(**config["calibration"])
+    train_curve(curve, lab, cfg.mcu, config["schedule"], cal, cfg.seeds.unlearn, comm=comm, optimizer=optimizer,
+                state=state, per_rank_t=cfg.scale.per_rank_t,
+                autocast_dtype=torch.bfloat16 if cfg.scale.bf16 else None, on_epoch_end=on_epoch_end)
+
+
+def connect(cfg: ExperimentConfig) -> None:
+    """Join the configured (or RAY_ADDRESS) cluster, or start a local instance; then check placement."""
+    import ray
+
+    if not ray.is_initialized():
+        address = cfg.scale.address or os.environ.get("RAY_ADDRESS")
+        ray.init(address=address, log_to_driver=False) if address else ray.init(log_to_driver=False)
+    check_resources(cfg, ray.cluster_resources())
+
+
+def check_resources(cfg: ExperimentConfig, available: dict) -> None:
+    """Fail fast instead of waiting forever for workers that cannot be placed."""
+    s = cfg.scale
+    need_cpu = s.workers * s.cpus_per_worker
+    if need_cpu > available.get("CPU", 0):
+        raise ConfigError(f"scale.workers: {s.workers} workers x {s.cpus_per_worker} CPU need {need_cpu} CPUs, the "
+                          f"cluster has {available.get('CPU', 0)}; allowed: workers x cpus_per_worker <= cluster CPUs")
+    if s.gpu and s.workers > available.get("GPU", 0):
+        raise ConfigError(f"scale.gpu: {s.workers} GPU workers need {s.workers} GPUs, the cluster has "
+                          f"{int(available.get('GPU', 0))}; allowed: workers <= cluster GPUs, or no --gpu")
+
+
+def fit_distributed(lab: Lab, original: nn.Module, endpoint: nn.Module, curve: BezierCurve, schedule: str,
+                    cal: Calibration, name: str) -> CurveState:
+    """Train ``curve`` with ``lab.cfg.scale.workers`` Ray Train workers; loads the result into ``curve``."""
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    cfg = lab.cfg
+    connect(cfg)
+    storage = cfg.scale.storage or str(Path(cfg.cache_dir).resolve() / "ray_storage")
+    run_dir = Path(storage) / name
+    paths = {}
+    for key, model in (("original", original), ("endpoint", endpoint)):
+        paths[key] = str(run_dir / f"{key}.pt")
+        if not Path(paths[key]).exists():
+            save_checkpoint(model, paths[key])
+    experiment = asdict(cfg)
+    trainer = TorchTrainer(
+        worker_loop,
+        train_loop_config={"experiment": experiment, **paths, "selected": sorted(curve.selected),
+                           "schedule": schedule, "calibration": asdict(cal)},
+        scaling_config=ray.train.ScalingConfig(num_workers=cfg.scale.workers, use_gpu=cfg.scale.gpu,
+                                               resources_per_worker={"CPU": cfg.scale.cpus_per_worker}),
+        torch_config=TorchConfig(backend="nccl" if cfg.scale.gpu else "gloo"),
+        run_config=ray.train.RunConfig(name=name, storage_path=storage,
+                                       failure_config=ray.train.FailureConfig(max_failures=cfg.scale.max_failures),
+                                       checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)),
+    )
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise RuntimeError(f"curve training {name} finished without a checkpoint: {result.error}")
+    with result.checkpoint.as_directory() as d:
+        state, attempts = restore(curve, None, torch.load(Path(d) / STATE_FILE, weights_only=True, map_location="cpu"))
+    state.attempts = attempts
+    return state
