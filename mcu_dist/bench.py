@@ -172,14 +172,36 @@ def masked_epoch(lab: Lab, k: float, batch_size: int, epochs: int) -> dict:
             "selected_tensors": len(selected_at_k)}
 
 
+def scaling(lab: Lab, workers: int, batch_size: int, epochs: int) -> dict:
+    """Curve epoch time in-process (1 worker) vs ``workers`` Ray Train workers; start-up reported apart."""
+    from mcu_dist.train.distributed import fit_distributed
+
+    original = lab.new_model(0)
+    endpoint = copy.deepcopy(original)
+    names = [n for n, _ in original.named_parameters()]
+    cal = Calibration(cal_f=50.0, cal_r=90.0)
+    lab.cfg.mcu.epochs, lab.cfg.mcu.batch_size = epochs, batch_size
+    local = train_curve(build_curve(original, endpoint, 2, names), lab, lab.cfg.mcu, "fixed", cal, seed=0)
+    lab.cfg.scale.workers = workers
+    lab.cfg.scale.cpus_per_worker = min(1.0, (torch.get_num_threads() or 1) / workers)
+    start = time.perf_counter()
+    state = fit_distributed(lab, original, endpoint, build_curve(original, endpoint, 2, names), "fixed", cal,
+                            f"bench-scaling-{time.strftime('%Y%m%d-%H%M%S')}")
+    wall = time.perf_counter() - start
+    return {"bench": f"scaling_{workers}w", "model": lab.cfg.model.name, "batch": batch_size,
+            "one_worker_epoch_s": local.seconds / epochs, "n_worker_epoch_s": state.seconds / epochs,
+            "startup_s": wall - state.seconds, "ratio": state.seconds / local.seconds, "target": "-"}
+
+
 def format_rows(rows: list[dict]) -> str:
     lines = [f"{'bench':<14}{'model':<12}{'batch':>6}{'base_s':>10}{'test_s':>10}{'ratio':>8}{'bound':>8}{'target':>8}"]
     for r in rows:
-        base = r.get("ft_s", r.get("unmasked_epoch_s"))
-        test = r.get("curve_s", r.get("masked_epoch_s"))
+        base = r.get("ft_s", r.get("unmasked_epoch_s", r.get("one_worker_epoch_s")))
+        test = r.get("curve_s", r.get("masked_epoch_s", r.get("n_worker_epoch_s")))
         bound = f"{r['bound']:.2f}" if "bound" in r else "-"
         lines.append(f"{r['bench']:<14}{r['model']:<12}{r['batch']:>6}{base:>10.4f}{test:>10.4f}{r['ratio']:>8.2f}"
-                     f"{bound:>8}{'<= ' + str(r['target']):>8}")
+                     f"{bound:>8}{('<= ' + str(r['target'])) if r['target'] != '-' else '-':>8}"
+                     + (f"  start-up {r['startup_s']:.1f} s" if "startup_s" in r else ""))
     return "\n".join(lines)
 
 
@@ -192,6 +214,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n-train", type=int, default=2560, help="training images (mask epoch benchmark)")
     p.add_argument("--mask-k", type=float, default=0.1)
     p.add_argument("--mask-models", default="small_cnn", help="models for the masked-epoch benchmark")
+    p.add_argument("--scaling-workers", type=int, default=0,
+                   help="also time a curve epoch on N Ray Train workers against 1 (starts or joins Ray)")
     p.add_argument("--gpu", action="store_true")
     p.add_argument("--out", default="bench.parquet")
     p.add_argument("--cache-dir", default=ExperimentConfig().cache_dir)
@@ -209,6 +233,10 @@ def main(argv: list[str] | None = None) -> int:
         for model in args.mask_models.split(","):
             lab = make_lab(model, args.data, args.n_train, device, args.cache_dir)
             rows.append(masked_epoch(lab, args.mask_k, args.batch_size, epochs=1))
+        if args.scaling_workers >= 2:
+            lab = make_lab("small_cnn_nobn", args.data, args.n_train, device, args.cache_dir)
+            lab.cfg.scale.gpu = args.gpu
+            rows.append(scaling(lab, args.scaling_workers, args.batch_size, epochs=3))
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
