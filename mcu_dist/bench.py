@@ -190,7 +190,7 @@ def scaling(lab: Lab, workers: int, batch_size: int, epochs: int) -> dict:
     wall = time.perf_counter() - start
     return {"bench": f"scaling_{workers}w", "model": lab.cfg.model.name, "batch": batch_size,
             "one_worker_epoch_s": local.seconds / epochs, "n_worker_epoch_s": state.seconds / epochs,
-            "startup_s": wall - state.seconds, "ratio": state.seconds / local.seconds, "target": "-"}
+            "startup_s": wall - state.seconds, "ratio": state.seconds / local.seconds, "target": None}
 
 
 def format_rows(rows: list[dict]) -> str:
@@ -200,7 +200,7 @@ def format_rows(rows: list[dict]) -> str:
         test = r.get("curve_s", r.get("masked_epoch_s", r.get("n_worker_epoch_s")))
         bound = f"{r['bound']:.2f}" if "bound" in r else "-"
         lines.append(f"{r['bench']:<14}{r['model']:<12}{r['batch']:>6}{base:>10.4f}{test:>10.4f}{r['ratio']:>8.2f}"
-                     f"{bound:>8}{('<= ' + str(r['target'])) if r['target'] != '-' else '-':>8}"
+                     f"{bound:>8}{('<= ' + str(r['target'])) if r['target'] is not None else '-':>8}"
                      + (f"  start-up {r['startup_s']:.1f} s" if "startup_s" in r else ""))
     return "\n".join(lines)
 

@@ -253,11 +253,6 @@ class ScaleConfig:
         _check(self.workers >= 1, "scale.workers", "an integer >= 1", self.workers)
         _check(self.cpus_per_worker > 0, "scale.cpus_per_worker", "a number > 0", self.cpus_per_worker)
         _check(self.max_failures >= 0, "scale.max_failures", "an integer >= 0", self.max_failures)
-        if self.gpu:
-            import torch
-
-            _check(torch.cuda.is_available(), "scale.gpu", "false on a machine without a visible CUDA device",
-                   self.gpu)
         _check(not self.bf16 or self.gpu, "scale.bf16", "true only with scale.gpu", self.bf16)
 
 

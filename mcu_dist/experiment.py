@@ -68,6 +68,10 @@ def curve_run_name(cfg: ExperimentConfig, lab: Lab, key: str) -> str:
 
 def run_experiment(cfg: ExperimentConfig, out_dir: str | Path | None = None, log=print) -> ExperimentResult:
     cfg.validate()
+    if cfg.scale.distributed:  # placement is checked before any compute
+        from mcu_dist.train.distributed import connect
+
+        connect(cfg)
     lab = Lab.build(cfg)
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:

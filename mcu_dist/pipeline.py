@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from mcu_dist.evaluate.selection import effective_region, gap_cal, region_interv
 from mcu_dist.lab import Lab
 from mcu_dist.path.beta import Calibration
 from mcu_dist.path.bezier import BezierCurve, params_of
-from mcu_dist.train.mcu import train_curve
+from mcu_dist.train.mcu import CurveState, train_curve
 from mcu_dist.train.reference import save_checkpoint
 
 VARIANT_SCHEDULE = {"mcu": "fixed"}  # mcu_beta uses the configured adaptive schedule
@@ -54,7 +55,9 @@ def build_curve(original: nn.Module, endpoint: nn.Module, order: int, selected: 
 
 
 def run_path(lab: Lab, original: nn.Module, endpoint: nn.Module, variant: str, mask: dict, cal: Calibration,
-             retrain_row: dict | None, out_dir: Path | None = None, run_name: str | None = None) -> PathResult:
+             retrain_row: dict | None, out_dir: Path | None = None, run_name: str | None = None,
+             on_epoch_end: Callable[[CurveState, BezierCurve], None] | None = None) -> PathResult:
+    """Train, evaluate and select one path; ``on_epoch_end(state, curve)`` sees in-process training epochs."""
     cfg = lab.cfg
     schedule = schedule_of(variant, lab)
     curve = build_curve(original, endpoint, cfg.mcu.curve_order, mask["selected"]).to(lab.device)
@@ -64,7 +67,8 @@ def run_path(lab: Lab, original: nn.Module, endpoint: nn.Module, variant: str, m
 
         state = fit_distributed(lab, original, endpoint, curve, schedule, cal, run_name or f"curve-{variant}")
     else:
-        state = train_curve(curve, lab, cfg.mcu, schedule, cal, cfg.seeds.unlearn)
+        hook = (lambda st, _opt: on_epoch_end(st, curve)) if on_epoch_end else None
+        state = train_curve(curve, lab, cfg.mcu, schedule, cal, cfg.seeds.unlearn, on_epoch_end=hook)
     train_s = time.perf_counter() - start
     start = time.perf_counter()
     table = evaluate_path(curve, lab, cfg.eval.grid(), cal, retrain_row)

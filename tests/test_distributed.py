@@ -116,7 +116,14 @@ def test_placement_is_checked_before_any_worker_starts(tmp_path):
     check_resources(with_overrides(cfg, {"scale.workers": 2}), {"CPU": 4.0})
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only refusal")
-def test_gpu_flag_without_a_gpu_fails_fast(tmp_path):
-    with pytest.raises(ConfigError, match=r"scale\.gpu"):
-        digits_config(tmp_path, **{"scale.gpu": True}).validate()
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without GPUs")
+def test_gpu_flag_without_a_gpu_fails_fast(ray_cluster, tmp_path):
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "mcu_dist.run", "--workers", "2", "--gpu", "--cache-dir",
+                           str(tmp_path / "c"), "--out", str(tmp_path / "runs")], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "scale.gpu" in proc.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "c" / "models").exists() or not any((tmp_path / "c" / "models").glob("*.pt"))

@@ -1,0 +1,246 @@
+"""``python -m mcu_dist.sweep``: Ray Tune + Optuna (TPE) over a YAML search space, every path in MLflow.
+
+Works the same locally (starts a local Ray) and under ``ray job submit`` (joins the cluster). Before
+any trial starts: the space is validated, the tracking store is reached, and the original, retrained
+and default-setting baseline models are trained once into the shared cache. Each trial is one
+baseline + one MCU path, reported to Tune and logged as a nested MLflow child run; a failing trial is
+recorded (Tune: ERROR, MLflow: FAILED) and the sweep goes on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from mcu_dist.config import ConfigError, with_overrides
+from mcu_dist.tune_space import SearchSpace, load_space
+
+DEFAULT_SPACE = Path(__file__).resolve().parent.parent / "tune_spaces" / "default.yaml"
+SMOKE = {"reference.epochs": 2, "mcu.epochs": 1, "eval.t_points": 5, "eval.mia_cap": 200,
+         "eval.calibration_size": 256}
+
+
+def default_storage() -> str:
+    return str(Path(os.environ.get("MCU_DIST_STORAGE", Path.home() / "mcu_dist_runs")).resolve())
+
+
+def in_ray_job() -> bool:
+    return "RAY_JOB_ID" in os.environ or "runtime_resources" in str(Path.cwd())
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m mcu_dist.sweep", description=__doc__.splitlines()[0])
+    p.add_argument("--space", default=str(DEFAULT_SPACE), help="YAML search space (tune_spaces/*.yaml)")
+    p.add_argument("--num-samples", type=int, help="trials (overrides the space's sweep.num_samples)")
+    p.add_argument("--max-concurrent", type=int, help="trials at once")
+    p.add_argument("--storage", help="Ray storage path: local dir, NFS mount or s3://... (default ~/mcu_dist_runs)")
+    p.add_argument("--name", help="sweep name (default: the space's sweep.name)")
+    p.add_argument("--resume", action="store_true", help="continue the sweep stored under --storage/--name")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///mlflow.db, made absolute)")
+    p.add_argument("--experiment", help="MLflow experiment (default: the sweep name)")
+    p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a new local instance)")
+    p.add_argument("--smoke-test", action="store_true", help="2 tiny trials on digits, in seconds")
+    return p.parse_args(argv)
+
+
+def resolve(args: argparse.Namespace) -> tuple[SearchSpace, str, str, str]:
+    """Space (with flag overrides), storage path, tracking URI, experiment — all checked before Ray starts."""
+    from mcu_dist.tracking import resolve_tracking_uri
+
+    space = load_space(args.space)
+    sweep = space.sweep
+    if args.num_samples is not None:
+        sweep.num_samples = args.num_samples
+    if args.max_concurrent is not None:
+        sweep.max_concurrent = args.max_concurrent
+    if args.name:
+        sweep.name = args.name
+    if args.smoke_test:
+        space.fixed.update({k: v for k, v in SMOKE.items() if k not in space.fixed or k != "data.dataset"})
+        space.fixed.update({"data.dataset": "digits", "model.name": "small_cnn"})
+        sweep.num_samples = min(sweep.num_samples, 2)
+        sweep.asha = False
+    sweep.validate()
+    storage = args.storage or default_storage()
+    if "://" not in storage:
+        storage = str(Path(storage).resolve())
+    if "cache_dir" not in space.fixed and "://" not in storage:
+        space.fixed["cache_dir"] = str(Path(storage) / "cache")
+    with_overrides(space.base_config(), {}).validate()
+    uri = args.tracking_uri
+    if uri is None and in_ray_job() and "://" not in storage:
+        uri = f"sqlite:///{Path(storage) / 'mlflow.db'}"  # a job's working directory is thrown away
+    return space, storage, resolve_tracking_uri(uri), args.experiment or sweep.experiment or sweep.name
+
+
+def prepare_shared_models(space: SearchSpace, log=print) -> None:
+    """Original, retrained, and every offered baseline at its default settings: trained once, cached."""
+    from mcu_dist.experiment import baseline_model
+    from mcu_dist.lab import Lab
+    from mcu_dist.train.reference import original_model, retrained_model
+
+    cfg = space.base_config()
+    lab = Lab.build(cfg)
+    original, _ = original_model(lab, lab.cache)
+    retrained_model(lab, lab.cache)
+    for method in space.methods():
+        baseline_model(lab, method, original)
+    log(f"shared models ready ({len(lab.cache.trained)} trained now, the rest from the cache {cfg.cache_dir})")
+
+
+def build_tuner(space: SearchSpace, storage: str, context: dict, resume: bool):
+    import optuna
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.optuna import OptunaSearch
+
+    sweep = space.sweep
+    trainable = tune.with_resources(tune.with_parameters(tune_trainable, context=context),
+                                    {"CPU": sweep.cpus_per_trial})
+    path = f"{storage.rstrip('/')}/{sweep.name}"
+    if resume:
+        if not tune.Tuner.can_restore(path):
+            raise ConfigError(f"--resume: no sweep to resume at {path}; allowed: the --storage and --name of an "
+                              "earlier sweep")
+        return tune.Tuner.restore(path, trainable=trainable, resume_errored=True, restart_errored=False)
+    metric: Any = [sweep.objective, "rte_min"] if sweep.multi_objective else sweep.objective
+    mode: Any = ["min", "min"] if sweep.multi_objective else "min"
+    sampler = optuna.samplers.TPESampler(seed=sweep.seed, multivariate=True, group=True)
+    if sweep.multi_objective:
+        sampler = optuna.samplers.NSGAIISampler(seed=sweep.seed)
+    searcher = OptunaSearch(space=space.suggest, metric=metric, mode=mode, sampler=sampler)
+    scheduler = None
+    if sweep.asha:
+        scheduler = ASHAScheduler(metric=sweep.objective, mode="min", time_attr="epoch",
+                                  grace_period=sweep.asha_grace_epochs, max_t=space.base_config().mcu.epochs + 1)
+    return tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=sweep.num_samples,
+                                    max_concurrent_trials=sweep.max_concurrent),
+        run_config=tune.RunConfig(name=sweep.name, storage_path=storage, verbose=1,
+                                  failure_config=tune.FailureConfig(max_failures=sweep.max_failures)),
+    )
+
+
+def tune_trainable(config: dict, context: dict) -> None:
+    """The Ray Tune function trainable: one trial."""
+    from ray import tune
+
+    from mcu_dist.trial import TrialContext, run_trial
+    from mcu_dist.tune_space import parse_space
+
+    trial_id = tune.get_context().get_trial_id()
+    space = parse_space(context["space"], context["space_source"])
+    ctx = TrialContext(space, context["tracking_uri"], context["experiment"], context["parent_run_id"], trial_id,
+                       Path(context["storage_dir"]) / "trials" / trial_id)
+    params = {k: v for k, v in config.items() if k in {d.key for d in space.dims}}
+    tune.report(run_trial(params, ctx, report=tune.report))
+
+
+def pareto_front(rows: list[dict], keys: tuple[str, str]) -> list[dict]:
+    a, b = keys
+    done = [r for r in rows if r.get(a) is not None and r.get(b) is not None]
+    return [r for r in done if not any(o[a] <= r[a] and o[b] <= r[b] and (o[a] < r[a] or o[b] < r[b]) for o in done)]
+
+
+def summarize(results, space: SearchSpace) -> list[dict]:
+    rows = []
+    for r in results:
+        m = r.metrics or {}
+        row = {"trial_id": m.get("trial_id") or Path(r.path).name, "status": "ERROR" if r.error else "OK",
+               "error": str(r.error)[:500] if r.error else None}
+        row.update({f"param.{k}": v for k, v in (r.config or {}).items()})
+        if m.get("final") == 1:
+            row.update({k: m.get(k) for k in ("avg_gap", "gap_cal", "UA", "RA", "TA", "MIA", "t_star", "region_size",
+                                              "baseline_avg_gap", "rte_min")})
+        rows.append(row)
+    key = space.sweep.objective
+    return sorted(rows, key=lambda r: (r.get(key) is None, r.get(key) if r.get(key) is not None else 0))
+
+
+def format_best(rows: list[dict], objective: str, n: int = 5) -> str:
+    head = f"{'trial':<14}{objective:>9}{'base':>8}{'UA':>7}{'RA':>7}{'TA':>7}{'MIA':>7}{'t*':>6}  params"
+    lines = [head, "-" * len(head)]
+    for r in rows[:n]:
+        if r.get(objective) is None:
+            lines.append(f"{r['trial_id']:<14}{'failed':>9}  {r.get('error') or ''}"[:160])
+            continue
+        params = ", ".join(f"{k[6:]}={v:.3g}" if isinstance(v, float) else f"{k[6:]}={v}"
+                           for k, v in r.items() if k.startswith("param."))
+        lines.append(f"{r['trial_id']:<14}{r[objective]:9.3f}{r['baseline_avg_gap'] or 0:8.2f}{r['UA']:7.1f}"
+                     f"{r['RA']:7.1f}{r['TA']:7.1f}{r['MIA']:7.1f}{r['t_star']:6.2f}  {params}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        space, storage, uri, experiment = resolve(args)
+        from mcu_dist.tracking import KIND_TAG, Tracker
+
+        tracker = Tracker(uri, experiment)
+        tracker.check()
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:  # an unreachable tracking server
+        print(f"error: --tracking-uri: cannot reach {uri} ({type(e).__name__}); allowed: a reachable MLflow "
+              "tracking server or a sqlite:/// path", file=sys.stderr)
+        return 2
+    import ray
+    import yaml
+
+    address = args.address or os.environ.get("RAY_ADDRESS")
+    ray.init(address=address, log_to_driver=False) if address else ray.init(log_to_driver=False)
+    sweep = space.sweep
+    print(f"sweep {sweep.name}: {space.source}, {sweep.num_samples} trials, objective {sweep.objective}; "
+          f"storage {storage}; MLflow {uri} experiment {experiment}", flush=True)
+    start = time.perf_counter()
+    prepare_shared_models(space)
+    storage_dir = f"{storage.rstrip('/')}/{sweep.name}"
+    parent = tracker.start_run(sweep.name, {KIND_TAG: "sweep", "mcu.sweep_path": storage_dir})
+    tracker.log_params(parent, {**space.base_config().flat(), **{f"sweep.{k}": v for k, v in vars(sweep).items()}})
+    raw = yaml.safe_load(Path(args.space).read_text())
+    raw.setdefault("fixed", {}).update(space.fixed)
+    tracker.log_text(parent, yaml.safe_dump(raw, sort_keys=False), "space.yaml")
+    context = {"space": raw, "space_source": space.source, "tracking_uri": uri, "experiment": experiment,
+               "parent_run_id": parent, "storage_dir": storage_dir}
+    try:
+        tuner = build_tuner(space, storage, context, args.resume)
+        results = tuner.fit()
+    except ConfigError as e:
+        tracker.end_run(parent, "FAILED")
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    rows = summarize(results, space)
+    ok = [r for r in rows if r["status"] == "OK" and r.get(sweep.objective) is not None]
+    from mcu_dist.evaluate.path_eval import write_table
+
+    table = Path(storage_dir) / "trials.parquet" if "://" not in storage_dir else Path("trials.parquet")
+    table.parent.mkdir(parents=True, exist_ok=True)
+    write_table(rows or [{"trial_id": None}], table)
+    tracker.log_artifact(parent, table)
+    summary = {"trials": len(rows), "completed": len(ok), "failed": len(rows) - len(ok),
+               "wall_s": time.perf_counter() - start}
+    if ok:
+        summary["best_" + sweep.objective] = ok[0][sweep.objective]
+        tracker.set_tags(parent, {"mcu.best_trial": ok[0]["trial_id"]})
+    if sweep.multi_objective:
+        front = pareto_front(ok, (sweep.objective, "rte_min"))
+        write_table(front or [{"trial_id": None}], Path(storage_dir) / "pareto.parquet")
+        tracker.log_artifact(parent, Path(storage_dir) / "pareto.parquet")
+    tracker.log_metrics(parent, summary)
+    tracker.end_run(parent, "FINISHED")
+    print()
+    print(format_best(rows, sweep.objective))
+    print(f"\n{summary['completed']}/{summary['trials']} trials completed in {summary['wall_s']:.0f} s. "
+          f"MLflow: {tracker.ui_hint(parent)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

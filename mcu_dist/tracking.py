@@ -1,0 +1,150 @@
+"""MLflow: one parent run per sweep, one nested child run per trial. No other module imports mlflow.
+
+Child runs carry ``mlflow.parentRunId`` and ``mcu.trial_id``; a resumed or retried trial finds its
+run by that tag and continues it instead of creating a duplicate. Per-t path metrics are logged with
+``step`` = index of t on the grid (so the UI draws the path), per-epoch curve-training metrics with
+``step`` = epoch. Writes retry when a SQLite store is momentarily locked by a concurrent trial.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+PARENT_TAG = "mlflow.parentRunId"
+TRIAL_TAG = "mcu.trial_id"
+KIND_TAG = "mcu.kind"
+
+
+def resolve_tracking_uri(uri: str | None) -> str:
+    """Default ``sqlite:///mlflow.db`` in the working directory; any relative sqlite path made absolute
+    (a ``ray job submit`` job runs in a throw-away copy of the working directory)."""
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return "sqlite:///" + str(Path(uri[len("sqlite:///"):]).resolve())
+    return uri
+
+
+def retry(fn: Callable[..., T], *args: Any, attempts: int = 8, **kwargs: Any) -> T:
+    for i in range(attempts):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as e:  # sqlite "database is locked", a server restarting
+            transient = any(s in str(e).lower() for s in ("locked", "busy", "connection", "temporarily", "503"))
+            if not transient or i == attempts - 1:
+                raise
+            time.sleep(0.2 * 2**i)
+    raise AssertionError("unreachable")
+
+
+class Tracker:
+    def __init__(self, uri: str, experiment: str):
+        import mlflow
+        from mlflow.tracking import MlflowClient
+
+        self.uri = resolve_tracking_uri(uri)
+        self.client = MlflowClient(tracking_uri=self.uri)
+        self._mlflow = mlflow
+        existing = retry(self.client.get_experiment_by_name, experiment)
+        if existing is None:
+            try:
+                self.experiment_id = retry(self.client.create_experiment, experiment)
+            except Exception:  # another process created it first
+                self.experiment_id = retry(self.client.get_experiment_by_name, experiment).experiment_id
+        else:
+            self.experiment_id = existing.experiment_id
+        self.experiment = experiment
+
+    def check(self) -> None:
+        """Fail fast on an unreachable store: one cheap read."""
+        retry(self.client.search_runs, [self.experiment_id], max_results=1, attempts=2)
+
+    # -- runs ---------------------------------------------------------------------------------------------
+    def find_run(self, tags: dict[str, str]) -> Any | None:
+        query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
+        runs = retry(self.client.search_runs, [self.experiment_id], filter_string=query, max_results=1)
+        return runs[0] if runs else None
+
+    def start_run(self, name: str, tags: dict[str, str], reuse: bool = True) -> str:
+        found = self.find_run(tags) if reuse else None
+        if found is not None:
+            retry(self.client.update_run, found.info.run_id, status="RUNNING")
+            return found.info.run_id
+        run = retry(self.client.create_run, self.experiment_id, tags=tags, run_name=name)
+        return run.info.run_id
+
+    def end_run(self, run_id: str, status: str = "FINISHED") -> None:
+        retry(self.client.set_terminated, run_id, status)
+
+    @contextlib.contextmanager
+    def run(self, name: str, tags: dict[str, str]) -> Iterator[str]:
+        """A run that ends FINISHED, or FAILED with the error as a tag when the body raises."""
+        run_id = self.start_run(name, tags)
+        try:
+            yield run_id
+        except BaseException as e:
+            with contextlib.suppress(Exception):
+                retry(self.client.set_tag, run_id, "mcu.error", f"{type(e).__name__}: {e}"[:5000])
+                self.log_text(run_id, traceback.format_exc(), "error.txt")
+                self.end_run(run_id, "FAILED")
+            raise
+        self.end_run(run_id, "FINISHED")
+
+    # -- logging ------------------------------------------------------------------------------------------
+    def log_params(self, run_id: str, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        existing = retry(self.client.get_run, run_id).data.params
+        items = [Param(k, _param_value(v)) for k, v in params.items() if k not in existing]
+        for i in range(0, len(items), 100):
+            retry(self.client.log_batch, run_id, params=items[i:i + 100])
+
+    def log_metrics(self, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
+        self.log_series(run_id, [(step, metrics)])
+
+    def log_series(self, run_id: str, rows: list[tuple[int, dict[str, float]]]) -> None:
+        """Many (step, {key: value}) rows in few batched calls."""
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, step) for step, row in rows for k, v in row.items()
+                 if isinstance(v, (int, float)) and v == v]
+        for i in range(0, len(items), 1000):
+            retry(self.client.log_batch, run_id, metrics=items[i:i + 1000])
+
+    def set_tags(self, run_id: str, tags: dict[str, Any]) -> None:
+        from mlflow.entities import RunTag
+
+        retry(self.client.log_batch, run_id, tags=[RunTag(k, str(v)[:5000]) for k, v in tags.items()])
+
+    def log_artifacts(self, run_id: str, folder: str | Path, artifact_path: str | None = None) -> None:
+        retry(self.client.log_artifacts, run_id, str(folder), artifact_path)
+
+    def log_artifact(self, run_id: str, file: str | Path, artifact_path: str | None = None) -> None:
+        retry(self.client.log_artifact, run_id, str(file), artifact_path)
+
+    def log_text(self, run_id: str, text: str, name: str) -> None:
+        retry(self.client.log_text, run_id, text, name)
+
+    def children(self, parent_id: str) -> list[Any]:
+        return retry(self.client.search_runs, [self.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent_id}'",
+                     max_results=10000)
+
+    def ui_hint(self, parent_id: str) -> str:
+        if self.uri.startswith(("http://", "https://")):
+            return f"{self.uri}/#/experiments/{self.experiment_id}/runs/{parent_id}"
+        return (f"mlflow ui --backend-store-uri {self.uri}   then open experiment '{self.experiment}', "
+                f"parent run {parent_id}")
+
+
+def _param_value(v: Any) -> str:
+    text = v if isinstance(v, str) else json.dumps(v, default=str)
+    return text[:6000]

@@ -1,0 +1,153 @@
+"""One sweep trial: one baseline, one MCU path, its metrics, its MLflow child run.
+
+The same function runs inside a Ray Tune function trainable and, for tests or a debugger, directly.
+Curve training runs in-process for one CPU worker and on Ray Train (DDP) for more workers or a GPU.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mcu_dist.config import ExperimentConfig, save_yaml
+from mcu_dist.data import write_manifest
+from mcu_dist.evaluate.bn import recalibrate_bn
+from mcu_dist.evaluate.metrics import predict
+from mcu_dist.evaluate.mia import FEATURES
+from mcu_dist.evaluate.point import evaluate_model
+from mcu_dist.evaluate.selection import gap_cal
+from mcu_dist.experiment import baseline_model
+from mcu_dist.lab import Lab
+from mcu_dist.path.beta import Calibration
+from mcu_dist.path.mask import compute_mask
+from mcu_dist.pipeline import run_path
+from mcu_dist.train.mcu import calibration_targets
+from mcu_dist.train.reference import original_model, retrained_model
+from mcu_dist.tune_space import SearchSpace
+
+REPORTED = ("UA", "RA", "TA", "MIA", "avg_gap", "gap_cal", "t_star")
+
+
+@dataclass
+class TrialContext:
+    space: SearchSpace
+    tracking_uri: str | None  # None: no MLflow
+    experiment: str
+    parent_run_id: str | None
+    trial_id: str
+    out_dir: Path
+
+
+def proxy_gap_cal(curve, lab: Lab, cal: Calibration, ts=(0.8, 0.9, 1.0), n: int = 256, seed: int = 0) -> float:
+    """A cheap stand-in for the path's best gap_cal: a few t in [0.75, 1], BN and accuracies on small subsets."""
+    g = torch.Generator().manual_seed(seed)
+    sub = lambda pos: pos[torch.randperm(len(pos), generator=g)[:n]]  # noqa: E731
+    calib, retain, forget = sub(lab.all_train), sub(lab.splits.retain), sub(lab.splits.forget)
+    best = math.inf
+    for t in ts:
+        model = recalibrate_bn(curve.materialize(t), lab, calib, lab.cfg.eval.batch_size)
+        ra = predict(model, lab.bundle.train, retain, lab.normalize, device=lab.device).accuracy
+        fa = predict(model, lab.bundle.train, forget, lab.normalize, device=lab.device).accuracy
+        best = min(best, gap_cal(ra, fa, cal))
+    curve.base.train()
+    return best
+
+
+def run_trial(params: dict[str, Any], ctx: TrialContext, report=None) -> dict[str, float]:
+    """Run one trial; ``report(metrics)`` (Tune's) receives per-epoch proxies when ASHA is on."""
+    cfg: ExperimentConfig = ctx.space.trial_config(params)
+    cfg.validate()
+    sweep = ctx.space.sweep
+    tracker = None
+    if ctx.tracking_uri:
+        from mcu_dist.tracking import KIND_TAG, PARENT_TAG, TRIAL_TAG, Tracker
+
+        tracker = Tracker(ctx.tracking_uri, ctx.experiment)
+        tags = {TRIAL_TAG: ctx.trial_id, KIND_TAG: "trial"}
+        if ctx.parent_run_id:
+            tags[PARENT_TAG] = ctx.parent_run_id
+        run_cm = tracker.run(f"trial-{ctx.trial_id}", tags)
+    else:
+        run_cm = _no_run()
+    with run_cm as run_id:
+        if tracker:
+            tracker.log_params(run_id, {**cfg.flat(), **{f"search.{k}": v for k, v in params.items()}})
+        metrics = _compute(cfg, params, ctx, report, tracker, run_id, sweep)
+    return metrics
+
+
+class _no_run:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _compute(cfg, params, ctx, report, tracker, run_id, sweep) -> dict[str, float]:
+    start = time.perf_counter()
+    lab = Lab.build(cfg)
+    out = ctx.out_dir
+    out.mkdir(parents=True, exist_ok=True)
+    save_yaml(cfg, out / "config.yaml")
+    write_manifest(lab.bundle, lab.splits, out / "forget_manifest.parquet")
+    original, _ = original_model(lab, lab.cache)
+    retrained, _ = retrained_model(lab, lab.cache)
+    retrain_row = evaluate_model(retrained, lab, features=FEATURES)
+    method = cfg.baselines.methods[0]
+    endpoint, base_s = baseline_model(lab, method, original)
+    baseline_row = evaluate_model(endpoint, lab)
+    cal = calibration_targets(original, lab, lab.splits.classwise, cfg.eval.batch_size)
+    mask = compute_mask(original, lab, cfg.mcu.k, cfg.mcu.k_r, cfg.mcu.mask, cfg.seeds.unlearn)
+    on_epoch = None
+    if report is not None and sweep.asha and not cfg.scale.distributed:
+        def on_epoch(state, curve):
+            proxy = proxy_gap_cal(curve, lab, cal)
+            report({sweep.objective: proxy, "proxy_gap_cal": proxy, "epoch": state.epoch, "final": 0})
+    result = run_path(lab, original, endpoint, "mcu_beta", mask, cal, retrain_row, out / "path",
+                      run_name=f"curve-{ctx.trial_id}", on_epoch_end=on_epoch)
+    row = result.row
+    metrics = {k: float(row[k]) for k in REPORTED if k in row} | {"t_star": result.t_star}
+    metrics.update({
+        "region_size": float(len(result.effective_region)),
+        "baseline_avg_gap": float(baseline_row.get("avg_gap", _gap(baseline_row, retrain_row))),
+        "baseline_gap_cal": gap_cal(baseline_row["RA"], baseline_row["FA"], cal),
+        "rte_min": (base_s + result.seconds["curve"] + result.seconds["path_eval"]) / 60,
+        "rte_curve_min": result.seconds["curve"] / 60, "rte_eval_min": result.seconds["path_eval"] / 60,
+        "trial_s": time.perf_counter() - start, "final": 1,
+    })
+    if tracker:
+        _log_path(tracker, run_id, result, metrics, baseline_row, retrain_row, mask, out)
+    return metrics
+
+
+def _gap(row: dict, ref: dict) -> float:
+    from mcu_dist.evaluate.metrics import avg_gap
+
+    return avg_gap(row, ref)
+
+
+def _log_path(tracker, run_id, result, metrics, baseline_row, retrain_row, mask, out: Path) -> None:
+    per_t = [(i, {f"path/{k}": r[k] for k in ("t", "UA", "RA", "TA", "MIA", "gap_cal", "avg_gap") if k in r})
+             for i, r in enumerate(result.path_table)]
+    epochs: dict[int, list[dict]] = {}
+    for s in result.steps:
+        epochs.setdefault(s["epoch"], []).append(s)
+    per_epoch = [(e, {"epoch/loss_r": _mean(rows, "loss_r"), "epoch/loss_f": _mean(rows, "loss_f"),
+                      "epoch/beta": _mean(rows, "beta")}) for e, rows in sorted(epochs.items())]
+    final = {**metrics, **{f"baseline/{k}": v for k, v in baseline_row.items()},
+             **{f"retrain/{k}": v for k, v in retrain_row.items()}}
+    tracker.log_series(run_id, per_t + per_epoch + [(0, final)])
+    tracker.set_tags(run_id, {"mcu.effective_region": result.effective_region, "mcu.mask_sha256": mask["sha256"],
+                              "mcu.t_star": result.t_star})
+    tracker.log_artifacts(run_id, out)
+
+
+def _mean(rows: list[dict], key: str) -> float:
+    vals = [r[key] for r in rows if r.get(key) == r.get(key)]
+    return sum(vals) / len(vals) if vals else float("nan")
