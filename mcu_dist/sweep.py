@@ -194,8 +194,9 @@ def main(argv: list[str] | None = None) -> int:
     import ray
     import yaml
 
-    address = args.address or os.environ.get("RAY_ADDRESS")
-    ray.init(address=address, log_to_driver=False) if address else ray.init(log_to_driver=False)
+    if not ray.is_initialized():
+        address = args.address or os.environ.get("RAY_ADDRESS")
+        ray.init(address=address, log_to_driver=False) if address else ray.init(log_to_driver=False)
     sweep = space.sweep
     print(f"sweep {sweep.name}: {space.source}, {sweep.num_samples} trials, objective {sweep.objective}; "
           f"storage {storage}; MLflow {uri} experiment {experiment}", flush=True)
