@@ -241,7 +241,7 @@ class ScaleConfig:
     cpus_per_worker: float = 1.0
     bf16: bool = False  # bf16 autocast on GPU
     per_rank_t: bool = False  # default: the same t on every rank at each step
-    storage: str | None = field(default=None, metadata=_cli("--storage", "Ray storage path (local dir, NFS, s3://...)"))
+    storage: str | None = field(default=None, metadata=_cli("--storage", "Ray Train storage path (local dir or NFS mount)"))
     max_failures: int = 2  # worker-group restarts from the latest checkpoint
     address: str | None = None  # Ray cluster to join; None: RAY_ADDRESS or a new local instance
 
@@ -309,7 +309,7 @@ def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in d.items():
         key = f"{prefix}{k}"
-        if isinstance(v, dict) and v and all(isinstance(x, str) for x in v) and k != "params":
+        if isinstance(v, dict) and v and all(isinstance(x, str) for x in v) and not key.endswith("params"):
             out.update(flatten(v, key + "."))
         else:
             out[key] = v

@@ -37,7 +37,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--space", default=str(DEFAULT_SPACE), help="YAML search space (tune_spaces/*.yaml)")
     p.add_argument("--num-samples", type=int, help="trials (overrides the space's sweep.num_samples)")
     p.add_argument("--max-concurrent", type=int, help="trials at once")
-    p.add_argument("--storage", help="Ray storage path: local dir, NFS mount or s3://... (default ~/mcu_dist_runs)")
+    p.add_argument("--storage", help="storage for Tune, Train checkpoints and the model cache: a local path, or an "
+                   "NFS mount on multi-node clusters (default ~/mcu_dist_runs)")
     p.add_argument("--name", help="sweep name (default: the space's sweep.name)")
     p.add_argument("--resume", action="store_true", help="continue the sweep stored under --storage/--name")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///mlflow.db, made absolute)")
@@ -66,13 +67,20 @@ def resolve(args: argparse.Namespace) -> tuple[SearchSpace, str, str, str]:
         sweep.asha = False
     sweep.validate()
     storage = args.storage or default_storage()
-    if "://" not in storage:
-        storage = str(Path(storage).resolve())
-    if "cache_dir" not in space.fixed and "://" not in storage:
-        space.fixed["cache_dir"] = str(Path(storage) / "cache")
+    if "://" in storage:
+        raise ConfigError(f"--storage: got {storage!r}; allowed: a local path or a shared (NFS) mount, since the "
+                          "model cache and the curve checkpoints live under it")
+    storage = str(Path(storage).resolve())
+    space.fixed.setdefault("cache_dir", str(Path(storage) / "cache"))
+    space.fixed.setdefault("scale.storage", str(Path(storage) / "train"))
+    base = space.base_config()
+    from mcu_dist.data.registry import DATASETS, default_root
+
+    if DATASETS[base.data.dataset].needs_root and base.data.data_root is None and default_root(base.data.dataset):
+        space.fixed["data.data_root"] = str(Path(default_root(base.data.dataset)).resolve())  # workers see it too
     with_overrides(space.base_config(), {}).validate()
-    uri = args.tracking_uri
-    if uri is None and in_ray_job() and "://" not in storage:
+    uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if uri is None and in_ray_job():
         uri = f"sqlite:///{Path(storage) / 'mlflow.db'}"  # a job's working directory is thrown away
     return space, storage, resolve_tracking_uri(uri), args.experiment or sweep.experiment or sweep.name
 
@@ -180,13 +188,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         space, storage, uri, experiment = resolve(args)
-        from mcu_dist.tracking import KIND_TAG, Tracker
-
-        tracker = Tracker(uri, experiment)
-        tracker.check()
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    from mcu_dist.tracking import KIND_TAG, Tracker
+
+    try:
+        tracker = Tracker(uri, experiment)
+        tracker.check()
     except Exception as e:  # an unreachable tracking server
         print(f"error: --tracking-uri: cannot reach {uri} ({type(e).__name__}); allowed: a reachable MLflow "
               "tracking server or a sqlite:/// path", file=sys.stderr)
@@ -203,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     prepare_shared_models(space)
     storage_dir = f"{storage.rstrip('/')}/{sweep.name}"
-    parent = tracker.start_run(sweep.name, {KIND_TAG: "sweep", "mcu.sweep_path": storage_dir})
+    parent = tracker.start_run(sweep.name, {KIND_TAG: "sweep", "mcu.sweep_path": storage_dir}, reuse=args.resume)
     tracker.log_params(parent, {**space.base_config().flat(), **{f"sweep.{k}": v for k, v in vars(sweep).items()}})
     raw = yaml.safe_load(Path(args.space).read_text())
     raw.setdefault("fixed", {}).update(space.fixed)

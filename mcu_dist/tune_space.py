@@ -109,7 +109,9 @@ class SearchSpace:
         over.update({k: v for k, v in params.items() if k != "baseline" and not k.startswith("baseline.")})
         over["baselines.methods"] = [method] if method else []
         if hp:
-            over["baselines.params"] = {method: hp}
+            params_fixed = copy.deepcopy(over.get("baselines.params") or {})
+            params_fixed.setdefault(method, {}).update(hp)
+            over["baselines.params"] = params_fixed
         over["mcu.variants"] = ["mcu_beta"]
         return with_overrides(ExperimentConfig(), over)
 
@@ -136,7 +138,14 @@ def _dimension(key: str, spec: Any, leaves: dict[str, Any], methods: list[str]) 
     kind = spec.get("type")
     if kind not in KINDS:
         raise ConfigError(f"{where}.type: got {kind!r}; allowed: {', '.join(KINDS)}")
-    when = {p: v if isinstance(v, list) else [v] for p, v in (spec.get("when") or {}).items()}
+    if key in ("mcu.variants", "baselines.methods", "baselines.params"):
+        raise ConfigError(f"{where}: set per trial by the sweep; allowed: search 'baseline' and 'baseline.<hp>' instead")
+    raw_when = spec.get("when") or {}
+    if not isinstance(raw_when, dict):
+        raise ConfigError(f"{where}.when: got {raw_when!r}; allowed: a mapping parent -> value or list of values")
+    when = {p: v if isinstance(v, list) else [v] for p, v in raw_when.items()}
+    if any(len(v) == 0 for v in when.values()):
+        raise ConfigError(f"{where}.when: an empty list of parent values; allowed: at least one value")
     dim = Dimension(key, kind, spec.get("low"), spec.get("high"), spec.get("choices"), when)
     if kind == "categorical":
         if not isinstance(dim.choices, list) or not dim.choices:
@@ -145,6 +154,8 @@ def _dimension(key: str, spec: Any, leaves: dict[str, Any], methods: list[str]) 
         for bound in ("low", "high"):
             if isinstance(getattr(dim, bound), bool) or not isinstance(getattr(dim, bound), (int, float)):
                 raise ConfigError(f"{where}.{bound}: got {getattr(dim, bound)!r}; allowed: a number")
+        if kind == "int" and not (float(dim.low).is_integer() and float(dim.high).is_integer()):
+            raise ConfigError(f"{where}: bounds {dim.low}, {dim.high}; allowed: integers for type int")
         if not dim.low < dim.high:
             raise ConfigError(f"{where}: low {dim.low} >= high {dim.high}; allowed: low < high")
         if kind == "logfloat" and dim.low <= 0:
@@ -163,18 +174,31 @@ def _dimension(key: str, spec: Any, leaves: dict[str, Any], methods: list[str]) 
         if lacking:
             raise ConfigError(f"{where}: baseline {lacking[0]} has no hyperparameter {hp!r}; allowed: "
                               f"{', '.join(sorted(BASELINES[lacking[0]].defaults)) or 'none'}")
+        for m in methods:
+            if kind in ("float", "logfloat") and isinstance(BASELINES[m].defaults[hp], int):
+                raise ConfigError(f"{where}.type: {m}.{hp} is an integer; allowed: int or categorical")
+            for v in _extremes(dim):
+                try:
+                    BASELINES[m].resolve({hp: v})
+                except ConfigError as e:
+                    raise ConfigError(f"{where}: {v!r} is refused by {m} ({e})") from None
     elif key not in leaves:
         raise ConfigError(f"{where}: unknown config field; allowed: a dotted field of ExperimentConfig "
                           "(e.g. mcu.k), baseline or baseline.<hyperparameter>")
     else:
         tp = leaves[key]
-        values = dim.choices if kind == "categorical" else [dim.low, dim.high]
         target = int if kind == "int" else tp
-        for v in values:
+        for v in _extremes(dim):
             _coerce(target, v, where)
         if kind in ("float", "logfloat") and tp is int:
             raise ConfigError(f"{where}.type: {key} is an integer field; allowed: int or categorical")
     return dim
+
+
+def _extremes(d: Dimension) -> list:
+    if d.kind == "categorical":
+        return list(d.choices)
+    return [int(d.low), int(d.high)] if d.kind == "int" else [d.low, d.high]
 
 
 def parse_space(data: dict, source: str = "<dict>") -> SearchSpace:
@@ -183,8 +207,12 @@ def parse_space(data: dict, source: str = "<dict>") -> SearchSpace:
     unknown = set(data) - {"fixed", "search", "sweep"}
     if unknown:
         raise ConfigError(f"{sorted(unknown)[0]}: unknown section; allowed: fixed, search, sweep")
+    for section in ("fixed", "search", "sweep"):
+        if data.get(section) is not None and not isinstance(data[section], dict):
+            raise ConfigError(f"{section}: got {type(data[section]).__name__}; allowed: a mapping")
     fixed = flatten(data.get("fixed") or {})
     base = with_overrides(ExperimentConfig(), fixed)  # names a bad fixed key, checks its type
+    base.validate()
     sweep_data = data.get("sweep") or {}
     names = {f.name for f in dataclasses.fields(SweepConfig)}
     for key in sweep_data:
@@ -196,7 +224,13 @@ def parse_space(data: dict, source: str = "<dict>") -> SearchSpace:
     sweep.validate()
     leaves = _leaf_types()
     search = data.get("search") or {}
-    methods = list((search.get("baseline") or {}).get("choices") or base.baselines.methods)
+    offered = search.get("baseline")
+    if offered is not None and not isinstance(offered, dict):
+        raise ConfigError(f"search.baseline: got {offered!r}; allowed: a mapping with type and choices")
+    methods = list((offered or {}).get("choices") or base.baselines.methods)
+    both = sorted(set(search) & set(fixed))
+    if both:
+        raise ConfigError(f"search.{both[0]}: also in fixed; allowed: a field either fixed or searched")
     dims = [_dimension(k, v, leaves, methods) for k, v in search.items()]
     seen: dict[str, Dimension] = {}
     for d in dims:
@@ -210,24 +244,43 @@ def parse_space(data: dict, source: str = "<dict>") -> SearchSpace:
                                   f"{p.choices}")
         seen[d.key] = d
     space = SearchSpace(fixed, dims, sweep, source)
-    space.trial_config(_probe_params(dims)).validate()
+    for culprit, params in _probe_points(dims):
+        try:
+            space.trial_config(params).validate()
+        except ConfigError as e:
+            raise ConfigError(f"search.{culprit}: the point {params} gives an invalid trial ({e})") from None
     return space
 
 
-def _probe_params(dims: list[Dimension]) -> dict[str, Any]:
-    """One point of the space (first choices, lower bounds) to validate a whole trial config before Ray starts."""
-    params: dict[str, Any] = {}
-    for d in dims:
-        if any(params.get(p) not in v for p, v in d.when.items()):
-            continue
-        params[d.key] = d.choices[0] if d.kind == "categorical" else (int(d.low) if d.kind == "int" else d.low)
-    return params
+def _probe_points(dims: list[Dimension]) -> list[tuple[str, dict[str, Any]]]:
+    """(dimension to blame, point): each extreme of each dimension alone, then all dimensions at their first
+    and at their last extremes; every trial config there must validate, checked before Ray starts."""
+
+    def point(pick) -> dict[str, Any]:
+        params: dict[str, Any] = {}
+        for d in dims:
+            if any(params.get(p) not in v for p, v in d.when.items()):
+                continue
+            params[d.key] = pick(d)
+        return params
+
+    points = []
+    for target in dims:
+        for value in _extremes(target):
+            points.append((target.key, point(lambda d, t=target, v=value: v if d is t else _extremes(d)[0])))
+    first = dims[0].key if dims else "fixed"
+    return points + [(first, point(lambda d: _extremes(d)[0])), (first, point(lambda d: _extremes(d)[-1]))]
 
 
 def load_space(path: str | Path) -> SearchSpace:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"--space: {path} does not exist; allowed: a YAML file such as tune_spaces/default.yaml")
-    with open(p) as f:
-        data = yaml.safe_load(f)
+    try:
+        with open(p) as f:
+            data = yaml.safe_load(f)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark else ""
+        raise ConfigError(f"{path}: not valid YAML{where}; allowed: a YAML mapping of fixed, search, sweep") from None
     return parse_space(copy.deepcopy(data), str(p))
