@@ -34,7 +34,8 @@ def in_ray_job() -> bool:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m mcu_dist.sweep", description=__doc__.splitlines()[0])
-    p.add_argument("--space", default=str(DEFAULT_SPACE), help="YAML search space (tune_spaces/*.yaml)")
+    p.add_argument("--space", "--grid", dest="space", default=str(DEFAULT_SPACE),
+                   help="YAML search space or ablation grid (tune_spaces/*.yaml)")
     p.add_argument("--num-samples", type=int, help="trials (overrides the space's sweep.num_samples)")
     p.add_argument("--max-concurrent", type=int, help="trials at once")
     p.add_argument("--storage", help="storage for Tune, Train checkpoints and the model cache: a local path, or an "
@@ -48,11 +49,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def resolve(args: argparse.Namespace) -> tuple[SearchSpace, str, str, str]:
+def resolve(args: argparse.Namespace, loader=load_space) -> tuple[SearchSpace, str, str, str]:
     """Space (with flag overrides), storage path, tracking URI, experiment — all checked before Ray starts."""
     from mcu_dist.tracking import resolve_tracking_uri
 
-    space = load_space(args.space)
+    space = loader(args.space)
     sweep = space.sweep
     if args.num_samples is not None:
         sweep.num_samples = args.num_samples
@@ -61,8 +62,7 @@ def resolve(args: argparse.Namespace) -> tuple[SearchSpace, str, str, str]:
     if args.name:
         sweep.name = args.name
     if args.smoke_test:
-        space.fixed.update({k: v for k, v in SMOKE.items() if k not in space.fixed or k != "data.dataset"})
-        space.fixed.update({"data.dataset": "digits", "model.name": "small_cnn"})
+        space.fixed.update({**SMOKE, "data.dataset": "digits", "model.name": "small_cnn"})
         sweep.num_samples = min(sweep.num_samples, 2)
         sweep.asha = False
     sweep.validate()
@@ -85,19 +85,38 @@ def resolve(args: argparse.Namespace) -> tuple[SearchSpace, str, str, str]:
     return space, storage, resolve_tracking_uri(uri), args.experiment or sweep.experiment or sweep.name
 
 
+REFERENCE_KEYS = ("forget.spec", "seed")
+REFERENCE_PREFIXES = ("data.", "model.", "reference.", "seeds.")
+
+
+def reference_cells(space: SearchSpace) -> list[dict[str, Any]]:
+    """One params dict per distinct set of reference models: the grid's categorical dimensions that change
+    the data, the forget set, the model or the seeds (for a sampled space: the base config only)."""
+    import itertools
+
+    if not space.grid:
+        return [{}]
+    keys = [k for k in space.grid if k in REFERENCE_KEYS or k.startswith(REFERENCE_PREFIXES)]
+    return [dict(zip(keys, values, strict=True)) for values in itertools.product(*(space.grid[k] for k in keys))]
+
+
 def prepare_shared_models(space: SearchSpace, log=print) -> None:
-    """Original, retrained, and every offered baseline at its default settings: trained once, cached."""
+    """Original, retrained, and every offered baseline at its default settings, per reference cell: trained
+    once, before trials fan out, into the shared cache."""
     from mcu_dist.experiment import baseline_model
     from mcu_dist.lab import Lab
     from mcu_dist.train.reference import original_model, retrained_model
 
-    cfg = space.base_config()
-    lab = Lab.build(cfg)
-    original, _ = original_model(lab, lab.cache)
-    retrained_model(lab, lab.cache)
-    for method in space.methods():
-        baseline_model(lab, method, original)
-    log(f"shared models ready ({len(lab.cache.trained)} trained now, the rest from the cache {cfg.cache_dir})")
+    trained = 0
+    for cell in reference_cells(space):
+        cfg = space.trial_config(cell)
+        lab = Lab.build(cfg)
+        original, _ = original_model(lab, lab.cache)
+        retrained_model(lab, lab.cache)
+        for method in space.methods():
+            baseline_model(lab, method, original)
+        trained += len(lab.cache.trained)
+    log(f"shared models ready ({trained} trained now, the rest from the cache {space.base_config().cache_dir})")
 
 
 def build_tuner(space: SearchSpace, storage: str, context: dict, resume: bool):
@@ -139,10 +158,10 @@ def tune_trainable(config: dict, context: dict) -> None:
     from ray import tune
 
     from mcu_dist.trial import TrialContext, run_trial
-    from mcu_dist.tune_space import parse_space
+    from mcu_dist.tune_space import space_from_dict
 
     trial_id = tune.get_context().get_trial_id()
-    space = parse_space(context["space"], context["space_source"])
+    space = space_from_dict(context["space"], context["space_source"])
     ctx = TrialContext(space, context["tracking_uri"], context["experiment"], context["parent_run_id"], trial_id,
                        Path(context["storage_dir"]) / "trials" / trial_id)
     params = {k: v for k, v in config.items() if k in {d.key for d in space.dims}}
@@ -184,10 +203,12 @@ def format_best(rows: list[dict], objective: str, n: int = 5) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *, loader=load_space, tuner_factory=None) -> int:
+    """The sweep (and, with a grid loader and tuner, the ablation grid of ``mcu_dist.ablate``)."""
     args = parse_args(argv)
+    tuner_factory = tuner_factory or build_tuner
     try:
-        space, storage, uri, experiment = resolve(args)
+        space, storage, uri, experiment = resolve(args, loader)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -220,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     context = {"space": raw, "space_source": space.source, "tracking_uri": uri, "experiment": experiment,
                "parent_run_id": parent, "storage_dir": storage_dir}
     try:
-        tuner = build_tuner(space, storage, context, args.resume)
+        tuner = tuner_factory(space, storage, context, args.resume)
         results = tuner.fit()
     except ConfigError as e:
         tracker.end_run(parent, "FAILED")

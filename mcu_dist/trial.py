@@ -97,7 +97,7 @@ def _compute(cfg, params, ctx, report, tracker, run_id, sweep) -> dict[str, floa
     save_yaml(cfg, out / "config.yaml")
     write_manifest(lab.bundle, lab.splits, out / "forget_manifest.parquet")
     original, _ = original_model(lab, lab.cache)
-    retrained, _ = retrained_model(lab, lab.cache)
+    retrained, retrain_meta = retrained_model(lab, lab.cache)
     retrain_row = evaluate_model(retrained, lab, features=FEATURES)
     method = cfg.baselines.methods[0]
     endpoint, base_s = baseline_model(lab, method, original)
@@ -119,6 +119,7 @@ def _compute(cfg, params, ctx, report, tracker, run_id, sweep) -> dict[str, floa
         "baseline_gap_cal": gap_cal(baseline_row["RA"], baseline_row["FA"], cal),
         "rte_min": (base_s + result.seconds["curve"] + result.seconds["path_eval"]) / 60,
         "rte_curve_min": result.seconds["curve"] / 60, "rte_eval_min": result.seconds["path_eval"] / 60,
+        "retrain_rte_min": float(retrain_meta.get("seconds", 0.0)) / 60,
         "trial_s": time.perf_counter() - start, "final": 1,
     })
     if tracker:
@@ -144,8 +145,14 @@ def _log_path(tracker, run_id, result, metrics, baseline_row, retrain_row, mask,
              **{f"retrain/{k}": v for k, v in retrain_row.items()}}
     tracker.log_series(run_id, per_t + per_epoch + [(0, final)])
     tracker.set_tags(run_id, {"mcu.effective_region": result.effective_region, "mcu.mask_sha256": mask["sha256"],
-                              "mcu.t_star": result.t_star})
+                              "mcu.t_star": result.t_star, "mcu.node_id": _node_id()})
     tracker.log_artifacts(run_id, out)
+
+
+def _node_id() -> str:
+    import ray
+
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else "local"
 
 
 def _mean(rows: list[dict], key: str) -> float:

@@ -77,6 +77,7 @@ class SearchSpace:
     dims: list[Dimension]
     sweep: SweepConfig
     source: str = ""
+    grid: dict[str, list] | None = None  # an ablation grid: every cell of the cross product is a trial
 
     def base_config(self) -> ExperimentConfig:
         return with_overrides(ExperimentConfig(), self.fixed)
@@ -106,7 +107,10 @@ class SearchSpace:
         over = dict(self.fixed)
         method = params.get("baseline", (self.base_config().baselines.methods or [None])[0])
         hp = {k.split(".", 1)[1]: v for k, v in params.items() if k.startswith("baseline.")}
-        over.update({k: v for k, v in params.items() if k != "baseline" and not k.startswith("baseline.")})
+        over.update({k: v for k, v in params.items()
+                     if k not in ("baseline", "seed") and not k.startswith("baseline.")})
+        if "seed" in params:
+            over.update({f"seeds.{s}": params["seed"] for s in ("split", "model", "unlearn", "eval")})
         over["baselines.methods"] = [method] if method else []
         if hp:
             params_fixed = copy.deepcopy(over.get("baselines.params") or {})
@@ -160,7 +164,10 @@ def _dimension(key: str, spec: Any, leaves: dict[str, Any], methods: list[str]) 
             raise ConfigError(f"{where}: low {dim.low} >= high {dim.high}; allowed: low < high")
         if kind == "logfloat" and dim.low <= 0:
             raise ConfigError(f"{where}.low: got {dim.low}; allowed: > 0 for logfloat")
-    if key == "baseline":
+    if key == "seed":
+        for v in _extremes(dim):
+            _coerce(int, v, where)
+    elif key == "baseline":
         from mcu_dist.baselines import BASELINES
 
         bad = [c for c in dim.choices or [] if c not in BASELINES]
@@ -184,7 +191,7 @@ def _dimension(key: str, spec: Any, leaves: dict[str, Any], methods: list[str]) 
                     raise ConfigError(f"{where}: {v!r} is refused by {m} ({e})") from None
     elif key not in leaves:
         raise ConfigError(f"{where}: unknown config field; allowed: a dotted field of ExperimentConfig "
-                          "(e.g. mcu.k), baseline or baseline.<hyperparameter>")
+                          "(e.g. mcu.k), baseline, baseline.<hyperparameter> or seed")
     else:
         tp = leaves[key]
         target = int if kind == "int" else tp
@@ -272,15 +279,46 @@ def _probe_points(dims: list[Dimension]) -> list[tuple[str, dict[str, Any]]]:
     return points + [(first, point(lambda d: _extremes(d)[0])), (first, point(lambda d: _extremes(d)[-1]))]
 
 
-def load_space(path: str | Path) -> SearchSpace:
+def grid_from_dict(data: Any, path: str) -> SearchSpace:
+    """An ablation grid: ``grid: {key: [values...]}`` (keys as in ``search``, plus ``seed``); the cross
+    product of the values is the set of trials."""
+    data = copy.deepcopy(data)
+    if not isinstance(data, dict) or not isinstance(data.get("grid"), dict) or not data["grid"]:
+        raise ConfigError(f"{path}: grid: allowed: a mapping of keys to non-empty lists of values")
+    grid = data.pop("grid")
+    for key, values in grid.items():
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"grid.{key}: got {values!r}; allowed: a non-empty list of values")
+    data["search"] = {k: {"type": "categorical", "choices": v} for k, v in grid.items()}
+    sweep = dict(data.get("sweep") or {})
+    sweep["num_samples"] = 1
+    for values in grid.values():
+        sweep["num_samples"] *= len(values)
+    data["sweep"] = sweep
+    space = parse_space(data, str(path))
+    space.grid = grid
+    return space
+
+
+def space_from_dict(data: Any, source: str) -> SearchSpace:
+    """A search space, or an ablation grid when the mapping has a ``grid`` section."""
+    if isinstance(data, dict) and "grid" in data:
+        return grid_from_dict(data, source)
+    return parse_space(copy.deepcopy(data), source)
+
+
+def _read_yaml(path: str | Path) -> Any:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"--space: {path} does not exist; allowed: a YAML file such as tune_spaces/default.yaml")
     try:
         with open(p) as f:
-            data = yaml.safe_load(f)
+            return yaml.safe_load(f)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark else ""
         raise ConfigError(f"{path}: not valid YAML{where}; allowed: a YAML mapping of fixed, search, sweep") from None
-    return parse_space(copy.deepcopy(data), str(p))
+
+
+def load_space(path: str | Path) -> SearchSpace:
+    return space_from_dict(_read_yaml(path), str(path))

@@ -89,13 +89,30 @@ def start_head(num_cpus: int = 4, token: str | None = None, resources: str | Non
     return node
 
 
+# `ray start --address` refuses to join when cluster mode is off (LOOPBACK); the worker's own CLI check is
+# switched back on here while address resolution stays on loopback.
+_JOIN = ("import sys, types, ray._private.ray_constants as rc, ray.scripts.scripts as s;"
+         "s.ray_constants = types.SimpleNamespace(**{**vars(rc), 'ENABLE_RAY_CLUSTER': True});"
+         "sys.argv = ['ray', *sys.argv[1:]]; s.main()")
+
+
 def start_worker(head: RayNode, num_cpus: int = 2, resources: str | None = None, timeout: float = 120) -> RayNode:
+    """A second node joining ``head``; returns once the cluster sees it."""
     temp_dir = tempfile.mkdtemp(prefix="rayw", dir="/tmp")
     args, _, _ = _node_args(num_cpus, resources)
-    cmd = [sys.executable, "-m", "ray.scripts.scripts", "start", "--address", head.address, *args]
+    cmd = [sys.executable, "-c", _JOIN, "start", "--address", head.address, *args]
     log = open(Path(temp_dir) / "ray_start.log", "w")
     proc = subprocess.Popen(cmd, env=head.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    return RayNode(proc, temp_dir, head.address, None, head.env)
+    node = RayNode(proc, temp_dir, head.address, None, head.env)
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"worker ray start exited: {(Path(temp_dir) / 'ray_start.log').read_text()[-2000:]}")
+        if "Ray runtime started" in (Path(temp_dir) / "ray_start.log").read_text():
+            return node
+        time.sleep(1)
+    node.stop()
+    raise TimeoutError(f"worker node not up after {timeout} s")
 
 
 def _wait_ready(node: RayNode, timeout: float) -> None:

@@ -1,0 +1,229 @@
+"""``python -m mcu_dist.report --experiment NAME``: from MLflow to the paper's tables and plots.
+
+Rows per forgetting scenario: Retrain, each baseline, baseline+MCU (fixed β), baseline+MCU-β
+(adaptive schedules); columns UA, RA, TA, MIA-Efficacy, Avg. Gap, RTE as mean ± std over seeds. A
+cell is every trial that differs only in its seed; when a grid varies more than the scenario, the
+baseline and the β schedule (curve order, k, ...), those values are part of the row's name. Written
+as Markdown, CSV and Parquet with plots (paths of each cell overlaid with their effective regions,
+Avg. Gap by curve order / k / k_r / β schedule, the Avg. Gap–RTE Pareto front), and logged to MLflow
+as artifacts of the experiment's sweep run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import statistics
+import sys
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from mcu_dist.config import ConfigError
+from mcu_dist.evaluate.path_eval import write_table
+
+METRICS = ("UA", "RA", "TA", "MIA", "avg_gap", "rte_min")
+SWEPT = ("mcu.curve_order", "mcu.k", "mcu.k_r", "mcu.mask", "mcu.lr", "mcu.beta", "mcu.epochs")
+
+
+def _method(params: dict) -> str:
+    if "search.baseline" in params:
+        return params["search.baseline"]
+    methods = json.loads(params.get("baselines.methods", "[]"))
+    return methods[0] if methods else "endpoint"
+
+
+def trial_records(runs: list) -> list[dict[str, Any]]:
+    """One flat record per finished trial run: scenario, method, variant, seed, varying params, metrics."""
+    out = []
+    for r in runs:
+        if r.info.status != "FINISHED" or "avg_gap" not in r.data.metrics:
+            continue
+        p, m = r.data.params, r.data.metrics
+        schedule = p.get("mcu.beta_schedule", "adaptive_step")
+        rec = {"run_id": r.info.run_id, "scenario": p.get("forget.spec", "?"), "method": _method(p),
+               "variant": "MCU" if schedule == "fixed" else "MCU-β", "schedule": schedule,
+               "seed": int(p.get("seeds.unlearn", 0)),
+               "effective_region": json.loads(r.data.tags.get("mcu.effective_region", "[]"))}
+        rec.update({k: _num(p.get(k)) for k in SWEPT if k in p})
+        rec.update({k: m.get(k) for k in METRICS + ("t_star", "rte_curve_min", "rte_eval_min")})
+        rec["baseline"] = {k: m.get(f"baseline/{k}") for k in ("UA", "RA", "TA", "MIA")}
+        rec["baseline"]["avg_gap"] = m.get("baseline_avg_gap")
+        rec["baseline"]["rte_min"] = m["rte_min"] - m.get("rte_curve_min", 0) - m.get("rte_eval_min", 0)
+        rec["retrain"] = {k: m.get(f"retrain/{k}") for k in ("UA", "RA", "TA", "MIA")}
+        rec["retrain"].update({"avg_gap": 0.0, "rte_min": m.get("retrain_rte_min")})
+        out.append(rec)
+    return out
+
+
+def _num(v: str | None) -> Any:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return v
+
+
+def varying(records: list[dict]) -> list[str]:
+    return [k for k in SWEPT if len({r.get(k) for r in records}) > 1]
+
+
+def _agg(values: list[float | None]) -> tuple[float, float, int]:
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return float("nan"), float("nan"), 0
+    return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0), len(vals)
+
+
+def table(records: list[dict]) -> list[dict[str, Any]]:
+    """The paper-style rows, mean ± std over seeds."""
+    extra = varying(records)
+    rows = []
+    for scenario in sorted({r["scenario"] for r in records}):
+        recs = [r for r in records if r["scenario"] == scenario]
+        by_seed = {r["seed"]: r["retrain"] for r in recs}
+        rows.append(_row(scenario, "Retrain", list(by_seed.values())))
+        for method in sorted({r["method"] for r in recs}):
+            mine = [r for r in recs if r["method"] == method]
+            base_by_seed = {r["seed"]: r["baseline"] for r in mine}
+            rows.append(_row(scenario, method, list(base_by_seed.values())))
+            cells: dict[tuple, list[dict]] = defaultdict(list)
+            for r in mine:
+                cells[(r["variant"], *(r.get(k) for k in extra))].append(r)
+            for key in sorted(cells, key=str):
+                label = f"{method}+{key[0]}" + "".join(f" {k.split('.')[-1]}={v:g}" if isinstance(v, float)
+                                                      else f" {k.split('.')[-1]}={v}" for k, v in zip(extra, key[1:],
+                                                                                                       strict=True))
+                rows.append(_row(scenario, label, cells[key]))
+    return rows
+
+
+def _row(scenario: str, name: str, recs: list[dict]) -> dict[str, Any]:
+    row: dict[str, Any] = {"scenario": scenario, "model": name}
+    for k in METRICS:
+        mean, std, n = _agg([r.get(k) for r in recs])
+        row[k], row[f"{k}_std"], row["n"] = mean, std, max(n, row.get("n", 0))
+    return row
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = []
+    for scenario in dict.fromkeys(r["scenario"] for r in rows):
+        lines += [f"### {scenario}", "", "| model | UA | RA | TA | MIA | Avg. Gap | RTE (min) | seeds |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for r in (r for r in rows if r["scenario"] == scenario):
+            cells = [f"{r[k]:.2f} ± {r[k + '_std']:.2f}" for k in METRICS[:-1]]
+            lines.append(f"| {r['model']} | " + " | ".join(cells) + f" | {r['rte_min']:.2f} | {r['n']} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plots(records: list[dict], histories: dict[str, dict[str, list]], out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    made = []
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for r in records:
+        groups[(r["scenario"], r["method"], r["variant"])].append(r)
+    keys = sorted(groups, key=str)
+    fig, axes = plt.subplots(len(keys), 1, figsize=(7, 2.6 * len(keys)), squeeze=False)
+    for ax, key in zip(axes[:, 0], keys, strict=True):
+        for i, r in enumerate(groups[key]):
+            h = histories[r["run_id"]]
+            for t in r["effective_region"]:
+                ax.axvspan(t - 0.02, t + 0.02, color="tab:green", alpha=0.06, lw=0)
+            ax.plot(h["t"], h["UA"], color="C0", alpha=0.8, label="UA" if i == 0 else None)
+            ax.plot(h["t"], h["RA"], color="C1", alpha=0.8, label="RA" if i == 0 else None)
+            ax.axhline(r["retrain"]["UA"], color="C0", ls=":", lw=1)
+        ax.set_title(" / ".join(key), fontsize=9)
+        ax.set_xlim(0, 1)
+        ax.legend(fontsize=7)
+    axes[-1, 0].set_xlabel("t")
+    fig.tight_layout()
+    made.append(_save(fig, out / "paths.png"))
+    for param in ("mcu.curve_order", "mcu.k", "mcu.k_r", "schedule"):
+        values = sorted({r.get(param) for r in records if r.get(param) is not None}, key=str)
+        if len(values) < 2:
+            continue
+        fig, ax = plt.subplots(figsize=(5, 3.2))
+        data = [[r["avg_gap"] for r in records if r.get(param) == v] for v in values]
+        ax.boxplot(data, tick_labels=[str(v) for v in values])
+        ax.set_xlabel(param)
+        ax.set_ylabel("Avg. Gap (lower is better)")
+        fig.tight_layout()
+        made.append(_save(fig, out / f"avg_gap_by_{param.split('.')[-1]}.png"))
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    xs, ys = [r["rte_min"] for r in records], [r["avg_gap"] for r in records]
+    ax.scatter(xs, ys, s=14, alpha=0.6, label="trials")
+    front = sorted((x, y) for x, y in zip(xs, ys, strict=True)
+                   if not any(a <= x and b <= y and (a < x or b < y) for a, b in zip(xs, ys, strict=True)))
+    ax.plot([f[0] for f in front], [f[1] for f in front], "r.-", label="Pareto front")
+    ax.set_xlabel("RTE (min)")
+    ax.set_ylabel("Avg. Gap")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    made.append(_save(fig, out / "pareto.png"))
+    return made
+
+
+def _save(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    from mcu_dist.tracking import KIND_TAG, PARENT_TAG, Tracker
+
+    p = argparse.ArgumentParser(prog="python -m mcu_dist.report", description=__doc__.splitlines()[0])
+    p.add_argument("--experiment", required=True, help="MLflow experiment (the sweep or grid name)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///mlflow.db, made absolute)")
+    p.add_argument("--out", default="report", help="folder for report.md/.csv/.parquet and the plots")
+    args = p.parse_args(argv)
+    try:
+        tracker = Tracker(args.tracking_uri, args.experiment)
+        runs = tracker.client.search_runs([tracker.experiment_id], max_results=50000)
+    except Exception as e:
+        print(f"error: --tracking-uri: cannot read {args.tracking_uri or 'sqlite:///mlflow.db'} ({type(e).__name__}); "
+              "allowed: a reachable MLflow store", file=sys.stderr)
+        return 2
+    records = trial_records([r for r in runs if PARENT_TAG in r.data.tags])
+    if not records:
+        print(f"error: --experiment: {args.experiment!r} has no finished trial runs; allowed: an experiment "
+              "written by python -m mcu_dist.sweep or mcu_dist.ablate", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = table(records)
+    text = markdown(rows)
+    (out / "report.md").write_text(text)
+    write_table(rows, out / "report.parquet")
+    with open(out / "report.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    histories = {}
+    for r in records:
+        h = {k: [m.value for m in sorted(tracker.client.get_metric_history(r["run_id"], f"path/{k}"),
+                                          key=lambda m: m.step)] for k in ("t", "UA", "RA")}
+        histories[r["run_id"]] = h
+    plots(records, histories, out)
+    sweeps = [r for r in runs if r.data.tags.get(KIND_TAG) == "sweep"]
+    if sweeps:
+        tracker.log_artifacts(sweeps[0].info.run_id, out, "report")
+    print(text)
+    print(f"report written to {out}/" + (f" and logged to MLflow run {sweeps[0].info.run_id}" if sweeps else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

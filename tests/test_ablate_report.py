@@ -1,0 +1,88 @@
+"""Ablation grids and the paper-style report, on real MLflow runs written by real trials (no Ray)."""
+
+from __future__ import annotations
+
+import statistics
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from mcu_dist import report
+from mcu_dist.config import ConfigError
+from mcu_dist.sweep import reference_cells
+from mcu_dist.tracking import KIND_TAG, PARENT_TAG, Tracker
+from mcu_dist.trial import TrialContext, run_trial
+from mcu_dist.tune_space import load_space
+
+SMALL = {"data.dataset": "digits", "reference.epochs": 3, "mcu.epochs": 1, "eval.t_points": 5,
+         "eval.mia_cap": 200, "eval.calibration_size": 256}
+
+
+def _grid(tmp_path, grid: dict, **fixed) -> str:
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump({"fixed": {**SMALL, "cache_dir": str(tmp_path / "cache"), **fixed},
+                                    "grid": grid, "sweep": {"name": "g"}}))
+    return str(path)
+
+
+def test_grid_is_the_cross_product_and_shares_references_per_scenario_and_seed(tmp_path):
+    space = load_space(_grid(tmp_path, {"baseline": ["ga", "rl"], "forget.spec": ["classes:1", "random:0.1"],
+                                        "mcu.beta_schedule": ["fixed", "adaptive_step"], "seed": [0, 1]}))
+    assert space.sweep.num_samples == 16
+    cells = reference_cells(space)
+    assert len(cells) == 4 and {(c["forget.spec"], c["seed"]) for c in cells} == {
+        ("classes:1", 0), ("classes:1", 1), ("random:0.1", 0), ("random:0.1", 1)}
+    cfg = space.trial_config({"baseline": "rl", "forget.spec": "random:0.1", "mcu.beta_schedule": "fixed", "seed": 1})
+    assert cfg.baselines.methods == ["rl"] and cfg.forget.spec == "random:0.1"
+    assert (cfg.seeds.split, cfg.seeds.model, cfg.seeds.unlearn, cfg.seeds.eval) == (1, 1, 1, 1)
+
+
+@pytest.mark.parametrize("grid,key", [({"mcu.k": 0.5}, "grid.mcu.k"), ({"mcu.k": []}, "grid.mcu.k"),
+                                      ({"mcu.kk": [0.5]}, "search.mcu.kk"), ({"seed": ["a"]}, "search.seed"),
+                                      ({"mcu.k": [0.5, 1.5]}, "search.mcu.k")])
+def test_bad_grid_is_one_line_naming_the_key(tmp_path, grid, key):
+    with pytest.raises(ConfigError) as info:
+        load_space(_grid(tmp_path, grid))
+    assert str(info.value).split(": ")[0].startswith(key) and "\n" not in str(info.value)
+
+
+def test_report_builds_the_paper_table_from_mlflow(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    space = load_space(_grid(tmp_path, {"baseline": ["ga"], "mcu.beta_schedule": ["fixed", "adaptive_step"],
+                                        "seed": [0, 1]}, **{"forget.spec": "classes:1"}))
+    tracker = Tracker(uri, "grid")
+    parent = tracker.start_run("grid", {KIND_TAG: "sweep"})
+    metrics = {}
+    for i, (schedule, seed) in enumerate([("fixed", 0), ("fixed", 1), ("adaptive_step", 0), ("adaptive_step", 1)]):
+        params = {"baseline": "ga", "mcu.beta_schedule": schedule, "seed": seed}
+        ctx = TrialContext(space, uri, "grid", parent, f"cell{i}", tmp_path / f"cell{i}")
+        metrics[(schedule, seed)] = run_trial(params, ctx)
+    tracker.end_run(parent)
+    out = tmp_path / "report"
+    assert report.main(["--experiment", "grid", "--tracking-uri", uri, "--out", str(out)]) == 0
+    rows = pq.read_table(out / "report.parquet").to_pylist()
+    assert [r["model"] for r in rows] == ["Retrain", "ga", "ga+MCU", "ga+MCU-β"]
+    assert rows[0]["avg_gap"] == 0.0 and rows[0]["n"] == 2
+    mcu = rows[2]
+    gaps = [metrics[("fixed", s)]["avg_gap"] for s in (0, 1)]
+    assert mcu["avg_gap"] == pytest.approx(statistics.fmean(gaps))
+    assert mcu["avg_gap_std"] == pytest.approx(statistics.stdev(gaps))
+    assert rows[1]["avg_gap"] == pytest.approx(statistics.fmean(metrics[("fixed", s)]["baseline_avg_gap"]
+                                                                for s in (0, 1)))
+    for name in ("report.md", "report.csv", "paths.png", "pareto.png", "avg_gap_by_schedule.png"):
+        assert (out / name).is_file(), name
+    assert "| ga+MCU-β |" in (out / "report.md").read_text()
+    client = MlflowClient(uri)
+    logged = {a.path for a in client.list_artifacts(parent, "report")}
+    assert "report/report.md" in logged and "report/paths.png" in logged
+    children = client.search_runs([tracker.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent}'")
+    assert len(children) == 4
+
+
+def test_report_on_an_empty_experiment_is_a_clear_error(tmp_path, capsys):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    Tracker(uri, "nothing")
+    assert report.main(["--experiment", "nothing", "--tracking-uri", uri, "--out", str(tmp_path / "r")]) == 2
+    assert "--experiment" in capsys.readouterr().err
