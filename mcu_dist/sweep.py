@@ -119,11 +119,23 @@ def prepare_shared_models(space: SearchSpace, log=print) -> None:
     log(f"shared models ready ({trained} trained now, the rest from the cache {space.base_config().cache_dir})")
 
 
-def build_tuner(space: SearchSpace, storage: str, context: dict, resume: bool):
+def make_searcher(space: SearchSpace, sampler=None):
+    """OptunaSearch over the space (define-by-run): seeded TPE, or NSGA-II over (objective, RTE)."""
     import optuna
+    from ray.tune.search.optuna import OptunaSearch
+
+    sweep = space.sweep
+    metric: Any = [sweep.objective, "rte_min"] if sweep.multi_objective else sweep.objective
+    mode: Any = ["min", "min"] if sweep.multi_objective else "min"
+    if sampler is None:
+        sampler = (optuna.samplers.NSGAIISampler(seed=sweep.seed) if sweep.multi_objective
+                   else optuna.samplers.TPESampler(seed=sweep.seed, multivariate=True, group=True))
+    return OptunaSearch(space=space.suggest, metric=metric, mode=mode, sampler=sampler)
+
+
+def build_tuner(space: SearchSpace, storage: str, context: dict, resume: bool):
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
-    from ray.tune.search.optuna import OptunaSearch
 
     sweep = space.sweep
     trainable = tune.with_resources(tune.with_parameters(tune_trainable, context=context),
@@ -134,12 +146,7 @@ def build_tuner(space: SearchSpace, storage: str, context: dict, resume: bool):
             raise ConfigError(f"--resume: no sweep to resume at {path}; allowed: the --storage and --name of an "
                               "earlier sweep")
         return tune.Tuner.restore(path, trainable=trainable, resume_errored=True, restart_errored=False)
-    metric: Any = [sweep.objective, "rte_min"] if sweep.multi_objective else sweep.objective
-    mode: Any = ["min", "min"] if sweep.multi_objective else "min"
-    sampler = optuna.samplers.TPESampler(seed=sweep.seed, multivariate=True, group=True)
-    if sweep.multi_objective:
-        sampler = optuna.samplers.NSGAIISampler(seed=sweep.seed)
-    searcher = OptunaSearch(space=space.suggest, metric=metric, mode=mode, sampler=sampler)
+    searcher = make_searcher(space)
     scheduler = None
     if sweep.asha:
         scheduler = ASHAScheduler(metric=sweep.objective, mode="min", time_attr="epoch",

@@ -86,3 +86,10 @@ def test_report_on_an_empty_experiment_is_a_clear_error(tmp_path, capsys):
     Tracker(uri, "nothing")
     assert report.main(["--experiment", "nothing", "--tracking-uri", uri, "--out", str(tmp_path / "r")]) == 2
     assert "--experiment" in capsys.readouterr().err
+
+
+def test_shipped_smoke_grid_parses():
+    from pathlib import Path
+
+    space = load_space(Path(__file__).resolve().parents[1] / "tune_spaces" / "ablation_smoke.yaml")
+    assert space.grid and space.sweep.num_samples == 16 and len(reference_cells(space)) == 4

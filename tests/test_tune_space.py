@@ -1,6 +1,6 @@
 """Search spaces (``tune_spaces/*.yaml``): parsing, sampling with real Optuna trials, the trial configs
 they produce, one-line errors for bad spaces (also through the CLI, before Ray starts), and the
-Optuna wiring of ``build_tuner`` (TPE beats random search on a cheap synthetic objective).
+Optuna wiring of the sweep (``make_searcher``) (TPE beats random search on a cheap synthetic objective).
 
 No Ray cluster and no training: everything here runs in seconds.
 """
@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from mcu_dist.config import ConfigError
-from mcu_dist.sweep import build_tuner, parse_args, resolve
+from mcu_dist.sweep import make_searcher, parse_args, resolve
 from mcu_dist.tune_space import SearchSpace, load_space, parse_space
 from tests.conftest import CIFAR_PARQUET
 
@@ -28,11 +28,10 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 TPESampler = optuna.samplers.TPESampler  # the real class (tests below patch the module attribute)
 
 SPACES_DIR = Path(__file__).resolve().parents[1] / "tune_spaces"
-SHIPPED = sorted(p.name for p in SPACES_DIR.glob("*.yaml"))
+SHIPPED = sorted(p.name for p in SPACES_DIR.glob("*.yaml") if "grid" not in yaml.safe_load(p.read_text()))
 ADAPTIVE = ("adaptive_step", "adaptive_abs", "adaptive_smooth")
 N_SAMPLES = 150
 
-# Spaces whose numeric box reaches past MCUConfig's k + k_r <= 1 (see test_sampled_trial_configs_validate).
 
 def _space_path(name: str, monkeypatch) -> Path:
     path = SPACES_DIR / name
@@ -440,7 +439,7 @@ def test_resolve_applies_flags_without_ray(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------------
-# 5. build_tuner's OptunaSearch: define-by-run over the space; TPE beats random search
+# 5. the sweep's OptunaSearch: define-by-run over the space; TPE beats random search
 # ---------------------------------------------------------------------------------------------------
 
 SYNTH = _digits({
@@ -454,31 +453,18 @@ def _synthetic_objective(cfg) -> float:
     return (cfg.mcu.k - 0.8) ** 2 + (cfg.mcu.beta - 0.1) ** 2 + 0.3 * (cfg.mcu.beta_schedule != "adaptive_smooth")
 
 
-def _searcher_from_build_tuner(space: SearchSpace, tmp_path: Path, monkeypatch, sampler_factory=None):
-    """The searcher exactly as ``build_tuner`` builds it; Tune's trainable wrappers and Tuner are stubbed so
-    that nothing reaches Ray (``tune.with_parameters`` would start a local Ray to put the context).
-    ``sampler_factory(**tpe_kwargs)`` replaces the TPESampler that build_tuner constructs, when given."""
-    from ray import tune
-
-    built: dict = {}
+def _searcher(space: SearchSpace, monkeypatch=None, sampler=None):
+    """The searcher exactly as the sweep builds it (``make_searcher``); records TPESampler's arguments."""
     tpe_calls: list[dict] = []
+    if monkeypatch is not None:
+        def tpe(**kwargs):
+            tpe_calls.append(kwargs)
+            return TPESampler(**kwargs)
 
-    class FakeTuner:
-        def __init__(self, trainable, tune_config, run_config):
-            built.update(trainable=trainable, tune_config=tune_config, run_config=run_config)
-
-    def tpe(**kwargs):
-        tpe_calls.append(kwargs)
-        return (sampler_factory or TPESampler)(**kwargs)
-
-    monkeypatch.setattr(tune, "with_parameters", lambda fn, **kw: fn)
-    monkeypatch.setattr(tune, "with_resources", lambda fn, resources: fn)
-    monkeypatch.setattr(tune, "Tuner", FakeTuner)
-    monkeypatch.setattr(optuna.samplers, "TPESampler", tpe)
+        monkeypatch.setattr(optuna.samplers, "TPESampler", tpe)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # optuna's ExperimentalWarning for multivariate/group
-        build_tuner(space, str(tmp_path / "storage"), {}, resume=False)
-    return built["tune_config"].search_alg, tpe_calls
+        return make_searcher(space, sampler), tpe_calls
 
 
 def _best_of(searcher, space: SearchSpace, n: int) -> float:
@@ -498,13 +484,13 @@ def _best_of(searcher, space: SearchSpace, n: int) -> float:
     return best
 
 
-def test_build_tuner_searcher_wiring(tmp_path, monkeypatch):
+def test_sweep_searcher_wiring(monkeypatch):
     import ray
     from ray.tune.search.optuna import OptunaSearch
 
     space = parse_space(copy.deepcopy(SYNTH))
     space.sweep.seed = 7
-    searcher, tpe_calls = _searcher_from_build_tuner(space, tmp_path, monkeypatch)
+    searcher, tpe_calls = _searcher(space, monkeypatch)
     assert isinstance(searcher, OptunaSearch)
     assert tpe_calls == [{"seed": 7, "multivariate": True, "group": True}]
     assert searcher.metric == space.sweep.objective == "avg_gap" and searcher.mode == "min"
@@ -513,26 +499,25 @@ def test_build_tuner_searcher_wiring(tmp_path, monkeypatch):
     assert not ray.is_initialized()
 
 
-def test_build_tuner_multi_objective_searcher(tmp_path, monkeypatch):
+def test_sweep_multi_objective_searcher():
     space = parse_space(_digits({"mcu.k": {"type": "float", "low": 0.1, "high": 1.0}},
                                 {"multi_objective": True, "objective": "gap_cal"}))
-    searcher, _ = _searcher_from_build_tuner(space, tmp_path, monkeypatch)
+    searcher, _ = _searcher(space)
     assert searcher.metric == ["gap_cal", "rte_min"] and searcher.mode == ["min", "min"]
     assert isinstance(searcher._ot_study.sampler, optuna.samplers.NSGAIISampler)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2, 3, 4])
-def test_tpe_beats_random_search_through_build_tuner(seed, tmp_path, monkeypatch):
+def test_tpe_beats_random_search_through_the_sweep_searcher(seed):
     """Same wiring, same trials, only the sampler differs. On this objective TPE's best is >10x smaller
     than random's for seeds 0-4 (29 of seeds 0-29 win at 40 trials), so the comparison is robust."""
     n = 40
     space = parse_space(copy.deepcopy(SYNTH))
     space.sweep.seed = seed
-    tpe, _ = _searcher_from_build_tuner(space, tmp_path, monkeypatch)
+    tpe, _ = _searcher(space)
+    assert isinstance(tpe._ot_study.sampler, TPESampler)
     tpe_best = _best_of(tpe, space, n)
-    rnd, calls = _searcher_from_build_tuner(space, tmp_path, monkeypatch,
-                                            sampler_factory=lambda **kw: optuna.samplers.RandomSampler(kw["seed"]))
-    assert calls[0]["seed"] == seed
+    rnd, _ = _searcher(space, sampler=optuna.samplers.RandomSampler(seed))
     assert isinstance(rnd._ot_study.sampler, optuna.samplers.RandomSampler)
     random_best = _best_of(rnd, space, n)
     assert tpe_best < random_best, (tpe_best, random_best)
