@@ -205,7 +205,7 @@ class EvalConfig:
     calibration_size: int = 2000
     mia_cap: int = 2000
     batch_size: int = 512
-    workers: int = 0  # processes evaluating t points in parallel; 0 = one per core
+    workers: int = 1  # processes evaluating t points in parallel; 0 = one per core
 
     def grid(self) -> list[float]:
         if self.t_grid is not None:

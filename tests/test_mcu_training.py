@@ -134,3 +134,23 @@ def test_with_overrides_coerces_and_rejects_unknown_keys(tmp_path):
     assert cfg.mcu.k == 0.25 and cfg.mcu.variants == ["mcu"]
     with pytest.raises(ConfigError, match="mcu.kk"):
         with_overrides(cfg, {"mcu.kk": 1})
+
+
+def test_parallel_path_evaluation_equals_serial(tmp_path, digits_lab, digits_original, endpoint):
+    """The t points are independent: a process pool gives the same path table as one process."""
+    import dataclasses
+
+    from mcu_dist.evaluate.path_eval import eval_workers, evaluate_path
+    from mcu_dist.lab import Lab
+
+    curve = build_curve(digits_original, endpoint, 2, [n for n, _ in digits_original.named_parameters()])
+    cal = Calibration(0.0, 99.0)
+    grid = [0.0, 0.5, 0.9, 1.0]
+    serial = evaluate_path(curve, digits_lab, grid, cal, None)
+    lab = Lab(dataclasses.replace(digits_lab.cfg, eval=dataclasses.replace(digits_lab.cfg.eval, workers=2)),
+              digits_lab.bundle, digits_lab.splits, digits_lab.device, digits_lab.cache)
+    assert eval_workers(lab, len(grid)) == 2
+    parallel = evaluate_path(curve, lab, grid, cal, None)
+    for a, b in zip(serial, parallel, strict=True):
+        for key in ("t", "RA", "FA", "TA", "MIA", "gap_cal"):
+            assert a[key] == pytest.approx(b[key], abs=1e-6), (a["t"], key)

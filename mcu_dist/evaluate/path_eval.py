@@ -1,11 +1,17 @@
 """Path evaluation: at each t of the grid, BN recalibration at θ(t), then every metric in one pass.
 
-The path table (one row per t) is the main artifact of a run; it is written as Parquet.
+The t points are independent: with ``eval.workers`` > 1 (0: one per core) they are evaluated by a
+pool of processes, each holding the experiment's data once and receiving θ(t) as a state dict. The
+path table (one row per t) is the main artifact of a run; it is written as Parquet.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import multiprocessing
+import os
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import pyarrow as pa
@@ -26,19 +32,55 @@ def model_at(curve: BezierCurve, t: float, lab: Lab, calib: torch.Tensor):
     return recalibrate_bn(curve.materialize(t), lab, calib, lab.cfg.eval.batch_size)
 
 
+def evaluate_point(model, lab: Lab, t: float, calib: torch.Tensor) -> dict:
+    start = time.perf_counter()
+    model = recalibrate_bn(model, lab, calib, lab.cfg.eval.batch_size)
+    return {"t": float(t), **evaluate_model(model, lab), "seconds": time.perf_counter() - start}
+
+
+def eval_workers(lab: Lab, points: int) -> int:
+    """Processes for the grid: 1 for data only this process holds (the Python API), else eval.workers."""
+    if lab.model_factory is not None or lab.bundle.name == "user":
+        return 1
+    wanted = lab.cfg.eval.workers or (os.cpu_count() or 1)
+    return max(1, min(wanted, points))
+
+
 def evaluate_path(curve: BezierCurve, lab: Lab, grid: list[float], cal: Calibration,
                   retrain_row: dict[str, float] | None) -> list[dict]:
     calib = calibration_positions(lab, lab.cfg.eval, lab.cfg.seeds.eval)
-    rows = []
-    for t in grid:
-        start = time.perf_counter()
-        row = {"t": float(t), **evaluate_model(model_at(curve, t, lab, calib), lab)}
+    workers = eval_workers(lab, len(grid))
+    if workers == 1:
+        rows = [evaluate_point(curve.materialize(t), lab, t, calib) for t in grid]
+    else:
+        threads = max(1, torch.get_num_threads() // workers)
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
+                                 initargs=(dataclasses.asdict(lab.cfg), threads)) as pool:
+            states = [{k: v.cpu() for k, v in curve.materialize(t).state_dict().items()} for t in grid]
+            rows = list(pool.map(_evaluate_in_worker, grid, states))
+    for row in rows:
         row["gap_cal"] = gap_cal(row["RA"], row["FA"], cal)
         if retrain_row is not None:
             row["avg_gap"] = avg_gap(row, retrain_row)
-        row["seconds"] = time.perf_counter() - start
-        rows.append(row)
     return rows
+
+
+_WORKER: dict = {}
+
+
+def _init_worker(cfg: dict, threads: int) -> None:
+    from mcu_dist.config import ExperimentConfig, from_dict
+
+    torch.set_num_threads(threads)
+    lab = Lab.build(from_dict(ExperimentConfig, cfg))
+    _WORKER.update(lab=lab, calib=calibration_positions(lab, lab.cfg.eval, lab.cfg.seeds.eval))
+
+
+def _evaluate_in_worker(t: float, state: dict) -> dict:
+    lab = _WORKER["lab"]
+    model = lab.new_model()
+    model.load_state_dict(state)
+    return evaluate_point(model, lab, t, _WORKER["calib"])
 
 
 def write_table(rows: list[dict], path: str | Path, metadata: dict[str, str] | None = None) -> None:
