@@ -93,3 +93,17 @@ def test_shipped_smoke_grid_parses():
 
     space = load_space(Path(__file__).resolve().parents[1] / "tune_spaces" / "ablation_smoke.yaml")
     assert space.grid and space.sweep.num_samples == 16 and len(reference_cells(space)) == 4
+
+
+def test_asha_trials_report_a_gap_cal_proxy_every_epoch(tmp_path):
+    from mcu_dist.tune_space import parse_space
+
+    space = parse_space({"fixed": {**SMALL, "forget.spec": "classes:1", "mcu.epochs": 3,
+                                   "cache_dir": str(tmp_path / "cache")},
+                         "search": {"mcu.k": {"type": "float", "low": 0.2, "high": 1.0}},
+                         "sweep": {"asha": True, "objective": "gap_cal"}})
+    reports: list[dict] = []
+    final = run_trial({"mcu.k": 0.5}, TrialContext(space, None, "x", None, "t0", tmp_path / "t"), report=reports.append)
+    assert [r["epoch"] for r in reports] == [1, 2, 3]
+    assert all(r["final"] == 0 and r["gap_cal"] == r["proxy_gap_cal"] >= 0 for r in reports)
+    assert final["final"] == 1 and "avg_gap" in final
