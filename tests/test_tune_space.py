@@ -422,6 +422,7 @@ def test_cli_refuses_yaml_typo_with_exit_2(tmp_path):
 def test_resolve_applies_flags_without_ray(tmp_path):
     import ray
 
+    ray_before = ray.is_initialized()  # an earlier test module may have joined the session cluster
     args = parse_args(["--space", str(SPACES_DIR / "default.yaml"), "--num-samples", "3", "--max-concurrent", "1",
                        "--name", "t", "--storage", str(tmp_path / "st"), "--tracking-uri",
                        f"sqlite:///{tmp_path / 'm.db'}"])
@@ -430,7 +431,7 @@ def test_resolve_applies_flags_without_ray(tmp_path):
     assert storage == str((tmp_path / "st").resolve()) and experiment == "t"
     assert uri == f"sqlite:///{tmp_path / 'm.db'}"
     assert space.fixed["cache_dir"] == str(Path(storage) / "cache")
-    assert not ray.is_initialized() and not (tmp_path / "st").exists()
+    assert ray.is_initialized() == ray_before and not (tmp_path / "st").exists()
 
     args = parse_args(["--space", str(SPACES_DIR / "default.yaml"), "--max-concurrent", "0",
                        "--storage", str(tmp_path / "st")])
@@ -488,6 +489,7 @@ def test_sweep_searcher_wiring(monkeypatch):
     import ray
     from ray.tune.search.optuna import OptunaSearch
 
+    ray_before = ray.is_initialized()
     space = parse_space(copy.deepcopy(SYNTH))
     space.sweep.seed = 7
     searcher, tpe_calls = _searcher(space, monkeypatch)
@@ -496,7 +498,7 @@ def test_sweep_searcher_wiring(monkeypatch):
     assert searcher.metric == space.sweep.objective == "avg_gap" and searcher.mode == "min"
     assert isinstance(searcher._ot_study.sampler, TPESampler)
     assert searcher._ot_study.direction == optuna.study.StudyDirection.MINIMIZE
-    assert not ray.is_initialized()
+    assert ray.is_initialized() == ray_before  # building the searcher starts no Ray
 
 
 def test_sweep_multi_objective_searcher():
