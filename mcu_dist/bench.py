@@ -193,15 +193,50 @@ def scaling(lab: Lab, workers: int, batch_size: int, epochs: int) -> dict:
             "startup_s": wall - state.seconds, "ratio": state.seconds / local.seconds, "target": None}
 
 
+def sweep_cost(trials: int, workers: int, storage: str) -> dict:
+    """Wall time of an N-trial sweep (the default space at smoke size) against its trials' own compute."""
+    import json
+
+    from mcu_dist import sweep
+
+    name = f"bench-sweep-{workers}w-{time.strftime('%Y%m%d-%H%M%S')}"
+    argv = ["--smoke-test", "--num-samples", str(trials), "--storage", storage, "--name", name,
+            "--tracking-uri", f"sqlite:///{Path(storage).resolve() / 'bench-mlflow.db'}"]
+    if workers > 1:
+        argv += ["--space", str(_workers_space(storage, workers))]
+    if sweep.main(argv) != 0:
+        raise RuntimeError("the benchmark sweep failed")
+    s = json.loads((Path(storage) / name / "summary.json").read_text())
+    return {"bench": f"sweep_{workers}w", "model": "small_cnn", "batch": trials, "fit_s": s["fit_s"],
+            "trial_compute_s": s["trial_compute_s"], "ratio": s["fit_s"] / max(s["trial_compute_s"], 1e-9),
+            "overhead_per_trial_s": s["overhead_per_trial_s"], "target": 10.0 if workers == 1 else None}
+
+
+def _workers_space(storage: str, workers: int) -> Path:
+    import yaml
+
+    from mcu_dist.sweep import DEFAULT_SPACE
+
+    data = yaml.safe_load(DEFAULT_SPACE.read_text())
+    data["fixed"].update({"model.name": "small_cnn_nobn", "scale.workers": workers, "scale.cpus_per_worker": 0.5})
+    data["sweep"].update({"max_concurrent": 1, "cpus_per_trial": 0.2})
+    path = Path(storage) / f"space-{workers}w.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
 def format_rows(rows: list[dict]) -> str:
     lines = [f"{'bench':<14}{'model':<12}{'batch':>6}{'base_s':>10}{'test_s':>10}{'ratio':>8}{'bound':>8}{'target':>8}"]
     for r in rows:
-        base = r.get("ft_s", r.get("unmasked_epoch_s", r.get("one_worker_epoch_s")))
-        test = r.get("curve_s", r.get("masked_epoch_s", r.get("n_worker_epoch_s")))
+        base = r.get("ft_s", r.get("unmasked_epoch_s", r.get("one_worker_epoch_s", r.get("trial_compute_s"))))
+        test = r.get("curve_s", r.get("masked_epoch_s", r.get("n_worker_epoch_s", r.get("fit_s"))))
         bound = f"{r['bound']:.2f}" if "bound" in r else "-"
         lines.append(f"{r['bench']:<14}{r['model']:<12}{r['batch']:>6}{base:>10.4f}{test:>10.4f}{r['ratio']:>8.2f}"
                      f"{bound:>8}{('<= ' + str(r['target'])) if r['target'] is not None else '-':>8}"
-                     + (f"  start-up {r['startup_s']:.1f} s" if "startup_s" in r else ""))
+                     + (f"  start-up {r['startup_s']:.1f} s" if "startup_s" in r else "")
+                     + (f"  overhead/trial {r['overhead_per_trial_s']:.1f} s (target <= 10 s in-process)"
+                        if "overhead_per_trial_s" in r else ""))
     return "\n".join(lines)
 
 
@@ -215,7 +250,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mask-k", type=float, default=0.1)
     p.add_argument("--mask-models", default="small_cnn", help="models for the masked-epoch benchmark")
     p.add_argument("--scaling-workers", type=int, default=0,
-                   help="also time a curve epoch on N Ray Train workers against 1 (starts or joins Ray)")
+                   help="also time a curve epoch on N Ray Train workers against 1 on the CIFAR-10 copy "
+                   "(starts or joins Ray)")
+    p.add_argument("--sweep-trials", type=int, default=0,
+                   help="also time an N-trial smoke sweep (in-process trials, and Ray Train trials with "
+                   "--scaling-workers) against its trials' own compute")
     p.add_argument("--gpu", action="store_true")
     p.add_argument("--out", default="bench.parquet")
     p.add_argument("--cache-dir", default=ExperimentConfig().cache_dir)
@@ -233,10 +272,15 @@ def main(argv: list[str] | None = None) -> int:
         for model in args.mask_models.split(","):
             lab = make_lab(model, args.data, args.n_train, device, args.cache_dir)
             rows.append(masked_epoch(lab, args.mask_k, args.batch_size, epochs=1))
-        if args.scaling_workers >= 2:
-            lab = make_lab("small_cnn_nobn", args.data, args.n_train, device, args.cache_dir)
+        if args.scaling_workers >= 2:  # workers rebuild the data from the config: a registered dataset
+            lab = make_lab("small_cnn_nobn", "cifar10", args.n_train, device, args.cache_dir)
             lab.cfg.scale.gpu = args.gpu
             rows.append(scaling(lab, args.scaling_workers, args.batch_size, epochs=3))
+        if args.sweep_trials:
+            storage = str(Path(args.cache_dir) / "bench_sweeps")
+            rows.append(sweep_cost(args.sweep_trials, 1, storage))
+            if args.scaling_workers >= 2:
+                rows.append(sweep_cost(max(2, args.sweep_trials // 2), args.scaling_workers, storage))
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -10,6 +10,7 @@ recorded (Tune: ERROR, MLflow: FAILED) and the sweep goes on.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -62,8 +63,10 @@ def resolve(args: argparse.Namespace, loader=load_space) -> tuple[SearchSpace, s
     if args.name:
         sweep.name = args.name
     if args.smoke_test:
-        space.fixed.update({**SMOKE, "data.dataset": "digits", "model.name": "small_cnn"})
-        sweep.num_samples = min(sweep.num_samples, 2)
+        space.fixed.update({**SMOKE, "data.dataset": "digits"})
+        space.fixed.setdefault("model.name", "small_cnn")
+        if args.num_samples is None:
+            sweep.num_samples = min(sweep.num_samples, 2)
         sweep.asha = False
     sweep.validate()
     storage = args.storage or default_storage()
@@ -249,7 +252,9 @@ def main(argv: list[str] | None = None, *, loader=load_space, tuner_factory=None
                "parent_run_id": parent, "storage_dir": storage_dir}
     try:
         tuner = tuner_factory(space, storage, context, args.resume)
+        fit_start = time.perf_counter()
         results = tuner.fit()
+        fit_s = time.perf_counter() - fit_start
     except ConfigError as e:
         tracker.end_run(parent, "FAILED")
         print(f"error: {e}", file=sys.stderr)
@@ -262,8 +267,13 @@ def main(argv: list[str] | None = None, *, loader=load_space, tuner_factory=None
     table.parent.mkdir(parents=True, exist_ok=True)
     write_table(rows or [{"trial_id": None}], table)
     tracker.log_artifact(parent, table)
+    compute = sum(float((r.metrics or {}).get("trial_s") or 0) for r in results)
     summary = {"trials": len(rows), "completed": len(ok), "failed": len(rows) - len(ok),
-               "wall_s": time.perf_counter() - start}
+               "wall_s": time.perf_counter() - start, "fit_s": fit_s, "trial_compute_s": compute,
+               # what a trial costs beyond its own compute, with max_concurrent trials sharing the fit's wall time
+               "overhead_per_trial_s": max(0.0, fit_s * min(sweep.max_concurrent, len(rows) or 1) - compute)
+               / max(len(rows), 1)}
+    (Path(storage_dir) / "summary.json").write_text(json.dumps(summary, indent=1))
     if ok:
         summary["best_" + sweep.objective] = ok[0][sweep.objective]
         tracker.set_tags(parent, {"mcu.best_trial": ok[0]["trial_id"]})
@@ -275,7 +285,8 @@ def main(argv: list[str] | None = None, *, loader=load_space, tuner_factory=None
     tracker.end_run(parent, "FINISHED")
     print()
     print(format_best(rows, sweep.objective))
-    print(f"\n{summary['completed']}/{summary['trials']} trials completed in {summary['wall_s']:.0f} s. "
+    print(f"\n{summary['completed']}/{summary['trials']} trials completed in {summary['wall_s']:.0f} s "
+          f"(trials {summary['fit_s']:.0f} s, their own compute {summary['trial_compute_s']:.0f} s). "
           f"MLflow: {tracker.ui_hint(parent)}")
     return 0
 

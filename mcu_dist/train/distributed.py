@@ -122,6 +122,9 @@ def fit_distributed(lab: Lab, original: nn.Module, endpoint: nn.Module, curve: B
     from ray.train.torch import TorchConfig, TorchTrainer
 
     cfg = lab.cfg
+    if lab.model_factory is not None or lab.bundle.name in ("user", "synthetic"):
+        raise ConfigError("scale.workers: data or a model given in-process (Python API, synthetic benchmark data) "
+                          "cannot reach Ray Train workers; allowed: 1 worker, or a registered dataset and model")
     connect(cfg)
     storage = cfg.scale.storage or str(Path(cfg.cache_dir).resolve() / "ray_storage")
     run_dir = Path(storage) / name
