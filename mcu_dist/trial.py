@@ -6,6 +6,7 @@ Curve training runs in-process for one CPU worker and on Ray Train (DDP) for mor
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ import torch
 from mcu_dist.config import ExperimentConfig, save_yaml
 from mcu_dist.data import write_manifest
 from mcu_dist.evaluate.bn import recalibrate_bn
-from mcu_dist.evaluate.metrics import predict
+from mcu_dist.evaluate.metrics import avg_gap, predict
 from mcu_dist.evaluate.mia import FEATURES
 from mcu_dist.evaluate.point import evaluate_model
 from mcu_dist.evaluate.selection import gap_cal
@@ -73,20 +74,12 @@ def run_trial(params: dict[str, Any], ctx: TrialContext, report=None) -> dict[st
             tags[PARENT_TAG] = ctx.parent_run_id
         run_cm = tracker.run(f"trial-{ctx.trial_id}", tags)
     else:
-        run_cm = _no_run()
+        run_cm = contextlib.nullcontext()
     with run_cm as run_id:
         if tracker:
             tracker.log_params(run_id, {**cfg.flat(), **{f"search.{k}": v for k, v in params.items()}})
         metrics = _compute(cfg, params, ctx, report, tracker, run_id, sweep)
     return metrics
-
-
-class _no_run:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 def _compute(cfg, params, ctx, report, tracker, run_id, sweep) -> dict[str, float]:
@@ -115,7 +108,7 @@ def _compute(cfg, params, ctx, report, tracker, run_id, sweep) -> dict[str, floa
     metrics = {k: float(row[k]) for k in REPORTED if k in row} | {"t_star": result.t_star}
     metrics.update({
         "region_size": float(len(result.effective_region)),
-        "baseline_avg_gap": float(baseline_row.get("avg_gap", _gap(baseline_row, retrain_row))),
+        "baseline_avg_gap": avg_gap(baseline_row, retrain_row),
         "baseline_gap_cal": gap_cal(baseline_row["RA"], baseline_row["FA"], cal),
         "rte_min": (base_s + result.seconds["curve"] + result.seconds["path_eval"]) / 60,
         "rte_curve_min": result.seconds["curve"] / 60, "rte_eval_min": result.seconds["path_eval"] / 60,
@@ -125,12 +118,6 @@ def _compute(cfg, params, ctx, report, tracker, run_id, sweep) -> dict[str, floa
     if tracker:
         _log_path(tracker, run_id, result, metrics, baseline_row, retrain_row, mask, out)
     return metrics
-
-
-def _gap(row: dict, ref: dict) -> float:
-    from mcu_dist.evaluate.metrics import avg_gap
-
-    return avg_gap(row, ref)
 
 
 def _log_path(tracker, run_id, result, metrics, baseline_row, retrain_row, mask, out: Path) -> None:
