@@ -178,6 +178,20 @@ def tune_trainable(config: dict, context: dict) -> None:
     tune.report(run_trial(params, ctx, report=tune.report))
 
 
+def reachable(address: str, timeout: float = 5.0) -> bool:
+    """A cheap TCP probe of a ``host:port`` Ray address, so that a wrong address fails in seconds."""
+    import socket
+
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit() or "://" in address:
+        return True  # "auto", ray:// client addresses: let Ray resolve them
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
 def pareto_front(rows: list[dict], keys: tuple[str, str]) -> list[dict]:
     a, b = keys
     done = [r for r in rows if r.get(a) is not None and r.get(b) is not None]
@@ -234,9 +248,22 @@ def main(argv: list[str] | None = None, *, loader=load_space, tuner_factory=None
     import ray
     import yaml
 
+    address = args.address or os.environ.get("RAY_ADDRESS")
     if not ray.is_initialized():
-        address = args.address or os.environ.get("RAY_ADDRESS")
-        ray.init(address=address, log_to_driver=False) if address else ray.init(log_to_driver=False)
+        if address and not reachable(address):
+            print(f"error: --address: nothing answers at {address}; allowed: the address of a running Ray cluster "
+                  "(ray start --head), or none for a local instance", file=sys.stderr)
+            return 2
+        try:
+            ray.init(address=address, log_to_driver=False) if address else ray.init(log_to_driver=False)
+        except (ConnectionError, RuntimeError, ValueError) as e:
+            print(f"error: --address: cannot reach the Ray cluster at {address} ({type(e).__name__}); allowed: the "
+                  "address of a running cluster (ray start --head), or none for a local instance", file=sys.stderr)
+            return 2
+    if uri.startswith("sqlite:") and sum(n["Alive"] for n in ray.nodes()) > 1:
+        print(f"error: --tracking-uri: {uri} is a file on one node, and this cluster has several; allowed: an MLflow "
+              "tracking server every node reaches (http://...)", file=sys.stderr)
+        return 2
     sweep = space.sweep
     print(f"sweep {sweep.name}: {space.source}, {sweep.num_samples} trials, objective {sweep.objective}; "
           f"storage {storage}; MLflow {uri} experiment {experiment}", flush=True)

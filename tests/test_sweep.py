@@ -175,3 +175,14 @@ def test_unreachable_tracking_server_fails_fast(tmp_path):
     assert "--tracking-uri" in proc.stderr.strip().splitlines()[-1]
     assert "Started a local Ray instance" not in proc.stdout + proc.stderr
     assert time.time() - start < 120
+
+
+def test_unreachable_ray_cluster_fails_fast(tmp_path):
+    (port,) = free_ports(1)
+    start = time.time()
+    proc = subprocess.run([sys.executable, "-m", "mcu_dist.sweep", "--smoke-test", "--storage", str(tmp_path),
+                           "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}", "--address", f"127.0.0.1:{port}"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: --address")
+    assert time.time() - start < 60
