@@ -6,6 +6,7 @@ process on the machine).
 
 from __future__ import annotations
 
+import itertools
 import os
 import secrets
 import signal
@@ -59,14 +60,39 @@ def ray_env(token: str) -> dict:
     return {**os.environ, **LOOPBACK, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}
 
 
+WORKER_PORTS = 400
+_blocks = itertools.count()
+
+
+def _worker_port_block() -> int:
+    """A block of worker ports below the kernel's ephemeral range (where free_ports draws the nodes' other
+    ports), distinct for every node this process starts and, by the pid, for other test runs."""
+    start = 10000 + (os.getpid() % 20) * 1000
+    for _ in range(50):
+        low = 10000 + (start - 10000 + next(_blocks) * WORKER_PORTS) % 22000
+        if _block_free(low):
+            return low
+    raise RuntimeError("no free block of worker ports below 32768")
+
+
+def _block_free(low: int) -> bool:
+    for port in range(low, low + WORKER_PORTS, 50):  # a sample: a block in use by another cluster shows up here
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                return False
+    return True
+
+
 def _node_args(num_cpus: int, resources: str | None) -> list[str]:
     gcs, manager, objects, client, agent, agent_grpc, runtime_env, metrics = free_ports(8)
-    workers = free_ports(1)[0]
+    low = _worker_port_block()
     args = ["--block", "--node-ip-address", "127.0.0.1", "--num-cpus", str(num_cpus),
             "--node-manager-port", str(manager), "--object-manager-port", str(objects),
             "--dashboard-agent-listen-port", str(agent), "--dashboard-agent-grpc-port", str(agent_grpc),
             "--runtime-env-agent-port", str(runtime_env), "--metrics-export-port", str(metrics),
-            "--min-worker-port", str(20000 + workers % 20000), "--max-worker-port", str(20000 + workers % 20000 + 200)]
+            "--min-worker-port", str(low), "--max-worker-port", str(low + WORKER_PORTS - 1)]
     if resources:
         args += ["--resources", resources]
     return args, gcs, client
