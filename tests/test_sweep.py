@@ -100,15 +100,12 @@ def test_resume_after_the_driver_is_killed_does_not_duplicate_trials(ray_cluster
     first_done = None
     while time.time() < deadline and first_done is None and driver.poll() is None:
         time.sleep(1)
-        if (tmp_path / "mlflow.db").exists():
-            try:
-                _, _, children = _runs(uri, "resumable")
-            except Exception:  # the store is still being created
-                continue
-            done = [c for c in children if c.info.status == "FINISHED"]
-            first_done = done[0] if done else None
+        done_in_tune = _terminated_in_tune_state(tmp_path / "storage" / "resumable")
+        if done_in_tune and (tmp_path / "mlflow.db").exists():
+            _, _, children = _runs(uri, "resumable")
+            first_done = next((c for c in children if c.data.tags[TRIAL_TAG] in done_in_tune
+                               and c.info.status == "FINISHED"), None)
     assert first_done is not None and driver.poll() is None, "no trial finished while the driver ran"
-    time.sleep(3)  # let Tune write its experiment state after the finished trial
     os.killpg(driver.pid, signal.SIGKILL)
     driver.wait()
     proc = subprocess.run([*args, "--resume"], capture_output=True, text=True, timeout=900)
@@ -120,6 +117,23 @@ def test_resume_after_the_driver_is_killed_does_not_duplicate_trials(ray_cluster
     assert all(c.info.status == "FINISHED" for c in children)
     again = next(c for c in children if c.info.run_id == first_done.info.run_id)
     assert again.info.end_time == first_done.info.end_time  # the finished trial was not run again
+
+
+def _terminated_in_tune_state(experiment_dir: Path) -> set[str]:
+    """Trial ids that Tune's saved experiment state records as TERMINATED (what --resume will not re-run)."""
+    import json
+
+    done = set()
+    for state in experiment_dir.glob("experiment_state-*.json"):
+        try:
+            trials = json.loads(state.read_text())["trial_data"]
+        except (ValueError, KeyError, OSError):  # being written
+            continue
+        for entry in trials:
+            trial = json.loads(entry[0])
+            if trial.get("status") == "TERMINATED":
+                done.add(trial["trial_id"])
+    return done
 
 
 def _mlflow_server(tmp_path: Path) -> tuple[subprocess.Popen, str]:
