@@ -33,6 +33,14 @@ def resolve_tracking_uri(uri: str | None) -> str:
     return uri
 
 
+def artifact_location(uri: str, experiment: str) -> str | None:
+    """Artifacts of a sqlite store live beside the database file, not in the current directory (MLflow's
+    default, ./mlruns, would put them in a ``ray job submit`` job's throw-away working directory)."""
+    if uri.startswith("sqlite:///"):
+        return (Path(uri[len("sqlite:///"):]).parent / "mlartifacts" / experiment).as_uri()
+    return None  # a tracking server decides (its --artifacts-destination)
+
+
 def retry(fn: Callable[..., T], *args: Any, attempts: int = 8, **kwargs: Any) -> T:
     for i in range(attempts):
         try:
@@ -56,7 +64,8 @@ class Tracker:
         existing = retry(self.client.get_experiment_by_name, experiment)
         if existing is None:
             try:
-                self.experiment_id = retry(self.client.create_experiment, experiment)
+                self.experiment_id = retry(self.client.create_experiment, experiment,
+                                           artifact_location=artifact_location(self.uri, experiment))
             except Exception:  # another process created it first
                 self.experiment_id = retry(self.client.get_experiment_by_name, experiment).experiment_id
         else:

@@ -67,6 +67,8 @@ def test_ray_job_submit_runs_the_smoke_sweep_into_mlflow(ray_cluster, tmp_path):
     for child in children:
         _check_child(client, child)
     assert "trials.parquet" in {a.path for a in client.list_artifacts(parents[0].info.run_id)}
+    # artifacts live beside the database, not in the job's throw-away working directory
+    assert any((tmp_path / "mlartifacts").rglob("path_table.parquet"))
 
 
 def test_a_failing_trial_is_recorded_and_the_sweep_goes_on(ray_cluster, tmp_path):
