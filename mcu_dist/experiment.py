@@ -27,8 +27,6 @@ from mcu_dist.pipeline import PathResult, run_path
 from mcu_dist.train.mcu import calibration_targets
 from mcu_dist.train.reference import load_checkpoint, load_into, original_model, retrained_model
 
-COLUMNS = ("model", "UA", "RA", "TA", "MIA", "avg_gap", "RTE")
-
 
 @dataclass
 class ExperimentResult:

@@ -18,11 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from mcu_dist.config import ConfigError, with_overrides
+from mcu_dist.run import SMOKE
 from mcu_dist.tune_space import SearchSpace, load_space
 
 DEFAULT_SPACE = Path(__file__).resolve().parent.parent / "tune_spaces" / "default.yaml"
-SMOKE = {"reference.epochs": 2, "mcu.epochs": 1, "eval.t_points": 5, "eval.mia_cap": 200,
-         "eval.calibration_size": 256}
 
 
 def default_storage() -> str:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from mcu_dist.data.registry import DatasetBundle, ImageData
+from mcu_dist.data.registry import ImageData
 
 
 @dataclass
@@ -85,11 +85,3 @@ def iterate(data: ImageData, positions: torch.Tensor, batch_size: int, normalize
         if draws is not None:
             x = augment_batch(x, *(d[lo:lo + len(mine)] for d in draws))
         yield Batch(x, data.labels[mine].to(device), mine)
-
-
-def num_batches(n: int, batch_size: int) -> int:
-    return (n + batch_size - 1) // batch_size
-
-
-def loader_for(bundle: DatasetBundle, device: torch.device | str = "cpu") -> Normalizer:
-    return Normalizer(bundle.mean, bundle.std, device)
