@@ -33,9 +33,20 @@ def _tensors(data: Any) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.stack([torch.as_tensor(x) for x in xs]).float(), torch.as_tensor(ys, dtype=torch.int64)
 
 
-def unlearn(original: nn.Module, endpoint: nn.Module, forget_set: Any, retain_set: Any, test_set: Any, *,
-            variant: str = "mcu_beta", classwise: bool = False, num_classes: int | None = None,
-            device: str = "cpu", out_dir: str | Path | None = None, **overrides: Any) -> PathResult:
+def unlearn(
+    original: nn.Module,
+    endpoint: nn.Module,
+    forget_set: Any,
+    retain_set: Any,
+    test_set: Any,
+    *,
+    variant: str = "mcu_beta",
+    classwise: bool = False,
+    num_classes: int | None = None,
+    device: str = "cpu",
+    out_dir: str | Path | None = None,
+    **overrides: Any,
+) -> PathResult:
     """Train the curve θ_o -> θ_p, evaluate the path, choose t*; returns the path and θ(t*).
 
     ``overrides`` are dotted config keys, e.g. ``**{"mcu.k": 0.1, "mcu.epochs": 5, "eval.t_points": 10}``.
@@ -47,13 +58,27 @@ def unlearn(original: nn.Module, endpoint: nn.Module, forget_set: Any, retain_se
     classes = num_classes or int(max(yf.max(), yr.max(), yt.max())) + 1
     train = ImageData(torch.cat([xf, xr]), torch.cat([yf, yr]), torch.arange(len(yf) + len(yr)))
     test = ImageData(xt, yt, torch.arange(len(yt)))
-    bundle = DatasetBundle("user", f"user:{len(yf)}:{len(yr)}:{len(yt)}", train, test, classes,
-                           (0.0,) * xf.shape[1], (1.0,) * xf.shape[1], augment=False)
+    bundle = DatasetBundle(
+        "user",
+        f"user:{len(yf)}:{len(yr)}:{len(yt)}",
+        train,
+        test,
+        classes,
+        (0.0,) * xf.shape[1],
+        (1.0,) * xf.shape[1],
+        augment=False,
+    )
     forget, retain = torch.arange(len(yf)), len(yf) + torch.arange(len(yr))
     forgotten = sorted(set(yf.tolist())) if classwise else None
     gone = torch.isin(yt, torch.tensor(forgotten)) if forgotten else torch.zeros(len(yt), dtype=torch.bool)
-    splits = Splits(forget, retain, forgotten, torch.nonzero(~gone).flatten(), torch.nonzero(gone).flatten(),
-                    manifest_hash(bundle.dataset_id, forget))
+    splits = Splits(
+        forget,
+        retain,
+        forgotten,
+        torch.nonzero(~gone).flatten(),
+        torch.nonzero(gone).flatten(),
+        manifest_hash(bundle.dataset_id, forget),
+    )
     cfg = with_overrides(ExperimentConfig(), {"device": device, **overrides})
     cfg.mcu.validate()
     cfg.eval.validate()

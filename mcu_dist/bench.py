@@ -34,22 +34,36 @@ from mcu_dist.pipeline import build_curve
 from mcu_dist.train.mcu import train_curve
 
 
-def synthetic_bundle(n_train: int, n_test: int = 256, size: int = 32, classes: int = 10, seed: int = 0) -> DatasetBundle:
+def synthetic_bundle(
+    n_train: int, n_test: int = 256, size: int = 32, classes: int = 10, seed: int = 0
+) -> DatasetBundle:
     g = torch.Generator().manual_seed(seed)
 
     def part(n: int) -> ImageData:
-        return ImageData(torch.randint(0, 256, (n, 3, size, size), generator=g, dtype=torch.uint8),
-                         torch.randint(0, classes, (n,), generator=g), torch.arange(n))
+        return ImageData(
+            torch.randint(0, 256, (n, 3, size, size), generator=g, dtype=torch.uint8),
+            torch.randint(0, classes, (n,), generator=g),
+            torch.arange(n),
+        )
 
-    return DatasetBundle("synthetic", f"synthetic:{n_train}:{seed}", part(n_train), part(n_test), classes,
-                         (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), augment=False)
+    return DatasetBundle(
+        "synthetic",
+        f"synthetic:{n_train}:{seed}",
+        part(n_train),
+        part(n_test),
+        classes,
+        (0.5, 0.5, 0.5),
+        (0.25, 0.25, 0.25),
+        augment=False,
+    )
 
 
 def make_lab(model: str, data: str, n_train: int, device: str, cache_dir: str) -> Lab:
     over = {"model.name": model, "forget.spec": "random:0.1", "cache_dir": cache_dir, "device": device}
     if data == "cifar10":
-        cfg = with_overrides(ExperimentConfig(), {**over, "data.dataset": "cifar10",
-                                                   "data.subset": max(1, n_train // 10)})
+        cfg = with_overrides(
+            ExperimentConfig(), {**over, "data.dataset": "cifar10", "data.subset": max(1, n_train // 10)}
+        )
         cfg.validate()
         return Lab.build(cfg)
     cfg = with_overrides(ExperimentConfig(), over)
@@ -104,8 +118,15 @@ def curve_vs_ft(lab: Lab, batch_size: int, steps: int) -> dict:
     warm = 2
     ft_s = time_steps(ft_step, steps, warm, lab.device)
     curve_s = time_steps(curve_step, steps, warm, lab.device)
-    return {"bench": "curve_vs_ft", "model": lab.cfg.model.name, "batch": batch_size, "ft_s": ft_s,
-            "curve_s": curve_s, "ratio": curve_s / ft_s, "target": 1.10}
+    return {
+        "bench": "curve_vs_ft",
+        "model": lab.cfg.model.name,
+        "batch": batch_size,
+        "ft_s": ft_s,
+        "curve_s": curve_s,
+        "ratio": curve_s / ft_s,
+        "target": 1.10,
+    }
 
 
 def layer_macs(model: nn.Module, x: torch.Tensor) -> list[tuple[str, int, list[str]]]:
@@ -139,7 +160,7 @@ def mask_bound(records: list[tuple[str, int, list[str]]], selected: set[str]) ->
     forward = sum(m for _, m, _ in records)
     full = forward + 2 * forward
     first = next((i for i, (_, _, p) in enumerate(records) if selected & set(p)), len(records))
-    input_grads = sum(m for _, m, _ in records[first + 1:])
+    input_grads = sum(m for _, m, _ in records[first + 1 :])
     weight_grads = sum(m for _, m, p in records if selected & set(p))
     return (forward + input_grads + weight_grads) / full
 
@@ -167,9 +188,17 @@ def masked_epoch(lab: Lab, k: float, batch_size: int, epochs: int) -> dict:
         selected_at_k = mask["selected"]
     x = lab.normalize(lab.bundle.train.images[:batch_size].to(lab.device))
     bound = mask_bound(layer_macs(copy.deepcopy(original), x), set(selected_at_k))
-    return {"bench": f"mask_k={k}", "model": lab.cfg.model.name, "batch": batch_size, "unmasked_epoch_s": out[1.0],
-            "masked_epoch_s": out[k], "ratio": out[k] / out[1.0], "bound": bound, "target": 0.6,
-            "selected_tensors": len(selected_at_k)}
+    return {
+        "bench": f"mask_k={k}",
+        "model": lab.cfg.model.name,
+        "batch": batch_size,
+        "unmasked_epoch_s": out[1.0],
+        "masked_epoch_s": out[k],
+        "ratio": out[k] / out[1.0],
+        "bound": bound,
+        "target": 0.6,
+        "selected_tensors": len(selected_at_k),
+    }
 
 
 def scaling(lab: Lab, workers: int, batch_size: int, epochs: int) -> dict:
@@ -185,12 +214,26 @@ def scaling(lab: Lab, workers: int, batch_size: int, epochs: int) -> dict:
     lab.cfg.scale.workers = workers
     lab.cfg.scale.cpus_per_worker = min(1.0, (torch.get_num_threads() or 1) / workers)
     start = time.perf_counter()
-    state = fit_distributed(lab, original, endpoint, build_curve(original, endpoint, 2, names), "fixed", cal,
-                            f"bench-scaling-{time.strftime('%Y%m%d-%H%M%S')}")
+    state = fit_distributed(
+        lab,
+        original,
+        endpoint,
+        build_curve(original, endpoint, 2, names),
+        "fixed",
+        cal,
+        f"bench-scaling-{time.strftime('%Y%m%d-%H%M%S')}",
+    )
     wall = time.perf_counter() - start
-    return {"bench": f"scaling_{workers}w", "model": lab.cfg.model.name, "batch": batch_size,
-            "one_worker_epoch_s": local.seconds / epochs, "n_worker_epoch_s": state.seconds / epochs,
-            "startup_s": wall - state.seconds, "ratio": state.seconds / local.seconds, "target": None}
+    return {
+        "bench": f"scaling_{workers}w",
+        "model": lab.cfg.model.name,
+        "batch": batch_size,
+        "one_worker_epoch_s": local.seconds / epochs,
+        "n_worker_epoch_s": state.seconds / epochs,
+        "startup_s": wall - state.seconds,
+        "ratio": state.seconds / local.seconds,
+        "target": None,
+    }
 
 
 def sweep_cost(trials: int, workers: int, storage: str) -> dict:
@@ -200,16 +243,32 @@ def sweep_cost(trials: int, workers: int, storage: str) -> dict:
     from mcu_dist import sweep
 
     name = f"bench-sweep-{workers}w-{time.strftime('%Y%m%d-%H%M%S')}"
-    argv = ["--smoke-test", "--num-samples", str(trials), "--storage", storage, "--name", name,
-            "--tracking-uri", f"sqlite:///{Path(storage).resolve() / 'bench-mlflow.db'}"]
+    argv = [
+        "--smoke-test",
+        "--num-samples",
+        str(trials),
+        "--storage",
+        storage,
+        "--name",
+        name,
+        "--tracking-uri",
+        f"sqlite:///{Path(storage).resolve() / 'bench-mlflow.db'}",
+    ]
     if workers > 1:
         argv += ["--space", str(_workers_space(storage, workers))]
     if sweep.main(argv) != 0:
         raise RuntimeError("the benchmark sweep failed")
     s = json.loads((Path(storage) / name / "summary.json").read_text())
-    return {"bench": f"sweep_{workers}w", "model": "small_cnn", "batch": trials, "fit_s": s["fit_s"],
-            "trial_compute_s": s["trial_compute_s"], "ratio": s["fit_s"] / max(s["trial_compute_s"], 1e-9),
-            "overhead_per_trial_s": s["overhead_per_trial_s"], "target": 10.0 if workers == 1 else None}
+    return {
+        "bench": f"sweep_{workers}w",
+        "model": "small_cnn",
+        "batch": trials,
+        "fit_s": s["fit_s"],
+        "trial_compute_s": s["trial_compute_s"],
+        "ratio": s["fit_s"] / max(s["trial_compute_s"], 1e-9),
+        "overhead_per_trial_s": s["overhead_per_trial_s"],
+        "target": 10.0 if workers == 1 else None,
+    }
 
 
 def _workers_space(storage: str, workers: int) -> Path:
@@ -218,7 +277,9 @@ def _workers_space(storage: str, workers: int) -> Path:
     from mcu_dist.sweep import DEFAULT_SPACE
 
     data = yaml.safe_load(DEFAULT_SPACE.read_text())
-    data["fixed"].update({"model.name": "small_cnn_nobn", "scale.workers": workers, "scale.cpus_per_worker": 0.5})
+    data["fixed"].update(
+        {"model.name": "small_cnn_nobn", "scale.workers": workers, "scale.cpus_per_worker": 0.5}
+    )
     data["sweep"].update({"max_concurrent": 1, "cpus_per_trial": 0.2})
     path = Path(storage) / f"space-{workers}w.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -227,16 +288,23 @@ def _workers_space(storage: str, workers: int) -> Path:
 
 
 def format_rows(rows: list[dict]) -> str:
-    lines = [f"{'bench':<14}{'model':<12}{'batch':>6}{'base_s':>10}{'test_s':>10}{'ratio':>8}{'bound':>8}{'target':>8}"]
+    lines = [
+        f"{'bench':<14}{'model':<12}{'batch':>6}{'base_s':>10}{'test_s':>10}{'ratio':>8}{'bound':>8}{'target':>8}"
+    ]
     for r in rows:
         base = r.get("ft_s", r.get("unmasked_epoch_s", r.get("one_worker_epoch_s", r.get("trial_compute_s"))))
         test = r.get("curve_s", r.get("masked_epoch_s", r.get("n_worker_epoch_s", r.get("fit_s"))))
         bound = f"{r['bound']:.2f}" if "bound" in r else "-"
-        lines.append(f"{r['bench']:<14}{r['model']:<12}{r['batch']:>6}{base:>10.4f}{test:>10.4f}{r['ratio']:>8.2f}"
-                     f"{bound:>8}{('<= ' + str(r['target'])) if r['target'] is not None else '-':>8}"
-                     + (f"  start-up {r['startup_s']:.1f} s" if "startup_s" in r else "")
-                     + (f"  overhead/trial {r['overhead_per_trial_s']:.1f} s (target <= 10 s in-process)"
-                        if "overhead_per_trial_s" in r else ""))
+        lines.append(
+            f"{r['bench']:<14}{r['model']:<12}{r['batch']:>6}{base:>10.4f}{test:>10.4f}{r['ratio']:>8.2f}"
+            f"{bound:>8}{('<= ' + str(r['target'])) if r['target'] is not None else '-':>8}"
+            + (f"  start-up {r['startup_s']:.1f} s" if "startup_s" in r else "")
+            + (
+                f"  overhead/trial {r['overhead_per_trial_s']:.1f} s (target <= 10 s in-process)"
+                if "overhead_per_trial_s" in r
+                else ""
+            )
+        )
     return "\n".join(lines)
 
 
@@ -249,19 +317,29 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n-train", type=int, default=2560, help="training images (mask epoch benchmark)")
     p.add_argument("--mask-k", type=float, default=0.1)
     p.add_argument("--mask-models", default="small_cnn", help="models for the masked-epoch benchmark")
-    p.add_argument("--scaling-workers", type=int, default=0,
-                   help="also time a curve epoch on N Ray Train workers against 1 on the CIFAR-10 copy "
-                   "(starts or joins Ray)")
-    p.add_argument("--sweep-trials", type=int, default=0,
-                   help="also time an N-trial smoke sweep (in-process trials, and Ray Train trials with "
-                   "--scaling-workers) against its trials' own compute")
+    p.add_argument(
+        "--scaling-workers",
+        type=int,
+        default=0,
+        help="also time a curve epoch on N Ray Train workers against 1 on the CIFAR-10 copy "
+        "(starts or joins Ray)",
+    )
+    p.add_argument(
+        "--sweep-trials",
+        type=int,
+        default=0,
+        help="also time an N-trial smoke sweep (in-process trials, and Ray Train trials with "
+        "--scaling-workers) against its trials' own compute",
+    )
     p.add_argument("--gpu", action="store_true")
     p.add_argument("--out", default="bench.parquet")
     p.add_argument("--cache-dir", default=ExperimentConfig().cache_dir)
     args = p.parse_args(argv)
     device = "cuda" if args.gpu else "cpu"
     if args.gpu and not torch.cuda.is_available():
-        print("error: --gpu: no CUDA device is visible; allowed: omit --gpu on a CPU machine", file=sys.stderr)
+        print(
+            "error: --gpu: no CUDA device is visible; allowed: omit --gpu on a CPU machine", file=sys.stderr
+        )
         return 2
     try:
         rows = []

@@ -38,7 +38,9 @@ class DataConfig:
     data_root: str | None = field(default=None, metadata=_cli("--data-root", "folder holding the dataset"))
     subset: int | None = field(default=None, metadata=_cli("--subset", "keep N training images per class"))
     download: bool = False
-    augment: bool | None = field(default=None, metadata=_cli("--augment", "training augmentation (crop+flip); default: the dataset's"))
+    augment: bool | None = field(
+        default=None, metadata=_cli("--augment", "training augmentation (crop+flip); default: the dataset's")
+    )
     test_fraction: float = 0.25  # digits only: its seeded stratified test split
 
     def validate(self) -> None:
@@ -51,15 +53,21 @@ class DataConfig:
             from mcu_dist.data.registry import default_root
 
             root = self.data_root or default_root(self.dataset)
-            _check(root is not None and (self.download or Path(root).exists()), "data.data_root",
-                   f"an existing folder holding {self.dataset} (or download: true)", self.data_root)
+            _check(
+                root is not None and (self.download or Path(root).exists()),
+                "data.data_root",
+                f"an existing folder holding {self.dataset} (or download: true)",
+                self.data_root,
+            )
 
 
 @dataclass
 class ForgetConfig:
     """``random:F`` | ``class:C[,C...]`` | ``classes:N`` | ``file:PATH`` (sample indices, one per line or .npy/.parquet)."""
 
-    spec: str = field(default="classes:1", metadata=_cli("--forget", "random:0.1 | class:3,5 | classes:1 | file:PATH"))
+    spec: str = field(
+        default="classes:1", metadata=_cli("--forget", "random:0.1 | class:3,5 | classes:1 | file:PATH")
+    )
 
     def parsed(self) -> tuple[str, Any]:
         kind, _, arg = self.spec.partition(":")
@@ -75,8 +83,10 @@ class ForgetConfig:
             else:
                 raise ValueError
         except ValueError:
-            raise ConfigError(f"forget.spec: got {self.spec!r}; allowed: random:F with F in (0, 1), "
-                              "class:C[,C...], classes:N, file:PATH") from None
+            raise ConfigError(
+                f"forget.spec: got {self.spec!r}; allowed: random:F with F in (0, 1), "
+                "class:C[,C...], classes:N, file:PATH"
+            ) from None
         return kind, value
 
     def validate(self, num_classes: int | None = None) -> None:
@@ -86,13 +96,26 @@ class ForgetConfig:
         elif kind == "class":
             _check(len(value) > 0, "forget.spec", "class:C[,C...] naming at least one class", self.spec)
             if num_classes is not None:
-                _check(all(0 <= c < num_classes for c in value), "forget.spec",
-                       f"class ids in 0..{num_classes - 1}", self.spec)
-                _check(len(set(value)) < num_classes, "forget.spec", "fewer classes than the dataset has", self.spec)
+                _check(
+                    all(0 <= c < num_classes for c in value),
+                    "forget.spec",
+                    f"class ids in 0..{num_classes - 1}",
+                    self.spec,
+                )
+                _check(
+                    len(set(value)) < num_classes,
+                    "forget.spec",
+                    "fewer classes than the dataset has",
+                    self.spec,
+                )
         elif kind == "classes":
             hi = (num_classes - 1) if num_classes else "num_classes-1"
-            _check(value >= 1 and (num_classes is None or value < num_classes), "forget.spec",
-                   f"classes:N with 1 <= N <= {hi}", self.spec)
+            _check(
+                value >= 1 and (num_classes is None or value < num_classes),
+                "forget.spec",
+                f"classes:N with 1 <= N <= {hi}",
+                self.spec,
+            )
         else:
             _check(Path(value).is_file(), "forget.spec", "file:PATH naming an existing index file", self.spec)
 
@@ -104,22 +127,32 @@ class ForgetConfig:
 @dataclass
 class ModelConfig:
     name: str = field(default="small_cnn", metadata=_cli("--model", "model name or package.module:factory"))
-    original: str | None = field(default=None, metadata=_cli("--original", "checkpoint of the user's own original model"))
+    original: str | None = field(
+        default=None, metadata=_cli("--original", "checkpoint of the user's own original model")
+    )
 
     def validate(self) -> None:
         from mcu_dist.models import MODELS
 
-        _check(self.name in MODELS or ":" in self.name, "model.name",
-               ", ".join(sorted(MODELS)) + " or package.module:factory", self.name)
+        _check(
+            self.name in MODELS or ":" in self.name,
+            "model.name",
+            ", ".join(sorted(MODELS)) + " or package.module:factory",
+            self.name,
+        )
         if self.original is not None:
-            _check(Path(self.original).is_file(), "model.original", "an existing checkpoint file", self.original)
+            _check(
+                Path(self.original).is_file(), "model.original", "an existing checkpoint file", self.original
+            )
 
 
 @dataclass
 class TrainConfig:
     """The standard recipe for reference models (original, retrain): SGD + momentum, cosine, weight decay."""
 
-    epochs: int = field(default=20, metadata=_cli("--reference-epochs", "epochs of the original and retrained models"))
+    epochs: int = field(
+        default=20, metadata=_cli("--reference-epochs", "epochs of the original and retrained models")
+    )
     lr: float = 0.05
     momentum: float = 0.9
     weight_decay: float = 5e-4
@@ -135,10 +168,14 @@ class TrainConfig:
 
 @dataclass
 class BaselineConfig:
-    methods: list[str] = field(default_factory=lambda: ["ft", "ga", "rl", "neggrad_plus", "salun", "negtv", "l1_sparse"],
-                               metadata=_cli("--methods", "comma-separated baseline names"))
+    methods: list[str] = field(
+        default_factory=lambda: ["ft", "ga", "rl", "neggrad_plus", "salun", "negtv", "l1_sparse"],
+        metadata=_cli("--methods", "comma-separated baseline names"),
+    )
     params: dict[str, dict[str, Any]] = field(default_factory=dict)  # method -> hyperparameter overrides
-    endpoint: str | None = field(default=None, metadata=_cli("--endpoint", "checkpoint of the user's own pre-unlearned model"))
+    endpoint: str | None = field(
+        default=None, metadata=_cli("--endpoint", "checkpoint of the user's own pre-unlearned model")
+    )
 
     def validate(self) -> None:
         from mcu_dist.baselines import BASELINES
@@ -151,21 +188,30 @@ class BaselineConfig:
             _check(m in BASELINES, "baselines.params", allowed, m)
             BASELINES[m].resolve(hp)
         if self.endpoint is not None:
-            _check(Path(self.endpoint).is_file(), "baselines.endpoint", "an existing checkpoint file", self.endpoint)
+            _check(
+                Path(self.endpoint).is_file(),
+                "baselines.endpoint",
+                "an existing checkpoint file",
+                self.endpoint,
+            )
 
 
 @dataclass
 class MCUConfig:
     """Curve training (MCU_METHOD.md sections 2-5); defaults are the paper's."""
 
-    variants: list[str] = field(default_factory=lambda: ["mcu", "mcu_beta"],
-                                metadata=_cli("--variants", "mcu (fixed beta) and/or mcu_beta (adaptive); empty: none"))
+    variants: list[str] = field(
+        default_factory=lambda: ["mcu", "mcu_beta"],
+        metadata=_cli("--variants", "mcu (fixed beta) and/or mcu_beta (adaptive); empty: none"),
+    )
     curve_order: int = field(default=2, metadata=_cli("--curve-order", "Bezier degree n >= 2"))
     k: float = field(default=0.5, metadata=_cli("--k", "fraction of parameters selected (1 = no mask)"))
     k_r: float = field(default=0.0, metadata=_cli("--k-r", "fraction excluded first by retain saliency"))
     mask: str = "gradient"  # gradient | random
     beta: float = field(default=0.2, metadata=_cli("--beta", "fixed beta of the mcu variant"))
-    beta_schedule: str = field(default="adaptive_step", metadata=_cli("--beta-schedule", "schedule of the mcu_beta variant"))
+    beta_schedule: str = field(
+        default="adaptive_step", metadata=_cli("--beta-schedule", "schedule of the mcu_beta variant")
+    )
     beta_low: float = 0.01
     beta_high: float = 0.5
     beta_tau: float = 0.1  # temperature of the smooth schedule
@@ -186,12 +232,20 @@ class MCUConfig:
         _check(0 <= self.k_r <= 1, "mcu.k_r", "a number in [0, 1]", self.k_r)
         _check(self.k + self.k_r <= 1, "mcu.k_r", f"k + k_r <= 1 (k is {self.k})", self.k_r)
         _check(self.mask in ("gradient", "random"), "mcu.mask", "gradient, random", self.mask)
-        _check(self.beta_schedule in BETA_SCHEDULES, "mcu.beta_schedule", ", ".join(sorted(BETA_SCHEDULES)),
-               self.beta_schedule)
+        _check(
+            self.beta_schedule in BETA_SCHEDULES,
+            "mcu.beta_schedule",
+            ", ".join(sorted(BETA_SCHEDULES)),
+            self.beta_schedule,
+        )
         _check(self.beta >= 0, "mcu.beta", "a number >= 0", self.beta)
-        _check(0 <= self.beta_low <= self.beta_high, "mcu.beta_low", "0 <= beta_low <= beta_high", self.beta_low)
+        _check(
+            0 <= self.beta_low <= self.beta_high, "mcu.beta_low", "0 <= beta_low <= beta_high", self.beta_low
+        )
         _check(self.beta_tau > 0, "mcu.beta_tau", "a number > 0", self.beta_tau)
-        _check(0 < self.retain_fraction <= 1, "mcu.retain_fraction", "a number in (0, 1]", self.retain_fraction)
+        _check(
+            0 < self.retain_fraction <= 1, "mcu.retain_fraction", "a number in (0, 1]", self.retain_fraction
+        )
         TrainConfig(self.epochs, self.lr, self.momentum, self.weight_decay, self.batch_size).validate("mcu")
 
 
@@ -201,7 +255,9 @@ class EvalConfig:
     t_dense_near_one: int = 0  # extra points evenly spaced over [0.75, 1]
     t_grid: list[float] | None = None  # an explicit grid overrides the two above
     t_star_range: list[float] = field(default_factory=lambda: [0.75, 1.0])
-    calibration: str = field(default="subset", metadata=_cli("--calibration", "BN calibration set: train | retain | subset"))
+    calibration: str = field(
+        default="subset", metadata=_cli("--calibration", "BN calibration set: train | retain | subset")
+    )
     calibration_size: int = 2000
     mia_cap: int = 2000
     batch_size: int = 512
@@ -217,16 +273,33 @@ class EvalConfig:
 
     def validate(self) -> None:
         _check(self.t_points >= 2, "eval.t_points", "an integer >= 2", self.t_points)
-        _check(self.t_dense_near_one == 0 or self.t_dense_near_one >= 2, "eval.t_dense_near_one", "0 or >= 2",
-               self.t_dense_near_one)
+        _check(
+            self.t_dense_near_one == 0 or self.t_dense_near_one >= 2,
+            "eval.t_dense_near_one",
+            "0 or >= 2",
+            self.t_dense_near_one,
+        )
         if self.t_grid is not None:
-            _check(len(self.t_grid) >= 2 and all(0 <= t <= 1 for t in self.t_grid), "eval.t_grid",
-                   "at least two values in [0, 1]", self.t_grid)
-            _check(1.0 in [float(t) for t in self.t_grid], "eval.t_grid", "a grid that includes t = 1", self.t_grid)
+            _check(
+                len(self.t_grid) >= 2 and all(0 <= t <= 1 for t in self.t_grid),
+                "eval.t_grid",
+                "at least two values in [0, 1]",
+                self.t_grid,
+            )
+            _check(
+                1.0 in [float(t) for t in self.t_grid],
+                "eval.t_grid",
+                "a grid that includes t = 1",
+                self.t_grid,
+            )
         lo, hi = self.t_star_range
         _check(0 <= lo < hi <= 1, "eval.t_star_range", "[lo, hi] with 0 <= lo < hi <= 1", self.t_star_range)
-        _check(self.calibration in ("train", "retain", "subset"), "eval.calibration", "train, retain, subset",
-               self.calibration)
+        _check(
+            self.calibration in ("train", "retain", "subset"),
+            "eval.calibration",
+            "train, retain, subset",
+            self.calibration,
+        )
         _check(self.calibration_size >= 1, "eval.calibration_size", "an integer >= 1", self.calibration_size)
         _check(self.mia_cap >= 10, "eval.mia_cap", "an integer >= 10", self.mia_cap)
         _check(self.workers >= 0, "eval.workers", "an integer >= 0", self.workers)
@@ -236,12 +309,16 @@ class EvalConfig:
 class ScaleConfig:
     """Where curve training runs: in-process (1 CPU worker) or Ray Train DDP (>= 2 workers or a GPU)."""
 
-    workers: int = field(default=1, metadata=_cli("--workers", "curve-training workers (>= 2: Ray Train DDP)"))
+    workers: int = field(
+        default=1, metadata=_cli("--workers", "curve-training workers (>= 2: Ray Train DDP)")
+    )
     gpu: bool = field(default=False, metadata=_cli("--gpu", "one GPU per worker (NCCL, SyncBatchNorm)"))
     cpus_per_worker: float = 1.0
     bf16: bool = False  # bf16 autocast on GPU
     per_rank_t: bool = False  # default: the same t on every rank at each step
-    storage: str | None = field(default=None, metadata=_cli("--storage", "Ray Train storage path (local dir or NFS mount)"))
+    storage: str | None = field(
+        default=None, metadata=_cli("--storage", "Ray Train storage path (local dir or NFS mount)")
+    )
     max_failures: int = 2  # worker-group restarts from the latest checkpoint
     address: str | None = None  # Ray cluster to join; None: RAY_ADDRESS or a new local instance
 
@@ -277,8 +354,10 @@ class ExperimentConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     seeds: SeedConfig = field(default_factory=SeedConfig)
     scale: ScaleConfig = field(default_factory=ScaleConfig)
-    cache_dir: str = field(default_factory=lambda: default_cache_dir(),
-                           metadata=_cli("--cache-dir", "reference-model and dataset cache"))
+    cache_dir: str = field(
+        default_factory=lambda: default_cache_dir(),
+        metadata=_cli("--cache-dir", "reference-model and dataset cache"),
+    )
     out: str = field(default="runs", metadata=_cli("--out", "parent folder of run folders"))
     device: str = "cpu"
 
@@ -291,7 +370,9 @@ class ExperimentConfig:
         self.mcu.validate()
         self.eval.validate()
         self.scale.validate()
-        _check(self.device == "cpu" or self.device.startswith("cuda"), "device", "cpu, cuda, cuda:N", self.device)
+        _check(
+            self.device == "cpu" or self.device.startswith("cuda"), "device", "cpu, cuda, cuda:N", self.device
+        )
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -302,7 +383,9 @@ class ExperimentConfig:
 
 
 def default_cache_dir() -> str:
-    return os.environ.get("MCU_DIST_CACHE") or str(Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mcu_dist")
+    return os.environ.get("MCU_DIST_CACHE") or str(
+        Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mcu_dist"
+    )
 
 
 def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
@@ -350,7 +433,9 @@ def _coerce(tp: Any, value: Any, name: str) -> Any:
         try:
             out = tp(value)
         except (TypeError, ValueError):
-            raise ConfigError(f"{name}: got {value!r}; allowed: {'an integer' if tp is int else 'a number'}") from None
+            raise ConfigError(
+                f"{name}: got {value!r}; allowed: {'an integer' if tp is int else 'a number'}"
+            ) from None
         if tp is int and isinstance(value, float) and not value.is_integer():
             raise ConfigError(f"{name}: got {value!r}; allowed: an integer")
         if tp is float and not math.isfinite(out):
@@ -377,7 +462,9 @@ def from_dict(cls: type, data: dict, prefix: str = "") -> Any:
 def merge(base: dict, overrides: dict) -> dict:
     out = dict(base)
     for k, v in overrides.items():
-        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) and k != "params" else v
+        out[k] = (
+            merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) and k != "params" else v
+        )
     return out
 
 

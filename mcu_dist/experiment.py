@@ -40,10 +40,19 @@ def baseline_model(lab: Lab, method: str, original: nn.Module) -> tuple[nn.Modul
     """θ_p for ``method`` from the cache (trained once per key); returns the model and its RTE in seconds."""
     unit = BASELINES[method]
     hp = unit.resolve(lab.cfg.baselines.params.get(method))
-    fields = {**lab.reference_key(), "forget": lab.splits.manifest_hash, "method": method, "hp": hp,
-              "unlearn_seed": lab.cfg.seeds.unlearn}
-    model, meta = lab.cache.get(f"baseline-{method}", fields, lab.new_model(),
-                                lambda: unit.run(copy.deepcopy(original).train(), lab, hp, lab.cfg.seeds.unlearn))
+    fields = {
+        **lab.reference_key(),
+        "forget": lab.splits.manifest_hash,
+        "method": method,
+        "hp": hp,
+        "unlearn_seed": lab.cfg.seeds.unlearn,
+    }
+    model, meta = lab.cache.get(
+        f"baseline-{method}",
+        fields,
+        lab.new_model(),
+        lambda: unit.run(copy.deepcopy(original).train(), lab, hp, lab.cfg.seeds.unlearn),
+    )
     return model.eval(), float(meta.get("seconds", 0.0))
 
 
@@ -51,7 +60,10 @@ def endpoints(lab: Lab, original: nn.Module) -> dict[str, tuple[nn.Module, float
     out = {m: baseline_model(lab, m, original) for m in lab.cfg.baselines.methods}
     if lab.cfg.baselines.endpoint:
         state, _ = load_checkpoint(lab.cfg.baselines.endpoint, "baselines.endpoint")
-        out["endpoint"] = (load_into(lab.new_model(), state, "baselines.endpoint", lab.cfg.baselines.endpoint).eval(), 0.0)
+        out["endpoint"] = (
+            load_into(lab.new_model(), state, "baselines.endpoint", lab.cfg.baselines.endpoint).eval(),
+            0.0,
+        )
     return out
 
 
@@ -59,8 +71,12 @@ def curve_run_name(cfg: ExperimentConfig, lab: Lab, key: str) -> str:
     """A stable name per (config, path): a restarted driver finds its Ray Train checkpoints again."""
     from mcu_dist.train.reference import key_hash
 
-    fields = {"config": {k: v for k, v in cfg.flat().items() if not k.startswith(("scale.", "out"))},
-              "dataset": lab.bundle.dataset_id, "forget": lab.splits.manifest_hash, "path": key}
+    fields = {
+        "config": {k: v for k, v in cfg.flat().items() if not k.startswith(("scale.", "out"))},
+        "dataset": lab.bundle.dataset_id,
+        "forget": lab.splits.manifest_hash,
+        "path": key,
+    }
     return f"curve-{key.replace('+', '-')}-{key_hash(fields)[:12]}"
 
 
@@ -76,39 +92,74 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path | None = None, log
         out.mkdir(parents=True, exist_ok=True)
         save_yaml(cfg, out / "config.yaml")
         write_manifest(lab.bundle, lab.splits, out / "forget_manifest.parquet")
-    log(f"data {lab.bundle.dataset_id}: |D_f| = {len(lab.splits.forget)}, |D_r| = {len(lab.splits.retain)}, "
-        f"|D_test| = {len(lab.splits.test_eval)}; forget manifest {lab.splits.manifest_hash[:12]}")
+    log(
+        f"data {lab.bundle.dataset_id}: |D_f| = {len(lab.splits.forget)}, |D_r| = {len(lab.splits.retain)}, "
+        f"|D_test| = {len(lab.splits.test_eval)}; forget manifest {lab.splits.manifest_hash[:12]}"
+    )
     original, o_meta = original_model(lab, lab.cache)
     retrained, r_meta = retrained_model(lab, lab.cache)
     retrain_row = evaluate_model(retrained, lab, features=FEATURES)
-    rows = [{"model": "Original", **evaluate_model(original, lab, features=FEATURES), "RTE": o_meta.get("seconds", 0) / 60},
-            {"model": "Retrain", **retrain_row, "RTE": r_meta.get("seconds", 0) / 60}]
+    rows = [
+        {
+            "model": "Original",
+            **evaluate_model(original, lab, features=FEATURES),
+            "RTE": o_meta.get("seconds", 0) / 60,
+        },
+        {"model": "Retrain", **retrain_row, "RTE": r_meta.get("seconds", 0) / 60},
+    ]
     cal = calibration_targets(original, lab, lab.splits.classwise, cfg.eval.batch_size)
     log(f"calibration targets: Cal_r = {cal.cal_r:.2f}, Cal_f = {cal.cal_f:.2f}")
-    mask = compute_mask(original, lab, cfg.mcu.k, cfg.mcu.k_r, cfg.mcu.mask, cfg.seeds.unlearn) if cfg.mcu.variants else None
+    mask = (
+        compute_mask(original, lab, cfg.mcu.k, cfg.mcu.k_r, cfg.mcu.mask, cfg.seeds.unlearn)
+        if cfg.mcu.variants
+        else None
+    )
     if mask is not None:
-        log(f"mask {mask['sha256'][:12]}: {len(mask['selected'])} tensors, "
-            f"{mask['selected_params']}/{mask['total_params']} parameters")
+        log(
+            f"mask {mask['sha256'][:12]}: {len(mask['selected'])} tensors, "
+            f"{mask['selected_params']}/{mask['total_params']} parameters"
+        )
     paths: dict[str, PathResult] = {}
     for name, (endpoint, seconds) in endpoints(lab, original).items():
         rows.append({"model": name, **evaluate_model(endpoint, lab, features=FEATURES), "RTE": seconds / 60})
         for variant in cfg.mcu.variants:
             key = f"{name}+{variant}"
-            result = run_path(lab, original, endpoint, variant, mask, cal, retrain_row,
-                              out / "paths" / key if out is not None else None, curve_run_name(cfg, lab, key))
+            result = run_path(
+                lab,
+                original,
+                endpoint,
+                variant,
+                mask,
+                cal,
+                retrain_row,
+                out / "paths" / key if out is not None else None,
+                curve_run_name(cfg, lab, key),
+            )
             paths[key] = result
-            rows.append({"model": key, **result.row, "t_star": result.t_star,
-                         "region_size": len(result.effective_region),
-                         "RTE": (seconds + result.seconds["curve"] + result.seconds["path_eval"]) / 60,
-                         "RTE_base": seconds / 60, "RTE_curve": result.seconds["curve"] / 60,
-                         "RTE_eval": result.seconds["path_eval"] / 60})
-            log(f"{key}: t* = {result.t_star:.2f}, effective region {len(result.effective_region)}/"
-                f"{len(result.path_table)} grid points, Avg. Gap {result.row['avg_gap']:.2f}")
+            rows.append(
+                {
+                    "model": key,
+                    **result.row,
+                    "t_star": result.t_star,
+                    "region_size": len(result.effective_region),
+                    "RTE": (seconds + result.seconds["curve"] + result.seconds["path_eval"]) / 60,
+                    "RTE_base": seconds / 60,
+                    "RTE_curve": result.seconds["curve"] / 60,
+                    "RTE_eval": result.seconds["path_eval"] / 60,
+                }
+            )
+            log(
+                f"{key}: t* = {result.t_star:.2f}, effective region {len(result.effective_region)}/"
+                f"{len(result.path_table)} grid points, Avg. Gap {result.row['avg_gap']:.2f}"
+            )
     for row in rows:
         row["avg_gap"] = avg_gap(row, retrain_row)
     if out is not None:
-        write_table(rows, out / "results.parquet", {"dataset_id": lab.bundle.dataset_id,
-                                                   "forget_sha256": lab.splits.manifest_hash})
+        write_table(
+            rows,
+            out / "results.parquet",
+            {"dataset_id": lab.bundle.dataset_id, "forget_sha256": lab.splits.manifest_hash},
+        )
     return ExperimentResult(rows, paths, out, mask)
 
 
@@ -117,8 +168,10 @@ def format_table(rows: list[dict]) -> str:
     lines = [head, "-" * len(head)]
     for r in rows:
         ts = f"{r['t_star']:.2f}" if "t_star" in r else ""
-        lines.append(f"{r['model']:<22}{r['UA']:8.2f}{r['RA']:8.2f}{r['TA']:8.2f}{r['MIA']:8.2f}"
-                     f"{r['avg_gap']:8.2f}{r['RTE']:10.3f}{ts:>6}")
+        lines.append(
+            f"{r['model']:<22}{r['UA']:8.2f}{r['RA']:8.2f}{r['TA']:8.2f}{r['MIA']:8.2f}"
+            f"{r['avg_gap']:8.2f}{r['RTE']:10.3f}{ts:>6}"
+        )
     return "\n".join(lines)
 
 

@@ -49,12 +49,33 @@ class Lab:
         b = self.bundle
         return create_model(self.cfg.model.name, b.num_classes, b.in_channels, b.image_size).to(self.device)
 
-    def batches(self, positions: torch.Tensor, batch_size: int, *, seed: int, epoch: int, shuffle: bool = True,
-                augment: bool | None = None, rank: int = 0, world_size: int = 1) -> Iterator[Batch]:
+    def batches(
+        self,
+        positions: torch.Tensor,
+        batch_size: int,
+        *,
+        seed: int,
+        epoch: int,
+        shuffle: bool = True,
+        augment: bool | None = None,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> Iterator[Batch]:
         """Training batches over training-set positions (augmented per the dataset's default)."""
         aug = self.bundle.augment if augment is None else augment
-        return iterate(self.bundle.train, positions, batch_size, self.normalize, shuffle=shuffle, seed=seed,
-                       epoch=epoch, augment=aug, rank=rank, world_size=world_size, device=self.device)
+        return iterate(
+            self.bundle.train,
+            positions,
+            batch_size,
+            self.normalize,
+            shuffle=shuffle,
+            seed=seed,
+            epoch=epoch,
+            augment=aug,
+            rank=rank,
+            world_size=world_size,
+            device=self.device,
+        )
 
     @property
     def all_train(self) -> torch.Tensor:
@@ -63,9 +84,15 @@ class Lab:
     def reference_key(self) -> dict:
         """The config fields the original model depends on (and nothing else)."""
         cfg = self.cfg
-        return {"dataset_id": self.bundle.dataset_id, "model": cfg.model.name, "arch": self.architecture(),
-                "augment": self.bundle.augment, "recipe": vars(cfg.reference).copy(), "seed": cfg.seeds.model,
-                "original": file_digest(Path(cfg.model.original)) if cfg.model.original else None}
+        return {
+            "dataset_id": self.bundle.dataset_id,
+            "model": cfg.model.name,
+            "arch": self.architecture(),
+            "augment": self.bundle.augment,
+            "recipe": vars(cfg.reference).copy(),
+            "seed": cfg.seeds.model,
+            "original": file_digest(Path(cfg.model.original)) if cfg.model.original else None,
+        }
 
     def architecture(self) -> str:
         """A fingerprint of the model's parameter and buffer names and shapes (a user factory included)."""

@@ -51,12 +51,23 @@ def schedule_of(variant: str, lab: Lab) -> str:
 def build_curve(original: nn.Module, endpoint: nn.Module, order: int, selected: list[str]) -> BezierCurve:
     import copy
 
-    return BezierCurve(copy.deepcopy(original), params_of(original), params_of(endpoint), order, set(selected))
+    return BezierCurve(
+        copy.deepcopy(original), params_of(original), params_of(endpoint), order, set(selected)
+    )
 
 
-def run_path(lab: Lab, original: nn.Module, endpoint: nn.Module, variant: str, mask: dict, cal: Calibration,
-             retrain_row: dict | None, out_dir: Path | None = None, run_name: str | None = None,
-             on_epoch_end: Callable[[CurveState, BezierCurve], None] | None = None) -> PathResult:
+def run_path(
+    lab: Lab,
+    original: nn.Module,
+    endpoint: nn.Module,
+    variant: str,
+    mask: dict,
+    cal: Calibration,
+    retrain_row: dict | None,
+    out_dir: Path | None = None,
+    run_name: str | None = None,
+    on_epoch_end: Callable[[CurveState, BezierCurve], None] | None = None,
+) -> PathResult:
     """Train, evaluate and select one path; ``on_epoch_end(state, curve)`` sees in-process training epochs."""
     cfg = lab.cfg
     schedule = schedule_of(variant, lab)
@@ -80,8 +91,19 @@ def run_path(lab: Lab, original: nn.Module, endpoint: nn.Module, variant: str, m
     if retrain_row is not None:
         row["avg_gap"] = avg_gap(row, retrain_row)
     eval_s = time.perf_counter() - start
-    result = PathResult(variant, schedule, curve, table, state.steps, chosen, effective_region(ts, gaps),
-                        region_intervals(ts, gaps), row, model, {"curve": train_s, "path_eval": eval_s})
+    result = PathResult(
+        variant,
+        schedule,
+        curve,
+        table,
+        state.steps,
+        chosen,
+        effective_region(ts, gaps),
+        region_intervals(ts, gaps),
+        row,
+        model,
+        {"curve": train_s, "path_eval": eval_s},
+    )
     if out_dir is not None:
         save_path(result, mask, out_dir, retrain_row)
     return result
@@ -92,17 +114,37 @@ def save_path(result: PathResult, mask: dict, out_dir: Path, retrain_row: dict |
     from mcu_dist.plots import plot_path
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    meta = {"variant": result.variant, "schedule": result.schedule, "t_star": result.t_star,
-            "effective_region": json.dumps(result.effective_region), "mask_sha256": mask["sha256"]}
+    meta = {
+        "variant": result.variant,
+        "schedule": result.schedule,
+        "t_star": result.t_star,
+        "effective_region": json.dumps(result.effective_region),
+        "mask_sha256": mask["sha256"],
+    }
     write_table(result.path_table, out_dir / "path_table.parquet", meta)
     write_table(result.steps, out_dir / "steps.parquet", meta)
     (out_dir / "mask.json").write_text(json.dumps({k: v for k, v in mask.items()}, indent=1, sort_keys=True))
-    save_checkpoint(result.model, out_dir / "unlearned_t_star.pt",
-                    {"t": result.t_star, "variant": result.variant, "mask_sha256": mask["sha256"]})
-    torch.save({"control_state": result.curve.control_state(), "order": result.curve.order,
-                "selected": sorted(result.curve.selected)}, out_dir / "curve.pt")
-    plot_path(result.path_table, result.t_star, result.region_intervals, retrain_row, out_dir / "path.png",
-              title=f"{out_dir.name}: t* = {result.t_star:.2f}")
+    save_checkpoint(
+        result.model,
+        out_dir / "unlearned_t_star.pt",
+        {"t": result.t_star, "variant": result.variant, "mask_sha256": mask["sha256"]},
+    )
+    torch.save(
+        {
+            "control_state": result.curve.control_state(),
+            "order": result.curve.order,
+            "selected": sorted(result.curve.selected),
+        },
+        out_dir / "curve.pt",
+    )
+    plot_path(
+        result.path_table,
+        result.t_star,
+        result.region_intervals,
+        retrain_row,
+        out_dir / "path.png",
+        title=f"{out_dir.name}: t* = {result.t_star:.2f}",
+    )
 
 
 def export_point(curve: BezierCurve, lab: Lab, t: float, path: str | Path) -> nn.Module:

@@ -5,8 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def plot_path(rows: list[dict], t_star: float, intervals: list[tuple[float, float]], retrain_row: dict | None,
-              path: str | Path, title: str = "") -> None:
+def plot_path(
+    rows: list[dict],
+    t_star: float,
+    intervals: list[tuple[float, float]],
+    retrain_row: dict | None,
+    path: str | Path,
+    title: str = "",
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")

@@ -42,10 +42,15 @@ def trial_records(runs: list) -> list[dict[str, Any]]:
             continue
         p, m = r.data.params, r.data.metrics
         schedule = p.get("mcu.beta_schedule", "adaptive_step")
-        rec = {"run_id": r.info.run_id, "scenario": p.get("forget.spec", "?"), "method": _method(p),
-               "variant": "MCU" if schedule == "fixed" else "MCU-β", "schedule": schedule,
-               "seed": int(p.get("seeds.unlearn", 0)),
-               "effective_region": json.loads(r.data.tags.get("mcu.effective_region", "[]"))}
+        rec = {
+            "run_id": r.info.run_id,
+            "scenario": p.get("forget.spec", "?"),
+            "method": _method(p),
+            "variant": "MCU" if schedule == "fixed" else "MCU-β",
+            "schedule": schedule,
+            "seed": int(p.get("seeds.unlearn", 0)),
+            "effective_region": json.loads(r.data.tags.get("mcu.effective_region", "[]")),
+        }
         rec.update({k: _num(p.get(k)) for k in SWEPT if k in p})
         rec.update({k: m.get(k) for k in METRICS + ("t_star", "rte_curve_min", "rte_eval_min")})
         rec["baseline"] = {k: m.get(f"baseline/{k}") for k in ("UA", "RA", "TA", "MIA")}
@@ -91,9 +96,10 @@ def table(records: list[dict]) -> list[dict[str, Any]]:
             for r in mine:
                 cells[(r["variant"], *(r.get(k) for k in extra))].append(r)
             for key in sorted(cells, key=str):
-                label = f"{method}+{key[0]}" + "".join(f" {k.split('.')[-1]}={v:g}" if isinstance(v, float)
-                                                      else f" {k.split('.')[-1]}={v}" for k, v in zip(extra, key[1:],
-                                                                                                       strict=True))
+                label = f"{method}+{key[0]}" + "".join(
+                    f" {k.split('.')[-1]}={v:g}" if isinstance(v, float) else f" {k.split('.')[-1]}={v}"
+                    for k, v in zip(extra, key[1:], strict=True)
+                )
                 rows.append(_row(scenario, label, cells[key]))
     return rows
 
@@ -109,8 +115,12 @@ def _row(scenario: str, name: str, recs: list[dict]) -> dict[str, Any]:
 def markdown(rows: list[dict]) -> str:
     lines = []
     for scenario in dict.fromkeys(r["scenario"] for r in rows):
-        lines += [f"### {scenario}", "", "| model | UA | RA | TA | MIA | Avg. Gap | RTE (min) | seeds |",
-                  "|---|---|---|---|---|---|---|---|"]
+        lines += [
+            f"### {scenario}",
+            "",
+            "| model | UA | RA | TA | MIA | Avg. Gap | RTE (min) | seeds |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
         for r in (r for r in rows if r["scenario"] == scenario):
             cells = [f"{r[k]:.2f} ± {r[k + '_std']:.2f}" for k in METRICS[:-1]]
             lines.append(f"| {r['model']} | " + " | ".join(cells) + f" | {r['rte_min']:.2f} | {r['n']} |")
@@ -158,8 +168,11 @@ def plots(records: list[dict], histories: dict[str, dict[str, list]], out: Path)
     fig, ax = plt.subplots(figsize=(5, 3.6))
     xs, ys = [r["rte_min"] for r in records], [r["avg_gap"] for r in records]
     ax.scatter(xs, ys, s=14, alpha=0.6, label="trials")
-    front = sorted((x, y) for x, y in zip(xs, ys, strict=True)
-                   if not any(a <= x and b <= y and (a < x or b < y) for a, b in zip(xs, ys, strict=True)))
+    front = sorted(
+        (x, y)
+        for x, y in zip(xs, ys, strict=True)
+        if not any(a <= x and b <= y and (a < x or b < y) for a, b in zip(xs, ys, strict=True))
+    )
     ax.plot([f[0] for f in front], [f[1] for f in front], "r.-", label="Pareto front")
     ax.set_xlabel("RTE (min)")
     ax.set_ylabel("Avg. Gap")
@@ -189,13 +202,19 @@ def main(argv: list[str] | None = None) -> int:
         tracker = Tracker(args.tracking_uri, args.experiment)
         runs = tracker.client.search_runs([tracker.experiment_id], max_results=50000)
     except Exception as e:
-        print(f"error: --tracking-uri: cannot read {args.tracking_uri or 'sqlite:///mlflow.db'} ({type(e).__name__}); "
-              "allowed: a reachable MLflow store", file=sys.stderr)
+        print(
+            f"error: --tracking-uri: cannot read {args.tracking_uri or 'sqlite:///mlflow.db'} ({type(e).__name__}); "
+            "allowed: a reachable MLflow store",
+            file=sys.stderr,
+        )
         return 2
     records = trial_records([r for r in runs if PARENT_TAG in r.data.tags])
     if not records:
-        print(f"error: --experiment: {args.experiment!r} has no finished trial runs; allowed: an experiment "
-              "written by python -m mcu_dist.sweep or mcu_dist.ablate", file=sys.stderr)
+        print(
+            f"error: --experiment: {args.experiment!r} has no finished trial runs; allowed: an experiment "
+            "written by python -m mcu_dist.sweep or mcu_dist.ablate",
+            file=sys.stderr,
+        )
         return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -209,15 +228,24 @@ def main(argv: list[str] | None = None) -> int:
         writer.writerows(rows)
     histories = {}
     for r in records:
-        h = {k: [m.value for m in sorted(tracker.client.get_metric_history(r["run_id"], f"path/{k}"),
-                                          key=lambda m: m.step)] for k in ("t", "UA", "RA")}
+        h = {
+            k: [
+                m.value
+                for m in sorted(
+                    tracker.client.get_metric_history(r["run_id"], f"path/{k}"), key=lambda m: m.step
+                )
+            ]
+            for k in ("t", "UA", "RA")
+        }
         histories[r["run_id"]] = h
     plots(records, histories, out)
     sweeps = [r for r in runs if r.data.tags.get(KIND_TAG) == "sweep"]
     if sweeps:
         tracker.log_artifacts(sweeps[0].info.run_id, out, "report")
     print(text)
-    print(f"report written to {out}/" + (f" and logged to MLflow run {sweeps[0].info.run_id}" if sweeps else ""))
+    print(
+        f"report written to {out}/" + (f" and logged to MLflow run {sweeps[0].info.run_id}" if sweeps else "")
+    )
     return 0
 
 

@@ -23,18 +23,27 @@ def build_parser() -> argparse.ArgumentParser:
         default = f.default if f.default is not dataclasses.MISSING else None
         extra = f" (default: {default})" if default not in (None, "") else ""
         flag_kw = {"nargs": "?", "const": "true"} if _metavar(tp) == "BOOL" else {}
-        p.add_argument(f.metadata["cli"], dest=dotted, metavar=_metavar(tp), help=f.metadata["help"] + extra, **flag_kw)
+        p.add_argument(
+            f.metadata["cli"], dest=dotted, metavar=_metavar(tp), help=f.metadata["help"] + extra, **flag_kw
+        )
     return p
 
 
 def _metavar(tp) -> str:
     args = [a for a in typing.get_args(tp) if a is not type(None)]
     base = args[0] if args else tp
-    return {int: "N", float: "X", bool: "BOOL"}.get(base, "LIST" if typing.get_origin(base) is list else "VALUE")
+    return {int: "N", float: "X", bool: "BOOL"}.get(
+        base, "LIST" if typing.get_origin(base) is list else "VALUE"
+    )
 
 
-SMOKE = {"reference.epochs": 2, "mcu.epochs": 1, "eval.t_points": 5, "eval.mia_cap": 200,
-         "eval.calibration_size": 256}
+SMOKE = {
+    "reference.epochs": 2,
+    "mcu.epochs": 1,
+    "eval.t_points": 5,
+    "eval.mia_cap": 200,
+    "eval.calibration_size": 256,
+}
 
 
 def config_from_args(args: argparse.Namespace) -> tuple[ExperimentConfig, bool]:

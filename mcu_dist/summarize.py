@@ -43,8 +43,10 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     missing = [str(d) for d in args.runs if not (d / "results.parquet").is_file()]
     if missing:
-        print(f"error: runs: {missing[0]} has no results.parquet; allowed: run folders of python -m mcu_dist.run",
-              file=sys.stderr)
+        print(
+            f"error: runs: {missing[0]} has no results.parquet; allowed: run folders of python -m mcu_dist.run",
+            file=sys.stderr,
+        )
         return 2
     print(markdown(summarize(args.runs)))
     return 0

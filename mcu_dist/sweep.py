@@ -34,12 +34,20 @@ def in_ray_job() -> bool:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m mcu_dist.sweep", description=__doc__.splitlines()[0])
-    p.add_argument("--space", "--grid", dest="space", default=str(DEFAULT_SPACE),
-                   help="YAML search space or ablation grid (tune_spaces/*.yaml)")
+    p.add_argument(
+        "--space",
+        "--grid",
+        dest="space",
+        default=str(DEFAULT_SPACE),
+        help="YAML search space or ablation grid (tune_spaces/*.yaml)",
+    )
     p.add_argument("--num-samples", type=int, help="trials (overrides the space's sweep.num_samples)")
     p.add_argument("--max-concurrent", type=int, help="trials at once")
-    p.add_argument("--storage", help="storage for Tune, Train checkpoints and the model cache: a local path, or an "
-                   "NFS mount on multi-node clusters (default ~/mcu_dist_runs)")
+    p.add_argument(
+        "--storage",
+        help="storage for Tune, Train checkpoints and the model cache: a local path, or an "
+        "NFS mount on multi-node clusters (default ~/mcu_dist_runs)",
+    )
     p.add_argument("--name", help="sweep name (default: the space's sweep.name)")
     p.add_argument("--resume", action="store_true", help="continue the sweep stored under --storage/--name")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///mlflow.db, made absolute)")
@@ -70,16 +78,24 @@ def resolve(args: argparse.Namespace, loader=load_space) -> tuple[SearchSpace, s
     sweep.validate()
     storage = args.storage or default_storage()
     if "://" in storage:
-        raise ConfigError(f"--storage: got {storage!r}; allowed: a local path or a shared (NFS) mount, since the "
-                          "model cache and the curve checkpoints live under it")
+        raise ConfigError(
+            f"--storage: got {storage!r}; allowed: a local path or a shared (NFS) mount, since the "
+            "model cache and the curve checkpoints live under it"
+        )
     storage = str(Path(storage).resolve())
     space.fixed.setdefault("cache_dir", str(Path(storage) / "cache"))
     space.fixed.setdefault("scale.storage", str(Path(storage) / "train"))
     base = space.base_config()
     from mcu_dist.data.registry import DATASETS, default_root
 
-    if DATASETS[base.data.dataset].needs_root and base.data.data_root is None and default_root(base.data.dataset):
-        space.fixed["data.data_root"] = str(Path(default_root(base.data.dataset)).resolve())  # workers see it too
+    if (
+        DATASETS[base.data.dataset].needs_root
+        and base.data.data_root is None
+        and default_root(base.data.dataset)
+    ):
+        space.fixed["data.data_root"] = str(
+            Path(default_root(base.data.dataset)).resolve()
+        )  # workers see it too
     with_overrides(space.base_config(), {}).validate()
     uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     if uri is None and in_ray_job():
@@ -99,7 +115,9 @@ def reference_cells(space: SearchSpace) -> list[dict[str, Any]]:
     if not space.grid:
         return [{}]
     keys = [k for k in space.grid if k in REFERENCE_KEYS or k.startswith(REFERENCE_PREFIXES)]
-    return [dict(zip(keys, values, strict=True)) for values in itertools.product(*(space.grid[k] for k in keys))]
+    return [
+        dict(zip(keys, values, strict=True)) for values in itertools.product(*(space.grid[k] for k in keys))
+    ]
 
 
 def prepare_shared_models(space: SearchSpace, log=print) -> None:
@@ -118,7 +136,9 @@ def prepare_shared_models(space: SearchSpace, log=print) -> None:
         for method in space.methods():
             baseline_model(lab, method, original)
         trained += len(lab.cache.trained)
-    log(f"shared models ready ({trained} trained now, the rest from the cache {space.base_config().cache_dir})")
+    log(
+        f"shared models ready ({trained} trained now, the rest from the cache {space.base_config().cache_dir})"
+    )
 
 
 def make_searcher(space: SearchSpace, sampler=None):
@@ -130,8 +150,11 @@ def make_searcher(space: SearchSpace, sampler=None):
     metric: Any = [sweep.objective, "rte_min"] if sweep.multi_objective else sweep.objective
     mode: Any = ["min", "min"] if sweep.multi_objective else "min"
     if sampler is None:
-        sampler = (optuna.samplers.NSGAIISampler(seed=sweep.seed) if sweep.multi_objective
-                   else optuna.samplers.TPESampler(seed=sweep.seed, multivariate=True, group=True))
+        sampler = (
+            optuna.samplers.NSGAIISampler(seed=sweep.seed)
+            if sweep.multi_objective
+            else optuna.samplers.TPESampler(seed=sweep.seed, multivariate=True, group=True)
+        )
     return OptunaSearch(space=space.suggest, metric=metric, mode=mode, sampler=sampler)
 
 
@@ -140,25 +163,41 @@ def build_tuner(space: SearchSpace, storage: str, context: dict, resume: bool):
     from ray.tune.schedulers import ASHAScheduler
 
     sweep = space.sweep
-    trainable = tune.with_resources(tune.with_parameters(tune_trainable, context=context),
-                                    {"CPU": sweep.cpus_per_trial})
+    trainable = tune.with_resources(
+        tune.with_parameters(tune_trainable, context=context), {"CPU": sweep.cpus_per_trial}
+    )
     path = f"{storage.rstrip('/')}/{sweep.name}"
     if resume:
         if not tune.Tuner.can_restore(path):
-            raise ConfigError(f"--resume: no sweep to resume at {path}; allowed: the --storage and --name of an "
-                              "earlier sweep")
+            raise ConfigError(
+                f"--resume: no sweep to resume at {path}; allowed: the --storage and --name of an "
+                "earlier sweep"
+            )
         return tune.Tuner.restore(path, trainable=trainable, resume_errored=True, restart_errored=False)
     searcher = make_searcher(space)
     scheduler = None
     if sweep.asha:
-        scheduler = ASHAScheduler(metric=sweep.objective, mode="min", time_attr="epoch",
-                                  grace_period=sweep.asha_grace_epochs, max_t=space.base_config().mcu.epochs + 1)
+        scheduler = ASHAScheduler(
+            metric=sweep.objective,
+            mode="min",
+            time_attr="epoch",
+            grace_period=sweep.asha_grace_epochs,
+            max_t=space.base_config().mcu.epochs + 1,
+        )
     return tune.Tuner(
         trainable,
-        tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=sweep.num_samples,
-                                    max_concurrent_trials=sweep.max_concurrent),
-        run_config=tune.RunConfig(name=sweep.name, storage_path=storage, verbose=1,
-                                  failure_config=tune.FailureConfig(max_failures=sweep.max_failures)),
+        tune_config=tune.TuneConfig(
+            search_alg=searcher,
+            scheduler=scheduler,
+            num_samples=sweep.num_samples,
+            max_concurrent_trials=sweep.max_concurrent,
+        ),
+        run_config=tune.RunConfig(
+            name=sweep.name,
+            storage_path=storage,
+            verbose=1,
+            failure_config=tune.FailureConfig(max_failures=sweep.max_failures),
+        ),
     )
 
 
@@ -171,8 +210,14 @@ def tune_trainable(config: dict, context: dict) -> None:
 
     trial_id = tune.get_context().get_trial_id()
     space = space_from_dict(context["space"], context["space_source"])
-    ctx = TrialContext(space, context["tracking_uri"], context["experiment"], context["parent_run_id"], trial_id,
-                       Path(context["storage_dir"]) / "trials" / trial_id)
+    ctx = TrialContext(
+        space,
+        context["tracking_uri"],
+        context["experiment"],
+        context["parent_run_id"],
+        trial_id,
+        Path(context["storage_dir"]) / "trials" / trial_id,
+    )
     params = {k: v for k, v in config.items() if k in {d.key for d in space.dims}}
     tune.report(run_trial(params, ctx, report=tune.report))
 
@@ -194,19 +239,41 @@ def reachable(address: str, timeout: float = 5.0) -> bool:
 def pareto_front(rows: list[dict], keys: tuple[str, str]) -> list[dict]:
     a, b = keys
     done = [r for r in rows if r.get(a) is not None and r.get(b) is not None]
-    return [r for r in done if not any(o[a] <= r[a] and o[b] <= r[b] and (o[a] < r[a] or o[b] < r[b]) for o in done)]
+    return [
+        r
+        for r in done
+        if not any(o[a] <= r[a] and o[b] <= r[b] and (o[a] < r[a] or o[b] < r[b]) for o in done)
+    ]
 
 
 def summarize(results, space: SearchSpace) -> list[dict]:
     rows = []
     for r in results:
         m = r.metrics or {}
-        row = {"trial_id": m.get("trial_id") or Path(r.path).name, "status": "ERROR" if r.error else "OK",
-               "error": str(r.error)[:500] if r.error else None}
+        row = {
+            "trial_id": m.get("trial_id") or Path(r.path).name,
+            "status": "ERROR" if r.error else "OK",
+            "error": str(r.error)[:500] if r.error else None,
+        }
         row.update({f"param.{k}": v for k, v in (r.config or {}).items()})
         if m.get("final") == 1:
-            row.update({k: m.get(k) for k in ("avg_gap", "gap_cal", "UA", "RA", "TA", "MIA", "t_star", "region_size",
-                                              "baseline_avg_gap", "rte_min")})
+            row.update(
+                {
+                    k: m.get(k)
+                    for k in (
+                        "avg_gap",
+                        "gap_cal",
+                        "UA",
+                        "RA",
+                        "TA",
+                        "MIA",
+                        "t_star",
+                        "region_size",
+                        "baseline_avg_gap",
+                        "rte_min",
+                    )
+                }
+            )
         rows.append(row)
     key = space.sweep.objective
     return sorted(rows, key=lambda r: (r.get(key) is None, r.get(key) if r.get(key) is not None else 0))
@@ -219,10 +286,15 @@ def format_best(rows: list[dict], objective: str, n: int = 5) -> str:
         if r.get(objective) is None:
             lines.append(f"{r['trial_id']:<14}{'failed':>9}  {r.get('error') or ''}"[:160])
             continue
-        params = ", ".join(f"{k[6:]}={v:.3g}" if isinstance(v, float) else f"{k[6:]}={v}"
-                           for k, v in r.items() if k.startswith("param."))
-        lines.append(f"{r['trial_id']:<14}{r[objective]:9.3f}{r['baseline_avg_gap'] or 0:8.2f}{r['UA']:7.1f}"
-                     f"{r['RA']:7.1f}{r['TA']:7.1f}{r['MIA']:7.1f}{r['t_star']:6.2f}  {params}")
+        params = ", ".join(
+            f"{k[6:]}={v:.3g}" if isinstance(v, float) else f"{k[6:]}={v}"
+            for k, v in r.items()
+            if k.startswith("param.")
+        )
+        lines.append(
+            f"{r['trial_id']:<14}{r[objective]:9.3f}{r['baseline_avg_gap'] or 0:8.2f}{r['UA']:7.1f}"
+            f"{r['RA']:7.1f}{r['TA']:7.1f}{r['MIA']:7.1f}{r['t_star']:6.2f}  {params}"
+        )
     return "\n".join(lines)
 
 
@@ -241,8 +313,11 @@ def main(argv: list[str] | None = None, *, loader=load_space, tuner_factory=None
         tracker = Tracker(uri, experiment)
         tracker.check()
     except Exception as e:  # an unreachable tracking server
-        print(f"error: --tracking-uri: cannot reach {uri} ({type(e).__name__}); allowed: a reachable MLflow "
-              "tracking server or a sqlite:/// path", file=sys.stderr)
+        print(
+            f"error: --tracking-uri: cannot reach {uri} ({type(e).__name__}); allowed: a reachable MLflow "
+            "tracking server or a sqlite:/// path",
+            file=sys.stderr,
+        )
         return 2
     import ray
     import yaml
@@ -250,32 +325,54 @@ def main(argv: list[str] | None = None, *, loader=load_space, tuner_factory=None
     address = args.address or os.environ.get("RAY_ADDRESS")
     if not ray.is_initialized():
         if address and not reachable(address):
-            print(f"error: --address: nothing answers at {address}; allowed: the address of a running Ray cluster "
-                  "(ray start --head), or none for a local instance", file=sys.stderr)
+            print(
+                f"error: --address: nothing answers at {address}; allowed: the address of a running Ray cluster "
+                "(ray start --head), or none for a local instance",
+                file=sys.stderr,
+            )
             return 2
         try:
             ray.init(address=address, log_to_driver=False) if address else ray.init(log_to_driver=False)
         except (ConnectionError, RuntimeError, ValueError) as e:
-            print(f"error: --address: cannot reach the Ray cluster at {address} ({type(e).__name__}); allowed: the "
-                  "address of a running cluster (ray start --head), or none for a local instance", file=sys.stderr)
+            print(
+                f"error: --address: cannot reach the Ray cluster at {address} ({type(e).__name__}); allowed: the "
+                "address of a running cluster (ray start --head), or none for a local instance",
+                file=sys.stderr,
+            )
             return 2
     if uri.startswith("sqlite:") and sum(n["Alive"] for n in ray.nodes()) > 1:
-        print(f"error: --tracking-uri: {uri} is a file on one node, and this cluster has several; allowed: an MLflow "
-              "tracking server every node reaches (http://...)", file=sys.stderr)
+        print(
+            f"error: --tracking-uri: {uri} is a file on one node, and this cluster has several; allowed: an MLflow "
+            "tracking server every node reaches (http://...)",
+            file=sys.stderr,
+        )
         return 2
     sweep = space.sweep
-    print(f"sweep {sweep.name}: {space.source}, {sweep.num_samples} trials, objective {sweep.objective}; "
-          f"storage {storage}; MLflow {uri} experiment {experiment}", flush=True)
+    print(
+        f"sweep {sweep.name}: {space.source}, {sweep.num_samples} trials, objective {sweep.objective}; "
+        f"storage {storage}; MLflow {uri} experiment {experiment}",
+        flush=True,
+    )
     start = time.perf_counter()
     prepare_shared_models(space)
     storage_dir = f"{storage.rstrip('/')}/{sweep.name}"
-    parent = tracker.start_run(sweep.name, {KIND_TAG: "sweep", "mcu.sweep_path": storage_dir}, reuse=args.resume)
-    tracker.log_params(parent, {**space.base_config().flat(), **{f"sweep.{k}": v for k, v in vars(sweep).items()}})
+    parent = tracker.start_run(
+        sweep.name, {KIND_TAG: "sweep", "mcu.sweep_path": storage_dir}, reuse=args.resume
+    )
+    tracker.log_params(
+        parent, {**space.base_config().flat(), **{f"sweep.{k}": v for k, v in vars(sweep).items()}}
+    )
     raw = yaml.safe_load(Path(args.space).read_text())
     raw.setdefault("fixed", {}).update(space.fixed)
     tracker.log_text(parent, yaml.safe_dump(raw, sort_keys=False), "space.yaml")
-    context = {"space": raw, "space_source": space.source, "tracking_uri": uri, "experiment": experiment,
-               "parent_run_id": parent, "storage_dir": storage_dir}
+    context = {
+        "space": raw,
+        "space_source": space.source,
+        "tracking_uri": uri,
+        "experiment": experiment,
+        "parent_run_id": parent,
+        "storage_dir": storage_dir,
+    }
     try:
         tuner = tuner_factory(space, storage, context, args.resume)
         fit_start = time.perf_counter()
@@ -294,11 +391,17 @@ def main(argv: list[str] | None = None, *, loader=load_space, tuner_factory=None
     write_table(rows or [{"trial_id": None}], table)
     tracker.log_artifact(parent, table)
     compute = sum(float((r.metrics or {}).get("trial_s") or 0) for r in results)
-    summary = {"trials": len(rows), "completed": len(ok), "failed": len(rows) - len(ok),
-               "wall_s": time.perf_counter() - start, "fit_s": fit_s, "trial_compute_s": compute,
-               # what a trial costs beyond its own compute, with max_concurrent trials sharing the fit's wall time
-               "overhead_per_trial_s": max(0.0, fit_s * min(sweep.max_concurrent, len(rows) or 1) - compute)
-               / max(len(rows), 1)}
+    summary = {
+        "trials": len(rows),
+        "completed": len(ok),
+        "failed": len(rows) - len(ok),
+        "wall_s": time.perf_counter() - start,
+        "fit_s": fit_s,
+        "trial_compute_s": compute,
+        # what a trial costs beyond its own compute, with max_concurrent trials sharing the fit's wall time
+        "overhead_per_trial_s": max(0.0, fit_s * min(sweep.max_concurrent, len(rows) or 1) - compute)
+        / max(len(rows), 1),
+    }
     (Path(storage_dir) / "summary.json").write_text(json.dumps(summary, indent=1))
     if ok:
         summary["best_" + sweep.objective] = ok[0][sweep.objective]
@@ -311,9 +414,11 @@ def main(argv: list[str] | None = None, *, loader=load_space, tuner_factory=None
     tracker.end_run(parent, "FINISHED")
     print()
     print(format_best(rows, sweep.objective))
-    print(f"\n{summary['completed']}/{summary['trials']} trials completed in {summary['wall_s']:.0f} s "
-          f"(trials {summary['fit_s']:.0f} s, their own compute {summary['trial_compute_s']:.0f} s). "
-          f"MLflow: {tracker.ui_hint(parent)}")
+    print(
+        f"\n{summary['completed']}/{summary['trials']} trials completed in {summary['wall_s']:.0f} s "
+        f"(trials {summary['fit_s']:.0f} s, their own compute {summary['trial_compute_s']:.0f} s). "
+        f"MLflow: {tracker.ui_hint(parent)}"
+    )
     return 0
 
 

@@ -29,7 +29,7 @@ def resolve_tracking_uri(uri: str | None) -> str:
     (a ``ray job submit`` job runs in a throw-away copy of the working directory)."""
     uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        return "sqlite:///" + str(Path(uri[len("sqlite:///"):]).resolve())
+        return "sqlite:///" + str(Path(uri[len("sqlite:///") :]).resolve())
     return uri
 
 
@@ -37,7 +37,7 @@ def artifact_location(uri: str, experiment: str) -> str | None:
     """Artifacts of a sqlite store live beside the database file, not in the current directory (MLflow's
     default, ./mlruns, would put them in a ``ray job submit`` job's throw-away working directory)."""
     if uri.startswith("sqlite:///"):
-        return (Path(uri[len("sqlite:///"):]).parent / "mlartifacts" / experiment).as_uri()
+        return (Path(uri[len("sqlite:///") :]).parent / "mlartifacts" / experiment).as_uri()
     return None  # a tracking server decides (its --artifacts-destination)
 
 
@@ -46,7 +46,9 @@ def retry(fn: Callable[..., T], *args: Any, attempts: int = 8, **kwargs: Any) ->
         try:
             return fn(*args, **kwargs)
         except Exception as e:  # sqlite "database is locked", a server restarting
-            transient = any(s in str(e).lower() for s in ("locked", "busy", "connection", "temporarily", "503"))
+            transient = any(
+                s in str(e).lower() for s in ("locked", "busy", "connection", "temporarily", "503")
+            )
             if not transient or i == attempts - 1:
                 raise
             time.sleep(0.2 * 2**i)
@@ -64,8 +66,11 @@ class Tracker:
         existing = retry(self.client.get_experiment_by_name, experiment)
         if existing is None:
             try:
-                self.experiment_id = retry(self.client.create_experiment, experiment,
-                                           artifact_location=artifact_location(self.uri, experiment))
+                self.experiment_id = retry(
+                    self.client.create_experiment,
+                    experiment,
+                    artifact_location=artifact_location(self.uri, experiment),
+                )
             except Exception:  # another process created it first
                 self.experiment_id = retry(self.client.get_experiment_by_name, experiment).experiment_id
         else:
@@ -114,7 +119,7 @@ class Tracker:
         existing = retry(self.client.get_run, run_id).data.params
         items = [Param(k, _param_value(v)) for k, v in params.items() if k not in existing]
         for i in range(0, len(items), 100):
-            retry(self.client.log_batch, run_id, params=items[i:i + 100])
+            retry(self.client.log_batch, run_id, params=items[i : i + 100])
 
     def log_metrics(self, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
         self.log_series(run_id, [(step, metrics)])
@@ -124,10 +129,14 @@ class Tracker:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        items = [Metric(k, float(v), now, step) for step, row in rows for k, v in row.items()
-                 if isinstance(v, (int, float)) and v == v]
+        items = [
+            Metric(k, float(v), now, step)
+            for step, row in rows
+            for k, v in row.items()
+            if isinstance(v, (int, float)) and v == v
+        ]
         for i in range(0, len(items), 1000):
-            retry(self.client.log_batch, run_id, metrics=items[i:i + 1000])
+            retry(self.client.log_batch, run_id, metrics=items[i : i + 1000])
 
     def set_tags(self, run_id: str, tags: dict[str, Any]) -> None:
         from mlflow.entities import RunTag
@@ -144,14 +153,20 @@ class Tracker:
         retry(self.client.log_text, run_id, text, name)
 
     def children(self, parent_id: str) -> list[Any]:
-        return retry(self.client.search_runs, [self.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent_id}'",
-                     max_results=10000)
+        return retry(
+            self.client.search_runs,
+            [self.experiment_id],
+            filter_string=f"tags.`{PARENT_TAG}` = '{parent_id}'",
+            max_results=10000,
+        )
 
     def ui_hint(self, parent_id: str) -> str:
         if self.uri.startswith(("http://", "https://")):
             return f"{self.uri}/#/experiments/{self.experiment_id}/runs/{parent_id}"
-        return (f"mlflow ui --backend-store-uri {self.uri}   then open experiment '{self.experiment}', "
-                f"parent run {parent_id}")
+        return (
+            f"mlflow ui --backend-store-uri {self.uri}   then open experiment '{self.experiment}', "
+            f"parent run {parent_id}"
+        )
 
 
 def _param_value(v: Any) -> str:

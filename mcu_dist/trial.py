@@ -44,7 +44,9 @@ class TrialContext:
     out_dir: Path
 
 
-def proxy_gap_cal(curve, lab: Lab, cal: Calibration, ts=(0.8, 0.9, 1.0), n: int = 256, seed: int = 0) -> float:
+def proxy_gap_cal(
+    curve, lab: Lab, cal: Calibration, ts=(0.8, 0.9, 1.0), n: int = 256, seed: int = 0
+) -> float:
     """A cheap stand-in for the path's best gap_cal: a few t in [0.75, 1], BN and accuracies on small subsets."""
     g = torch.Generator().manual_seed(seed)
     sub = lambda pos: pos[torch.randperm(len(pos), generator=g)[:n]]  # noqa: E731
@@ -99,40 +101,77 @@ def _compute(cfg, params, ctx, report, tracker, run_id, sweep) -> dict[str, floa
     mask = compute_mask(original, lab, cfg.mcu.k, cfg.mcu.k_r, cfg.mcu.mask, cfg.seeds.unlearn)
     on_epoch = None
     if report is not None and sweep.asha and not cfg.scale.distributed:
+
         def on_epoch(state, curve):
             proxy = proxy_gap_cal(curve, lab, cal)
             report({sweep.objective: proxy, "proxy_gap_cal": proxy, "epoch": state.epoch, "final": 0})
-    result = run_path(lab, original, endpoint, "mcu_beta", mask, cal, retrain_row, out / "path",
-                      run_name=f"curve-{ctx.trial_id}", on_epoch_end=on_epoch)
+
+    result = run_path(
+        lab,
+        original,
+        endpoint,
+        "mcu_beta",
+        mask,
+        cal,
+        retrain_row,
+        out / "path",
+        run_name=f"curve-{ctx.trial_id}",
+        on_epoch_end=on_epoch,
+    )
     row = result.row
     metrics = {k: float(row[k]) for k in REPORTED if k in row} | {"t_star": result.t_star}
-    metrics.update({
-        "region_size": float(len(result.effective_region)),
-        "baseline_avg_gap": avg_gap(baseline_row, retrain_row),
-        "baseline_gap_cal": gap_cal(baseline_row["RA"], baseline_row["FA"], cal),
-        "rte_min": (base_s + result.seconds["curve"] + result.seconds["path_eval"]) / 60,
-        "rte_curve_min": result.seconds["curve"] / 60, "rte_eval_min": result.seconds["path_eval"] / 60,
-        "retrain_rte_min": float(retrain_meta.get("seconds", 0.0)) / 60,
-        "trial_s": time.perf_counter() - start, "final": 1,
-    })
+    metrics.update(
+        {
+            "region_size": float(len(result.effective_region)),
+            "baseline_avg_gap": avg_gap(baseline_row, retrain_row),
+            "baseline_gap_cal": gap_cal(baseline_row["RA"], baseline_row["FA"], cal),
+            "rte_min": (base_s + result.seconds["curve"] + result.seconds["path_eval"]) / 60,
+            "rte_curve_min": result.seconds["curve"] / 60,
+            "rte_eval_min": result.seconds["path_eval"] / 60,
+            "retrain_rte_min": float(retrain_meta.get("seconds", 0.0)) / 60,
+            "trial_s": time.perf_counter() - start,
+            "final": 1,
+        }
+    )
     if tracker:
         _log_path(tracker, run_id, result, metrics, baseline_row, retrain_row, mask, out)
     return metrics
 
 
 def _log_path(tracker, run_id, result, metrics, baseline_row, retrain_row, mask, out: Path) -> None:
-    per_t = [(i, {f"path/{k}": r[k] for k in ("t", "UA", "RA", "TA", "MIA", "gap_cal", "avg_gap") if k in r})
-             for i, r in enumerate(result.path_table)]
+    per_t = [
+        (i, {f"path/{k}": r[k] for k in ("t", "UA", "RA", "TA", "MIA", "gap_cal", "avg_gap") if k in r})
+        for i, r in enumerate(result.path_table)
+    ]
     epochs: dict[int, list[dict]] = {}
     for s in result.steps:
         epochs.setdefault(s["epoch"], []).append(s)
-    per_epoch = [(e, {"epoch/loss_r": _mean(rows, "loss_r"), "epoch/loss_f": _mean(rows, "loss_f"),
-                      "epoch/beta": _mean(rows, "beta")}) for e, rows in sorted(epochs.items())]
-    final = {**metrics, **{f"baseline/{k}": v for k, v in baseline_row.items()},
-             **{f"retrain/{k}": v for k, v in retrain_row.items()}}
+    per_epoch = [
+        (
+            e,
+            {
+                "epoch/loss_r": _mean(rows, "loss_r"),
+                "epoch/loss_f": _mean(rows, "loss_f"),
+                "epoch/beta": _mean(rows, "beta"),
+            },
+        )
+        for e, rows in sorted(epochs.items())
+    ]
+    final = {
+        **metrics,
+        **{f"baseline/{k}": v for k, v in baseline_row.items()},
+        **{f"retrain/{k}": v for k, v in retrain_row.items()},
+    }
     tracker.log_series(run_id, per_t + per_epoch + [(0, final)])
-    tracker.set_tags(run_id, {"mcu.effective_region": result.effective_region, "mcu.mask_sha256": mask["sha256"],
-                              "mcu.t_star": result.t_star, "mcu.node_id": _node_id()})
+    tracker.set_tags(
+        run_id,
+        {
+            "mcu.effective_region": result.effective_region,
+            "mcu.mask_sha256": mask["sha256"],
+            "mcu.t_star": result.t_star,
+            "mcu.node_id": _node_id(),
+        },
+    )
     tracker.log_artifacts(run_id, out)
 
 

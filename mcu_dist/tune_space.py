@@ -58,7 +58,9 @@ class SweepConfig:
         check(self.objective in ("avg_gap", "gap_cal"), "objective", "avg_gap, gap_cal", self.objective)
         check(self.max_concurrent >= 1, "max_concurrent", "an integer >= 1", self.max_concurrent)
         check(self.cpus_per_trial > 0, "cpus_per_trial", "a number > 0", self.cpus_per_trial)
-        check(not (self.asha and self.multi_objective), "asha", "false when multi_objective is true", self.asha)
+        check(
+            not (self.asha and self.multi_objective), "asha", "false when multi_objective is true", self.asha
+        )
 
 
 @dataclass
@@ -107,8 +109,13 @@ class SearchSpace:
         over = dict(self.fixed)
         method = params.get("baseline", (self.base_config().baselines.methods or [None])[0])
         hp = {k.split(".", 1)[1]: v for k, v in params.items() if k.startswith("baseline.")}
-        over.update({k: v for k, v in params.items()
-                     if k not in ("baseline", "seed") and not k.startswith("baseline.")})
+        over.update(
+            {
+                k: v
+                for k, v in params.items()
+                if k not in ("baseline", "seed") and not k.startswith("baseline.")
+            }
+        )
         if "seed" in params:
             over.update({f"seeds.{s}": params["seed"] for s in ("split", "model", "unlearn", "eval")})
         over["baselines.methods"] = [method] if method else []
@@ -143,10 +150,14 @@ def _dimension(key: str, spec: Any, leaves: dict[str, Any], methods: list[str]) 
     if kind not in KINDS:
         raise ConfigError(f"{where}.type: got {kind!r}; allowed: {', '.join(KINDS)}")
     if key in ("mcu.variants", "baselines.methods", "baselines.params"):
-        raise ConfigError(f"{where}: set per trial by the sweep; allowed: search 'baseline' and 'baseline.<hp>' instead")
+        raise ConfigError(
+            f"{where}: set per trial by the sweep; allowed: search 'baseline' and 'baseline.<hp>' instead"
+        )
     raw_when = spec.get("when") or {}
     if not isinstance(raw_when, dict):
-        raise ConfigError(f"{where}.when: got {raw_when!r}; allowed: a mapping parent -> value or list of values")
+        raise ConfigError(
+            f"{where}.when: got {raw_when!r}; allowed: a mapping parent -> value or list of values"
+        )
     when = {p: v if isinstance(v, list) else [v] for p, v in raw_when.items()}
     if any(len(v) == 0 for v in when.values()):
         raise ConfigError(f"{where}.when: an empty list of parent values; allowed: at least one value")
@@ -172,15 +183,19 @@ def _dimension(key: str, spec: Any, leaves: dict[str, Any], methods: list[str]) 
 
         bad = [c for c in dim.choices or [] if c not in BASELINES]
         if kind != "categorical" or bad:
-            raise ConfigError(f"{where}: got {bad or kind!r}; allowed: categorical over {', '.join(BASELINES.names())}")
+            raise ConfigError(
+                f"{where}: got {bad or kind!r}; allowed: categorical over {', '.join(BASELINES.names())}"
+            )
     elif key.startswith("baseline."):
         from mcu_dist.baselines import BASELINES
 
         hp = key.split(".", 1)[1]
         lacking = [m for m in methods if hp not in BASELINES[m].defaults]
         if lacking:
-            raise ConfigError(f"{where}: baseline {lacking[0]} has no hyperparameter {hp!r}; allowed: "
-                              f"{', '.join(sorted(BASELINES[lacking[0]].defaults)) or 'none'}")
+            raise ConfigError(
+                f"{where}: baseline {lacking[0]} has no hyperparameter {hp!r}; allowed: "
+                f"{', '.join(sorted(BASELINES[lacking[0]].defaults)) or 'none'}"
+            )
         for m in methods:
             if kind in ("float", "logfloat") and isinstance(BASELINES[m].defaults[hp], int):
                 raise ConfigError(f"{where}.type: {m}.{hp} is an integer; allowed: int or categorical")
@@ -190,8 +205,10 @@ def _dimension(key: str, spec: Any, leaves: dict[str, Any], methods: list[str]) 
                 except ConfigError as e:
                     raise ConfigError(f"{where}: {v!r} is refused by {m} ({e})") from None
     elif key not in leaves:
-        raise ConfigError(f"{where}: unknown config field; allowed: a dotted field of ExperimentConfig "
-                          "(e.g. mcu.k), baseline, baseline.<hyperparameter> or seed")
+        raise ConfigError(
+            f"{where}: unknown config field; allowed: a dotted field of ExperimentConfig "
+            "(e.g. mcu.k), baseline, baseline.<hyperparameter> or seed"
+        )
     else:
         tp = leaves[key]
         target = int if kind == "int" else tp
@@ -243,12 +260,15 @@ def parse_space(data: dict, source: str = "<dict>") -> SearchSpace:
     for d in dims:
         for parent, values in d.when.items():
             if parent not in seen:
-                raise ConfigError(f"search.{d.key}.when: parent {parent!r} is not a dimension declared before it; "
-                                  "allowed: an earlier categorical dimension")
+                raise ConfigError(
+                    f"search.{d.key}.when: parent {parent!r} is not a dimension declared before it; "
+                    "allowed: an earlier categorical dimension"
+                )
             p = seen[parent]
             if p.kind != "categorical" or any(v not in p.choices for v in values):
-                raise ConfigError(f"search.{d.key}.when: {values!r} are not choices of {parent}; allowed: "
-                                  f"{p.choices}")
+                raise ConfigError(
+                    f"search.{d.key}.when: {values!r} are not choices of {parent}; allowed: {p.choices}"
+                )
         seen[d.key] = d
     space = SearchSpace(fixed, dims, sweep, source)
     for culprit, params in _probe_points(dims):
@@ -310,14 +330,18 @@ def space_from_dict(data: Any, source: str) -> SearchSpace:
 def _read_yaml(path: str | Path) -> Any:
     p = Path(path)
     if not p.is_file():
-        raise ConfigError(f"--space: {path} does not exist; allowed: a YAML file such as tune_spaces/default.yaml")
+        raise ConfigError(
+            f"--space: {path} does not exist; allowed: a YAML file such as tune_spaces/default.yaml"
+        )
     try:
         with open(p) as f:
             return yaml.safe_load(f)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark else ""
-        raise ConfigError(f"{path}: not valid YAML{where}; allowed: a YAML mapping of fixed, search, sweep") from None
+        raise ConfigError(
+            f"{path}: not valid YAML{where}; allowed: a YAML mapping of fixed, search, sweep"
+        ) from None
 
 
 def load_space(path: str | Path) -> SearchSpace:

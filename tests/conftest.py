@@ -25,8 +25,15 @@ CIFAR_PARQUET = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar
 
 def digits_config(tmp: Path, **overrides) -> ExperimentConfig:
     """Digits, class-wise forgetting of one class, small budgets; ``overrides`` are dotted config keys."""
-    base = {"cache_dir": str(tmp / "cache"), "out": str(tmp / "runs"), "reference.epochs": 8,
-            "mcu.epochs": 2, "eval.t_points": 5, "eval.mia_cap": 300, "eval.calibration_size": 300}
+    base = {
+        "cache_dir": str(tmp / "cache"),
+        "out": str(tmp / "runs"),
+        "reference.epochs": 8,
+        "mcu.epochs": 2,
+        "eval.t_points": 5,
+        "eval.mia_cap": 300,
+        "eval.calibration_size": 300,
+    }
     return with_overrides(ExperimentConfig(), {**base, **overrides})
 
 

@@ -76,7 +76,9 @@ def _worker_port_block() -> int:
 
 
 def _block_free(low: int) -> bool:
-    for port in range(low, low + WORKER_PORTS, 50):  # a sample: a block in use by another cluster shows up here
+    for port in range(
+        low, low + WORKER_PORTS, 50
+    ):  # a sample: a block in use by another cluster shows up here
         with socket.socket() as s:
             try:
                 s.bind(("127.0.0.1", port))
@@ -88,25 +90,61 @@ def _block_free(low: int) -> bool:
 def _node_args(num_cpus: int, resources: str | None) -> list[str]:
     gcs, manager, objects, client, agent, agent_grpc, runtime_env, metrics = free_ports(8)
     low = _worker_port_block()
-    args = ["--block", "--node-ip-address", "127.0.0.1", "--num-cpus", str(num_cpus),
-            "--node-manager-port", str(manager), "--object-manager-port", str(objects),
-            "--dashboard-agent-listen-port", str(agent), "--dashboard-agent-grpc-port", str(agent_grpc),
-            "--runtime-env-agent-port", str(runtime_env), "--metrics-export-port", str(metrics),
-            "--min-worker-port", str(low), "--max-worker-port", str(low + WORKER_PORTS - 1)]
+    args = [
+        "--block",
+        "--node-ip-address",
+        "127.0.0.1",
+        "--num-cpus",
+        str(num_cpus),
+        "--node-manager-port",
+        str(manager),
+        "--object-manager-port",
+        str(objects),
+        "--dashboard-agent-listen-port",
+        str(agent),
+        "--dashboard-agent-grpc-port",
+        str(agent_grpc),
+        "--runtime-env-agent-port",
+        str(runtime_env),
+        "--metrics-export-port",
+        str(metrics),
+        "--min-worker-port",
+        str(low),
+        "--max-worker-port",
+        str(low + WORKER_PORTS - 1),
+    ]
     if resources:
         args += ["--resources", resources]
     return args, gcs, client
 
 
-def start_head(num_cpus: int = 4, token: str | None = None, resources: str | None = None,
-               timeout: float = 120) -> RayNode:
+def start_head(
+    num_cpus: int = 4, token: str | None = None, resources: str | None = None, timeout: float = 120
+) -> RayNode:
     token = token or secrets.token_hex(24)
     temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")
     args, gcs, client = _node_args(num_cpus, resources)
     dashboard = free_ports(1)[0]
-    cmd = [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--port", str(gcs),
-           "--ray-client-server-port", str(client), "--include-dashboard", "true", "--dashboard-host", "127.0.0.1",
-           "--dashboard-port", str(dashboard), "--temp-dir", temp_dir, *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "ray.scripts.scripts",
+        "start",
+        "--head",
+        "--port",
+        str(gcs),
+        "--ray-client-server-port",
+        str(client),
+        "--include-dashboard",
+        "true",
+        "--dashboard-host",
+        "127.0.0.1",
+        "--dashboard-port",
+        str(dashboard),
+        "--temp-dir",
+        temp_dir,
+        *args,
+    ]
     env = ray_env(token)
     log = open(Path(temp_dir) / "ray_start.log", "w")
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -117,12 +155,16 @@ def start_head(num_cpus: int = 4, token: str | None = None, resources: str | Non
 
 # `ray start --address` refuses to join when cluster mode is off (LOOPBACK); the worker's own CLI check is
 # switched back on here while address resolution stays on loopback.
-_JOIN = ("import sys, types, ray._private.ray_constants as rc, ray.scripts.scripts as s;"
-         "s.ray_constants = types.SimpleNamespace(**{**vars(rc), 'ENABLE_RAY_CLUSTER': True});"
-         "sys.argv = ['ray', *sys.argv[1:]]; s.main()")
+_JOIN = (
+    "import sys, types, ray._private.ray_constants as rc, ray.scripts.scripts as s;"
+    "s.ray_constants = types.SimpleNamespace(**{**vars(rc), 'ENABLE_RAY_CLUSTER': True});"
+    "sys.argv = ['ray', *sys.argv[1:]]; s.main()"
+)
 
 
-def start_worker(head: RayNode, num_cpus: int = 2, resources: str | None = None, timeout: float = 120) -> RayNode:
+def start_worker(
+    head: RayNode, num_cpus: int = 2, resources: str | None = None, timeout: float = 120
+) -> RayNode:
     """A second node joining ``head``; returns once the cluster sees it."""
     temp_dir = tempfile.mkdtemp(prefix="rayw", dir="/tmp")
     args, _, _ = _node_args(num_cpus, resources)
@@ -133,7 +175,9 @@ def start_worker(head: RayNode, num_cpus: int = 2, resources: str | None = None,
     deadline = time.time() + timeout
     while time.time() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"worker ray start exited: {(Path(temp_dir) / 'ray_start.log').read_text()[-2000:]}")
+            raise RuntimeError(
+                f"worker ray start exited: {(Path(temp_dir) / 'ray_start.log').read_text()[-2000:]}"
+            )
         if "Ray runtime started" in (Path(temp_dir) / "ray_start.log").read_text():
             return node
         time.sleep(1)
@@ -147,10 +191,14 @@ def _wait_ready(node: RayNode, timeout: float) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:
         if node.process.poll() is not None:
-            raise RuntimeError(f"ray start exited: {(Path(node.temp_dir) / 'ray_start.log').read_text()[-2000:]}")
+            raise RuntimeError(
+                f"ray start exited: {(Path(node.temp_dir) / 'ray_start.log').read_text()[-2000:]}"
+            )
         try:
-            req = urllib.request.Request(f"{node.dashboard}/api/version",
-                                         headers={"Authorization": f"Bearer {node.env['RAY_AUTH_TOKEN']}"})
+            req = urllib.request.Request(
+                f"{node.dashboard}/api/version",
+                headers={"Authorization": f"Bearer {node.env['RAY_AUTH_TOKEN']}"},
+            )
             with urllib.request.urlopen(req, timeout=2) as r:
                 if r.status == 200:
                     return

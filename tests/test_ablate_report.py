@@ -16,32 +16,67 @@ from mcu_dist.tracking import KIND_TAG, PARENT_TAG, Tracker
 from mcu_dist.trial import TrialContext, run_trial
 from mcu_dist.tune_space import load_space
 
-SMALL = {"data.dataset": "digits", "reference.epochs": 3, "mcu.epochs": 1, "eval.t_points": 5,
-         "eval.mia_cap": 200, "eval.calibration_size": 256}
+SMALL = {
+    "data.dataset": "digits",
+    "reference.epochs": 3,
+    "mcu.epochs": 1,
+    "eval.t_points": 5,
+    "eval.mia_cap": 200,
+    "eval.calibration_size": 256,
+}
 
 
 def _grid(tmp_path, grid: dict, **fixed) -> str:
     path = tmp_path / "grid.yaml"
-    path.write_text(yaml.safe_dump({"fixed": {**SMALL, "cache_dir": str(tmp_path / "cache"), **fixed},
-                                    "grid": grid, "sweep": {"name": "g"}}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "fixed": {**SMALL, "cache_dir": str(tmp_path / "cache"), **fixed},
+                "grid": grid,
+                "sweep": {"name": "g"},
+            }
+        )
+    )
     return str(path)
 
 
 def test_grid_is_the_cross_product_and_shares_references_per_scenario_and_seed(tmp_path):
-    space = load_space(_grid(tmp_path, {"baseline": ["ga", "rl"], "forget.spec": ["classes:1", "random:0.1"],
-                                        "mcu.beta_schedule": ["fixed", "adaptive_step"], "seed": [0, 1]}))
+    space = load_space(
+        _grid(
+            tmp_path,
+            {
+                "baseline": ["ga", "rl"],
+                "forget.spec": ["classes:1", "random:0.1"],
+                "mcu.beta_schedule": ["fixed", "adaptive_step"],
+                "seed": [0, 1],
+            },
+        )
+    )
     assert space.sweep.num_samples == 16
     cells = reference_cells(space)
     assert len(cells) == 4 and {(c["forget.spec"], c["seed"]) for c in cells} == {
-        ("classes:1", 0), ("classes:1", 1), ("random:0.1", 0), ("random:0.1", 1)}
-    cfg = space.trial_config({"baseline": "rl", "forget.spec": "random:0.1", "mcu.beta_schedule": "fixed", "seed": 1})
+        ("classes:1", 0),
+        ("classes:1", 1),
+        ("random:0.1", 0),
+        ("random:0.1", 1),
+    }
+    cfg = space.trial_config(
+        {"baseline": "rl", "forget.spec": "random:0.1", "mcu.beta_schedule": "fixed", "seed": 1}
+    )
     assert cfg.baselines.methods == ["rl"] and cfg.forget.spec == "random:0.1"
     assert (cfg.seeds.split, cfg.seeds.model, cfg.seeds.unlearn, cfg.seeds.eval) == (1, 1, 1, 1)
 
 
-@pytest.mark.parametrize("grid,key", [({"mcu.k": 0.5}, "grid.mcu.k"), ({"mcu.k": []}, "grid.mcu.k"),
-                                      ({"mcu.kk": [0.5]}, "search.mcu.kk"), ({"seed": ["a"]}, "search.seed"),
-                                      ({"mcu.k": [0.5, 1.5]}, "search.mcu.k")])
+@pytest.mark.parametrize(
+    "grid,key",
+    [
+        ({"mcu.k": 0.5}, "grid.mcu.k"),
+        ({"mcu.k": []}, "grid.mcu.k"),
+        ({"mcu.kk": [0.5]}, "search.mcu.kk"),
+        ({"seed": ["a"]}, "search.seed"),
+        ({"mcu.k": [0.5, 1.5]}, "search.mcu.k"),
+    ],
+)
 def test_bad_grid_is_one_line_naming_the_key(tmp_path, grid, key):
     with pytest.raises(ConfigError) as info:
         load_space(_grid(tmp_path, grid))
@@ -50,12 +85,19 @@ def test_bad_grid_is_one_line_naming_the_key(tmp_path, grid, key):
 
 def test_report_builds_the_paper_table_from_mlflow(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    space = load_space(_grid(tmp_path, {"baseline": ["ga"], "mcu.beta_schedule": ["fixed", "adaptive_step"],
-                                        "seed": [0, 1]}, **{"forget.spec": "classes:1"}))
+    space = load_space(
+        _grid(
+            tmp_path,
+            {"baseline": ["ga"], "mcu.beta_schedule": ["fixed", "adaptive_step"], "seed": [0, 1]},
+            **{"forget.spec": "classes:1"},
+        )
+    )
     tracker = Tracker(uri, "grid")
     parent = tracker.start_run("grid", {KIND_TAG: "sweep"})
     metrics = {}
-    for i, (schedule, seed) in enumerate([("fixed", 0), ("fixed", 1), ("adaptive_step", 0), ("adaptive_step", 1)]):
+    for i, (schedule, seed) in enumerate(
+        [("fixed", 0), ("fixed", 1), ("adaptive_step", 0), ("adaptive_step", 1)]
+    ):
         params = {"baseline": "ga", "mcu.beta_schedule": schedule, "seed": seed}
         ctx = TrialContext(space, uri, "grid", parent, f"cell{i}", tmp_path / f"cell{i}")
         metrics[(schedule, seed)] = run_trial(params, ctx)
@@ -69,8 +111,9 @@ def test_report_builds_the_paper_table_from_mlflow(tmp_path):
     gaps = [metrics[("fixed", s)]["avg_gap"] for s in (0, 1)]
     assert mcu["avg_gap"] == pytest.approx(statistics.fmean(gaps))
     assert mcu["avg_gap_std"] == pytest.approx(statistics.stdev(gaps))
-    assert rows[1]["avg_gap"] == pytest.approx(statistics.fmean(metrics[("fixed", s)]["baseline_avg_gap"]
-                                                                for s in (0, 1)))
+    assert rows[1]["avg_gap"] == pytest.approx(
+        statistics.fmean(metrics[("fixed", s)]["baseline_avg_gap"] for s in (0, 1))
+    )
     for name in ("report.md", "report.csv", "paths.png", "pareto.png", "avg_gap_by_schedule.png"):
         assert (out / name).is_file(), name
     assert "| ga+MCU-β |" in (out / "report.md").read_text()
@@ -98,12 +141,22 @@ def test_shipped_smoke_grid_parses():
 def test_asha_trials_report_a_gap_cal_proxy_every_epoch(tmp_path):
     from mcu_dist.tune_space import parse_space
 
-    space = parse_space({"fixed": {**SMALL, "forget.spec": "classes:1", "mcu.epochs": 3,
-                                   "cache_dir": str(tmp_path / "cache")},
-                         "search": {"mcu.k": {"type": "float", "low": 0.2, "high": 1.0}},
-                         "sweep": {"asha": True, "objective": "gap_cal"}})
+    space = parse_space(
+        {
+            "fixed": {
+                **SMALL,
+                "forget.spec": "classes:1",
+                "mcu.epochs": 3,
+                "cache_dir": str(tmp_path / "cache"),
+            },
+            "search": {"mcu.k": {"type": "float", "low": 0.2, "high": 1.0}},
+            "sweep": {"asha": True, "objective": "gap_cal"},
+        }
+    )
     reports: list[dict] = []
-    final = run_trial({"mcu.k": 0.5}, TrialContext(space, None, "x", None, "t0", tmp_path / "t"), report=reports.append)
+    final = run_trial(
+        {"mcu.k": 0.5}, TrialContext(space, None, "x", None, "t0", tmp_path / "t"), report=reports.append
+    )
     assert [r["epoch"] for r in reports] == [1, 2, 3]
     assert all(r["final"] == 0 and r["gap_cal"] == r["proxy_gap_cal"] >= 0 for r in reports)
     assert final["final"] == 1 and "avg_gap" in final

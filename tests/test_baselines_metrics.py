@@ -42,7 +42,9 @@ FORGETTING_HP = {"ga": {"lr": 0.01, "epochs": 3}, "rl": {}}
 # ---------------------------------------------------------------------------------------------- helpers
 
 
-def run_baseline(lab: Lab, original: nn.Module, name: str, overrides: dict | None = None, seed: int = 0) -> nn.Module:
+def run_baseline(
+    lab: Lab, original: nn.Module, name: str, overrides: dict | None = None, seed: int = 0
+) -> nn.Module:
     unit = BASELINES[name]
     return unit.run(copy.deepcopy(original).train(), lab, unit.resolve(overrides), seed).eval()
 
@@ -97,7 +99,10 @@ def test_retrain_baseline_is_the_retrained_model(digits_lab, digits_original):
 @pytest.mark.parametrize("name", sorted(FORGETTING_HP))
 def test_ga_and_rl_forget_the_class(digits_lab, digits_original, name):
     s = digits_lab.splits
-    fa_o, ra_o = train_acc(digits_original, digits_lab, s.forget), train_acc(digits_original, digits_lab, s.retain)
+    fa_o, ra_o = (
+        train_acc(digits_original, digits_lab, s.forget),
+        train_acc(digits_original, digits_lab, s.retain),
+    )
     assert fa_o >= 95, "θ_o should know the class it is asked to forget"
     out = run_baseline(digits_lab, digits_original, name, FORGETTING_HP[name])
     fa, ra = train_acc(out, digits_lab, s.forget), train_acc(out, digits_lab, s.retain)
@@ -121,7 +126,9 @@ def test_rl_labels_are_wrong_on_forget_and_kept_on_retain(digits_lab):
     assert torch.equal(labels[s.retain], true[s.retain])
     assert torch.equal(labels, random_wrong_labels(digits_lab, seed=3))
     assert not torch.equal(labels, random_wrong_labels(digits_lab, seed=4))
-    assert len(torch.unique(labels[s.forget])) > 1, "one wrong class per forget sample, seeded, not one for all"
+    assert len(torch.unique(labels[s.forget])) > 1, (
+        "one wrong class per forget sample, seeded, not one for all"
+    )
 
 
 # ---------------------------------------------------------------------------------------------- SalUn
@@ -158,23 +165,36 @@ def test_salun_moves_only_salient_weights(digits_lab, digits_original, monkeypat
 def test_negtv_is_the_negated_task_vector(digits_lab, digits_original):
     hp = {"epochs": 2}
     theta_o = params(digits_original)
-    models = {a: run_baseline(digits_lab, digits_original, "negtv", {**hp, "alpha": a}) for a in (0.0, 0.3, 0.9)}
+    models = {
+        a: run_baseline(digits_lab, digits_original, "negtv", {**hp, "alpha": a}) for a in (0.0, 0.3, 0.9)
+    }
     # θ_ft recomputed: θ_o fine-tuned on D_f with the same recipe and seed
     unit_hp = BASELINES["negtv"].resolve(hp)
-    theta_ft = params(train_on(copy.deepcopy(digits_original).train(), digits_lab, digits_lab.splits.forget,
-                               unit_hp, 0, cross_entropy))
+    theta_ft = params(
+        train_on(
+            copy.deepcopy(digits_original).train(),
+            digits_lab,
+            digits_lab.splits.forget,
+            unit_hp,
+            0,
+            cross_entropy,
+        )
+    )
     assert any(not torch.equal(theta_ft[n], theta_o[n]) for n in theta_o)
     for alpha, model in models.items():
         got = params(model)
         for n in theta_o:
             want = theta_o[n] - alpha * (theta_ft[n] - theta_o[n])
             torch.testing.assert_close(got[n], want, rtol=1e-5, atol=1e-6, msg=f"alpha {alpha}, {n}")
-        assert all(torch.equal(b, buffers(digits_original)[k]) for k, b in buffers(model).items()), \
+        assert all(torch.equal(b, buffers(digits_original)[k]) for k, b in buffers(model).items()), (
             "NegTV must keep θ_o's BatchNorm buffers"
+        )
     assert all(torch.equal(p, theta_o[n]) for n, p in params(models[0.0]).items())
     d3, d9 = params(models[0.3]), params(models[0.9])
     for n in theta_o:  # linear in alpha, whatever θ_ft is
-        torch.testing.assert_close((d9[n] - theta_o[n]) / 0.9, (d3[n] - theta_o[n]) / 0.3, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(
+            (d9[n] - theta_o[n]) / 0.9, (d3[n] - theta_o[n]) / 0.3, rtol=1e-4, atol=1e-6
+        )
 
 
 # ---------------------------------------------------------------------------------------------- hyperparameters
@@ -232,12 +252,16 @@ def test_experiment_rows_against_retrain(digits_lab, digits_original, session_di
         assert r["avg_gap"] == pytest.approx(sum(abs(r[m] - rows["Retrain"][m]) for m in GAP_METRICS) / 4)
     assert rows["Original"]["avg_gap"] > 10, "θ_o remembers the forgotten class; θ_r never saw it"
     assert rows["Original"]["UA"] <= 5 and rows["Retrain"]["UA"] >= 95
-    assert rows["Original"]["RA"] == pytest.approx(train_acc(digits_original, digits_lab, digits_lab.splits.retain))
+    assert rows["Original"]["RA"] == pytest.approx(
+        train_acc(digits_original, digits_lab, digits_lab.splits.retain)
+    )
 
 
 def test_ua_ta_and_forgotten_class_accuracy(digits_lab, digits_original):
     s, b = digits_lab.splits, digits_lab.bundle
-    model = run_baseline(digits_lab, digits_original, "ga", FORGETTING_HP["ga"])  # FA well away from 0 and 100
+    model = run_baseline(
+        digits_lab, digits_original, "ga", FORGETTING_HP["ga"]
+    )  # FA well away from 0 and 100
     row = evaluate_model(model, digits_lab)
     fa = train_acc(model, digits_lab, s.forget)
     assert row["FA"] == pytest.approx(fa, abs=1e-4) and row["UA"] == pytest.approx(100 - fa, abs=1e-4)
@@ -245,10 +269,12 @@ def test_ua_ta_and_forgotten_class_accuracy(digits_lab, digits_original):
     gone = torch.isin(b.test.labels, torch.tensor(s.forget_classes))
     assert not gone[s.test_eval].any() and gone[s.test_forgotten].all()
     assert len(s.test_eval) + len(s.test_forgotten) == len(b.test)
-    assert row["TA"] == pytest.approx(direct_accuracy(model, digits_lab, b.test.images[~gone], b.test.labels[~gone]),
-                                      abs=1e-4)
+    assert row["TA"] == pytest.approx(
+        direct_accuracy(model, digits_lab, b.test.images[~gone], b.test.labels[~gone]), abs=1e-4
+    )
     assert row["TA_forgotten"] == pytest.approx(
-        direct_accuracy(model, digits_lab, b.test.images[gone], b.test.labels[gone]), abs=1e-4)
+        direct_accuracy(model, digits_lab, b.test.images[gone], b.test.labels[gone]), abs=1e-4
+    )
     assert row["mia_n"] == min(len(s.retain), len(s.test_eval), digits_lab.cfg.eval.mia_cap)
 
 
@@ -290,7 +316,12 @@ def test_shadow_sets_are_balanced_and_seeded(n_retain, n_test, cap):
     n = min(n_retain, n_test, cap)
     assert len(members) == len(non_members) == n
     assert len(torch.unique(members)) == n and len(torch.unique(non_members)) == n
-    assert 0 <= members.min() and members.max() < n_retain and 0 <= non_members.min() and non_members.max() < n_test
+    assert (
+        0 <= members.min()
+        and members.max() < n_retain
+        and 0 <= non_members.min()
+        and non_members.max() < n_test
+    )
     again = shadow_positions(n_retain, n_test, cap, seed=5)
     assert torch.equal(members, again[0]) and torch.equal(non_members, again[1])
     other = shadow_positions(n_retain, n_test, cap, seed=6)
@@ -303,10 +334,18 @@ def test_shadow_sets_are_balanced_and_seeded(n_retain, n_test, cap):
 @pytest.mark.cifar
 @pytest.mark.skipif(not CIFAR_PARQUET.is_file(), reason="offline CIFAR-10 copy absent")
 def test_cifar_retrain_forgets_more_than_original(tmp_path):
-    cfg = with_overrides(ExperimentConfig(), {
-        "data.dataset": "cifar10", "data.data_root": str(CIFAR_PARQUET.parent), "data.subset": 100,
-        "forget.spec": "random:0.1", "reference.epochs": 15, "cache_dir": str(tmp_path / "cache"),
-        "out": str(tmp_path / "runs")})
+    cfg = with_overrides(
+        ExperimentConfig(),
+        {
+            "data.dataset": "cifar10",
+            "data.data_root": str(CIFAR_PARQUET.parent),
+            "data.subset": 100,
+            "forget.spec": "random:0.1",
+            "reference.epochs": 15,
+            "cache_dir": str(tmp_path / "cache"),
+            "out": str(tmp_path / "runs"),
+        },
+    )
     cfg.validate()
     lab = Lab.build(cfg)
     assert len(lab.bundle.train) == 1000 and len(lab.splits.forget) == 100

@@ -52,7 +52,9 @@ def space_needs(space_file: Path) -> tuple[int, int, bool]:
     defaults = {f.name: f.default for f in fields(ScaleConfig)}
     workers = int(fixed.get("scale.workers", defaults["workers"]))
     gpu = bool(fixed.get("scale.gpu", defaults["gpu"]))
-    concurrent = int(sweep.get("max_concurrent", {f.name: f.default for f in fields(SweepConfig)}["max_concurrent"]))
+    concurrent = int(
+        sweep.get("max_concurrent", {f.name: f.default for f in fields(SweepConfig)}["max_concurrent"])
+    )
     return workers, concurrent, gpu
 
 
@@ -96,23 +98,41 @@ def server_flags(container: dict) -> dict[str, str]:
 
 def test_every_cluster_file_parses_and_the_readme_names_them():
     files = sorted(CLUSTER.glob("*.yaml"))
-    assert {f.name for f in files} >= {"aws-gpu.yaml", "kuberay-raycluster.yaml", "kuberay-rayjob.yaml",
-                                       "mlflow-server.yaml"}
+    assert {f.name for f in files} >= {
+        "aws-gpu.yaml",
+        "kuberay-raycluster.yaml",
+        "kuberay-rayjob.yaml",
+        "mlflow-server.yaml",
+    }
     for f in files:
         parsed = docs(f.name)
         assert parsed and all(isinstance(d, dict) for d in parsed), f.name
     readme = (CLUSTER / "README.md").read_text()
     for f in files:
         assert f"cluster/{f.name}" in readme, f"README does not say how to use {f.name}"
-    for needle in ("ray up", "kubectl apply", "ray job submit --address http://", "RAY_AUTH_TOKEN",
-                   "ray job logs -f", "--resume", "--name", "scale.workers", "scale.gpu", "sweep.max_concurrent",
-                   "sweep.cpus_per_trial", "--tracking-uri", "--storage"):
+    for needle in (
+        "ray up",
+        "kubectl apply",
+        "ray job submit --address http://",
+        "RAY_AUTH_TOKEN",
+        "ray job logs -f",
+        "--resume",
+        "--name",
+        "scale.workers",
+        "scale.gpu",
+        "sweep.max_concurrent",
+        "sweep.cpus_per_trial",
+        "--tracking-uri",
+        "--storage",
+    ):
         assert needle in readme, needle
 
 
 def test_readme_sweep_commands_use_real_flags_and_spaces():
     readme = (CLUSTER / "README.md").read_text()
-    commands = [line.split(" -- ", 1)[1] for line in readme.splitlines() if "-- python -m mcu_dist.sweep" in line]
+    commands = [
+        line.split(" -- ", 1)[1] for line in readme.splitlines() if "-- python -m mcu_dist.sweep" in line
+    ]
     assert len(commands) >= 3  # AWS submit, KubeRay submit, resume
     for cmd in commands:
         args = sweep_cli.parse_args(entrypoint_args(cmd))  # argparse exits on an unknown flag
@@ -165,8 +185,12 @@ def test_launcher_installs_the_project(launcher):
     mounts = {str(k): str(v) for k, v in launcher.get("file_mounts", {}).items()}
     installs = [c for c in launcher["setup_commands"] if "pip install" in c]
     via_git = [c for c in installs if re.search(r"mcu_dist @ git\+", c)]
-    editable = [(remote, c) for c in installs for remote, local in mounts.items()
-                if f"install -e {remote}" in c and (ROOT / local).resolve() == ROOT]
+    editable = [
+        (remote, c)
+        for c in installs
+        for remote, local in mounts.items()
+        if f"install -e {remote}" in c and (ROOT / local).resolve() == ROOT
+    ]
     assert via_git or editable, "setup_commands do not install the project"
     assert 'name = "mcu_dist"' in (ROOT / "pyproject.toml").read_text()
 
@@ -223,7 +247,11 @@ def check_raycluster_spec(spec: dict, pvcs: dict[str, dict]) -> str:
 
     mount_paths = set()
     for name, pod in pods:
-        shared = {v["name"] for v in pod["volumes"] if (v.get("persistentVolumeClaim") or {}).get("claimName") in pvcs}
+        shared = {
+            v["name"]
+            for v in pod["volumes"]
+            if (v.get("persistentVolumeClaim") or {}).get("claimName") in pvcs
+        }
         assert shared, f"{name}: no shared volume"
         for c in pod["containers"]:
             env = env_of(c)
@@ -263,16 +291,22 @@ def test_rayjob_runs_the_sweep_on_the_shared_volume_and_the_mlflow_service(rayjo
     assert job["apiVersion"] == "ray.io/v1" and spec["shutdownAfterJobFinishes"] is True
     assert _pvcs("kuberay-rayjob.yaml") == _pvcs("kuberay-raycluster.yaml")
     mount = check_raycluster_spec(spec["rayClusterSpec"], _pvcs("kuberay-rayjob.yaml"))
-    assert spec["rayClusterSpec"] == one("kuberay-raycluster.yaml", "RayCluster")["spec"], "specs drifted apart"
+    assert spec["rayClusterSpec"] == one("kuberay-raycluster.yaml", "RayCluster")["spec"], (
+        "specs drifted apart"
+    )
 
     space = ROOT / rayjob_args.space
     assert space.is_file() and space.parent == ROOT / "tune_spaces", rayjob_args.space
     assert PurePosixPath(rayjob_args.storage).is_relative_to(mount), (rayjob_args.storage, mount)
     uri = urlparse(rayjob_args.tracking_uri)
-    assert uri.scheme == "http" and (uri.hostname, uri.port) in mlflow_service_urls(), rayjob_args.tracking_uri
+    assert uri.scheme == "http" and (uri.hostname, uri.port) in mlflow_service_urls(), (
+        rayjob_args.tracking_uri
+    )
     submitter = spec["submitterPodTemplate"]["spec"]["containers"][0]
     if (spec["rayClusterSpec"].get("authOptions") or {}).get("mode") != "token":
-        assert env_of(submitter)["RAY_AUTH_MODE"]["value"] == "token" and "RAY_AUTH_TOKEN" in env_of(submitter)
+        assert env_of(submitter)["RAY_AUTH_MODE"]["value"] == "token" and "RAY_AUTH_TOKEN" in env_of(
+            submitter
+        )
 
 
 def test_rayjob_space_loads_and_puts_the_model_cache_on_the_shared_volume(rayjob_args):

@@ -93,8 +93,12 @@ def _assert_solid_colour(images: torch.Tensor, labels: torch.Tensor, tol: float 
 
 
 def _lab(tmp_path: Path, spec: str, **overrides) -> Lab:
-    base = {"cache_dir": str(tmp_path / "cache"), "out": str(tmp_path / "runs"), "forget.spec": spec,
-            "eval.mia_cap": 200}
+    base = {
+        "cache_dir": str(tmp_path / "cache"),
+        "out": str(tmp_path / "runs"),
+        "forget.spec": spec,
+        "eval.mia_cap": 200,
+    }
     return Lab.build(with_overrides(ExperimentConfig(), {**base, **overrides}))
 
 
@@ -337,8 +341,12 @@ def _write_torchvision_cifar(root: Path, per_batch: int, n_test: int, seed: int 
     names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
     with open(folder / "batches.meta", "wb") as f:
         pickle.dump({"label_names": names, "num_cases_per_batch": per_batch, "num_vis": 3072}, f)
-    return (np.concatenate(train_x).reshape(-1, 3, 32, 32), np.array(train_y),
-            test_x.reshape(-1, 3, 32, 32), np.array(test_y))
+    return (
+        np.concatenate(train_x).reshape(-1, 3, 32, 32),
+        np.array(train_y),
+        test_x.reshape(-1, 3, 32, 32),
+        np.array(test_y),
+    )
 
 
 def _md5(path: Path) -> str:
@@ -375,7 +383,9 @@ def test_torchvision_cifar10_folder_round_trip(tmp_path, monkeypatch):
     assert bundle.train.index.tolist() == list(range(20)) and bundle.test.index.tolist() == list(range(6))
 
     # augment override from the config
-    off = load_dataset(DataConfig(dataset="cifar10", data_root=str(root), augment=False), 0, str(tmp_path / "c2"))
+    off = load_dataset(
+        DataConfig(dataset="cifar10", data_root=str(root), augment=False), 0, str(tmp_path / "c2")
+    )
     assert off.augment is False
 
 
@@ -410,13 +420,24 @@ def _write_cifar_parquet(path: Path, per_class_train: int, per_class_test: int, 
                 rows["jpeg"].append(_jpeg_bytes(img))
                 originals[split][0].append(img.transpose(2, 0, 1))
                 originals[split][1].append(label)
-    schema = pa.schema([("split", pa.dictionary(pa.int8(), pa.string())), ("label", pa.int8()),
-                        ("index_in_class", pa.int32()), ("jpeg", pa.binary())],
-                       metadata={"classes": CIFAR_CLASSES, "source": "test_data.py"})
-    table = pa.table({"split": pa.array(rows["split"]).dictionary_encode().cast(schema.field("split").type),
-                      "label": pa.array(rows["label"], pa.int8()),
-                      "index_in_class": pa.array(rows["index_in_class"], pa.int32()),
-                      "jpeg": pa.array(rows["jpeg"], pa.binary())}, schema=schema)
+    schema = pa.schema(
+        [
+            ("split", pa.dictionary(pa.int8(), pa.string())),
+            ("label", pa.int8()),
+            ("index_in_class", pa.int32()),
+            ("jpeg", pa.binary()),
+        ],
+        metadata={"classes": CIFAR_CLASSES, "source": "test_data.py"},
+    )
+    table = pa.table(
+        {
+            "split": pa.array(rows["split"]).dictionary_encode().cast(schema.field("split").type),
+            "label": pa.array(rows["label"], pa.int8()),
+            "index_in_class": pa.array(rows["index_in_class"], pa.int32()),
+            "jpeg": pa.array(rows["jpeg"], pa.binary()),
+        },
+        schema=schema,
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(table, path, compression="zstd")
     return {s: (np.stack(x), np.array(y)) for s, (x, y) in originals.items()}
@@ -440,13 +461,20 @@ def test_cifar10_parquet_decode_and_cache(tmp_path, monkeypatch):
             diff = np.abs(part.images.numpy().astype(np.int16) - x.astype(np.int16))
             assert diff.mean() < 2.0 and diff.max() <= 24, (diff.mean(), diff.max())
             # each decoded image is nearest to its own original (no shuffling of rows)
-            dist = np.abs(part.images.numpy().reshape(len(x), 1, -1).astype(np.int16)
-                          - x.reshape(1, len(x), -1).astype(np.int16)).mean(-1)
+            dist = np.abs(
+                part.images.numpy().reshape(len(x), 1, -1).astype(np.int16)
+                - x.reshape(1, len(x), -1).astype(np.int16)
+            ).mean(-1)
             assert (dist.argmin(1) == np.arange(len(x))).all()
 
     # the decoded arrays live in the cache dir, never next to the Parquet file
     cached = sorted((cache / "datasets").glob("cifar10_jpeg-*.npy"))
-    assert {p.name.rsplit("-", 1)[1] for p in cached} == {"train_x.npy", "train_y.npy", "test_x.npy", "test_y.npy"}
+    assert {p.name.rsplit("-", 1)[1] for p in cached} == {
+        "train_x.npy",
+        "train_y.npy",
+        "test_x.npy",
+        "test_y.npy",
+    }
     assert sorted(p.name for p in parquet.parent.iterdir()) == ["cifar10_jpeg.parquet"]
     mtimes = {p: p.stat().st_mtime_ns for p in cached}
 
@@ -472,7 +500,9 @@ def test_cifar10_parquet_rebuilt_file_gets_fresh_cache(tmp_path):
     second = load_dataset(DataConfig(dataset="cifar10", data_root=str(parquet)), 0, cache)
     assert first.dataset_id != second.dataset_id
     assert len(first.train) == 10 and len(second.train) == 20
-    diff = np.abs(second.train.images.numpy().astype(np.int16) - second_originals["train"][0].astype(np.int16))
+    diff = np.abs(
+        second.train.images.numpy().astype(np.int16) - second_originals["train"][0].astype(np.int16)
+    )
     assert diff.mean() < 2.0
 
 
@@ -513,7 +543,10 @@ def test_tinyimagenet_layout(tmp_path):
     assert torch.bincount(bundle.train.labels).tolist() == [3, 3, 3]
     assert torch.bincount(bundle.test.labels).tolist() == [2, 2, 2]
     # val labels come from val_annotations.txt, in its line order
-    want = [label_of[line.split("\t")[1]] for line in (root / "val" / "val_annotations.txt").read_text().splitlines()]
+    want = [
+        label_of[line.split("\t")[1]]
+        for line in (root / "val" / "val_annotations.txt").read_text().splitlines()
+    ]
     assert bundle.test.labels.tolist() == want
     _assert_solid_colour(bundle.train.images, bundle.train.labels)
     _assert_solid_colour(bundle.test.images, bundle.test.labels)
@@ -581,8 +614,11 @@ def test_image_folder_without_images_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match=r"^data\.data_root"):
         load_dataset(DataConfig(dataset="imagenet100", data_root=str(root)), 0, str(tmp_path / "cache"))
     with pytest.raises(ConfigError, match=r"^data\.data_root"):
-        load_dataset(DataConfig(dataset="tinyimagenet", data_root=str(tmp_path / "nothing")), 0,
-                     str(tmp_path / "cache"))
+        load_dataset(
+            DataConfig(dataset="tinyimagenet", data_root=str(tmp_path / "nothing")),
+            0,
+            str(tmp_path / "cache"),
+        )
 
 
 # --------------------------------------------------------------------------------------------- 6. real CIFAR-10
@@ -626,8 +662,10 @@ def test_sharded_batches_union_equals_single_rank(digits, world_size, augment):
     positions = torch.arange(3, 3 + 97) * 3  # 97 positions, not in order; 97 = 6 * 16 + 1
     kw = {"shuffle": True, "seed": 5, "epoch": 2, "augment": augment}
     single = list(iterate(digits.train, positions, 16, normalize, **kw))
-    ranks = [list(iterate(digits.train, positions, 16, normalize, rank=r, world_size=world_size, **kw))
-             for r in range(world_size)]
+    ranks = [
+        list(iterate(digits.train, positions, 16, normalize, rank=r, world_size=world_size, **kw))
+        for r in range(world_size)
+    ]
     assert len(single) == 7
     assert all(len(r) == len(single) for r in ranks), "every rank must take the same number of steps"
     for step, one in enumerate(single):
@@ -653,8 +691,14 @@ def test_epoch_order(digits):
     positions = torch.arange(50)
 
     def order(seed, epoch, shuffle=True):
-        return torch.cat([b.positions for b in iterate(digits.train, positions, 8, normalize, shuffle=shuffle,
-                                                       seed=seed, epoch=epoch)])
+        return torch.cat(
+            [
+                b.positions
+                for b in iterate(
+                    digits.train, positions, 8, normalize, shuffle=shuffle, seed=seed, epoch=epoch
+                )
+            ]
+        )
 
     e0, e0b, e1, s1 = order(0, 0), order(0, 0), order(0, 1), order(1, 0)
     assert torch.equal(e0, e0b)
@@ -675,8 +719,10 @@ def test_unknown_dataset(tmp_path):
         load_dataset(DataConfig(dataset="mnist"), 0, str(tmp_path))
 
 
-@pytest.mark.parametrize("spec", ["random:0", "random:1.5", "random:1", "random:-0.1", "random:abc", "class:",
-                                  "classes:0", "nonsense:3"])
+@pytest.mark.parametrize(
+    "spec",
+    ["random:0", "random:1.5", "random:1", "random:-0.1", "random:abc", "class:", "classes:0", "nonsense:3"],
+)
 def test_bad_forget_spec(digits, spec):
     with pytest.raises(ConfigError, match=r"^forget\.spec"):
         make_splits(digits, ForgetConfig(spec), 0)
@@ -684,8 +730,9 @@ def test_bad_forget_spec(digits, spec):
         ForgetConfig(spec).validate()
 
 
-@pytest.mark.parametrize("spec", ["class:12", "class:3,-1", "classes:10", "classes:11",
-                                  "class:0,1,2,3,4,5,6,7,8,9"])
+@pytest.mark.parametrize(
+    "spec", ["class:12", "class:3,-1", "classes:10", "classes:11", "class:0,1,2,3,4,5,6,7,8,9"]
+)
 def test_forget_spec_beyond_the_dataset(digits, spec):
     with pytest.raises(ConfigError, match=r"^forget\.spec"):
         make_splits(digits, ForgetConfig(spec), 0)

@@ -27,8 +27,14 @@ from tests.conftest import digits_config
 
 pytestmark = pytest.mark.slow
 
-NOBN = {"model.name": "small_cnn_nobn", "reference.epochs": 4, "mcu.batch_size": 64, "mcu.k": 0.3,
-        "scale.cpus_per_worker": 0.5, "eval.t_points": 3}
+NOBN = {
+    "model.name": "small_cnn_nobn",
+    "reference.epochs": 4,
+    "mcu.batch_size": 64,
+    "mcu.k": 0.3,
+    "scale.cpus_per_worker": 0.5,
+    "eval.t_points": 3,
+}
 
 
 def _cache_files(cfg) -> set[str]:
@@ -36,8 +42,9 @@ def _cache_files(cfg) -> set[str]:
 
 
 def test_two_workers_equal_one_worker_and_reference_models_train_once(ray_cluster, tmp_path):
-    one_cfg = digits_config(tmp_path, **NOBN, **{"baselines.methods": ["ft"], "mcu.variants": ["mcu_beta"],
-                                                  "mcu.epochs": 2})
+    one_cfg = digits_config(
+        tmp_path, **NOBN, **{"baselines.methods": ["ft"], "mcu.variants": ["mcu_beta"], "mcu.epochs": 2}
+    )
     one = run_experiment(one_cfg, tmp_path / "one", log=lambda *_: None)
     cached = _cache_files(one_cfg)
     assert len(cached) == 3  # original, retrain, ft: trained once, by the first run
@@ -61,8 +68,11 @@ def _kill_a_worker_after_a_checkpoint(storage: Path, done: threading.Event, kill
 
     pids: list[int] = []
     while not done.is_set() and not pids:  # find the workers first, so the kill itself is immediate
-        pids = sorted(a.pid for a in list_actors(filters=[("state", "=", "ALIVE")], detail=True)
-                      if "TrainWorker" in a.class_name)
+        pids = sorted(
+            a.pid
+            for a in list_actors(filters=[("state", "=", "ALIVE")], detail=True)
+            if "TrainWorker" in a.class_name
+        )
         time.sleep(0.2)
     while not done.is_set():
         if (storage / "checkpoint_manager_snapshot.json").exists():
@@ -73,8 +83,17 @@ def _kill_a_worker_after_a_checkpoint(storage: Path, done: threading.Event, kill
 
 
 def test_killed_worker_resumes_from_its_checkpoint(ray_cluster, tmp_path):
-    cfg = digits_config(tmp_path, **{**NOBN, "mcu.epochs": 12, "mcu.batch_size": 16, "scale.workers": 2,
-                                     "scale.max_failures": 1, "scale.storage": str(tmp_path / "ray")})
+    cfg = digits_config(
+        tmp_path,
+        **{
+            **NOBN,
+            "mcu.epochs": 12,
+            "mcu.batch_size": 16,
+            "scale.workers": 2,
+            "scale.max_failures": 1,
+            "scale.storage": str(tmp_path / "ray"),
+        },
+    )
     lab = Lab.build(cfg)
     original, _ = original_model(lab, lab.cache)
     endpoint = copy.deepcopy(original)
@@ -87,8 +106,11 @@ def test_killed_worker_resumes_from_its_checkpoint(ray_cluster, tmp_path):
     reference = train_curve(uninterrupted, lab, cfg.mcu, "adaptive_step", cal, cfg.seeds.unlearn)
 
     done, killed = threading.Event(), []
-    watcher = threading.Thread(target=_kill_a_worker_after_a_checkpoint,
-                               args=(tmp_path / "ray" / "killed", done, killed), daemon=True)
+    watcher = threading.Thread(
+        target=_kill_a_worker_after_a_checkpoint,
+        args=(tmp_path / "ray" / "killed", done, killed),
+        daemon=True,
+    )
     watcher.start()
     curve = build_curve(original, endpoint, 2, selected)
     try:
@@ -121,9 +143,23 @@ def test_gpu_flag_without_a_gpu_fails_fast(ray_cluster, tmp_path):
     import subprocess
     import sys
 
-    proc = subprocess.run([sys.executable, "-m", "mcu_dist.run", "--workers", "2", "--gpu", "--cache-dir",
-                           str(tmp_path / "c"), "--out", str(tmp_path / "runs")], capture_output=True, text=True,
-                          timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mcu_dist.run",
+            "--workers",
+            "2",
+            "--gpu",
+            "--cache-dir",
+            str(tmp_path / "c"),
+            "--out",
+            str(tmp_path / "runs"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "scale.gpu" in proc.stderr.strip().splitlines()[-1]
     assert not (tmp_path / "c" / "models").exists() or not any((tmp_path / "c" / "models").glob("*.pt"))

@@ -35,10 +35,12 @@ def _train(lab, original, endpoint, schedule, order=2, k=0.3, k_r=0.1, weight_de
     return curve, mask, before, state
 
 
-@pytest.mark.parametrize("schedule,order", [("fixed", 2), ("adaptive_step", 2), ("adaptive_step", 3),
-                                            ("fixed", 4)])
-def test_selected_tensors_move_and_unselected_stay_bit_identical(digits_lab, digits_original, endpoint, schedule,
-                                                                  order):
+@pytest.mark.parametrize(
+    "schedule,order", [("fixed", 2), ("adaptive_step", 2), ("adaptive_step", 3), ("fixed", 4)]
+)
+def test_selected_tensors_move_and_unselected_stay_bit_identical(
+    digits_lab, digits_original, endpoint, schedule, order
+):
     curve, mask, before, state = _train(digits_lab, digits_original, endpoint, schedule, order)
     selected = set(mask["selected"])
     assert 0 < len(selected) < len(curve.names)
@@ -114,10 +116,17 @@ def test_mask_artifact_is_hashed_and_no_mask_selects_everything(digits_lab, digi
     assert rnd["selected_params"] >= 0.1 * rnd["total_params"] and rnd["sha256"] != m1["sha256"]
 
 
-@pytest.mark.parametrize("key,value,field", [("mcu.k", 1.5, "mcu.k"), ("mcu.k_r", -0.1, "mcu.k_r"),
-                                             ("mcu.k_r", 0.6, "mcu.k_r"), ("mcu.curve_order", 1, "mcu.curve_order"),
-                                             ("mcu.beta_schedule", "cosine", "mcu.beta_schedule"),
-                                             ("eval.t_grid", [0.0, 0.5, 1.2], "eval.t_grid")])
+@pytest.mark.parametrize(
+    "key,value,field",
+    [
+        ("mcu.k", 1.5, "mcu.k"),
+        ("mcu.k_r", -0.1, "mcu.k_r"),
+        ("mcu.k_r", 0.6, "mcu.k_r"),
+        ("mcu.curve_order", 1, "mcu.curve_order"),
+        ("mcu.beta_schedule", "cosine", "mcu.beta_schedule"),
+        ("eval.t_grid", [0.0, 0.5, 1.2], "eval.t_grid"),
+    ],
+)
 def test_bad_mcu_input_fails_before_compute(tmp_path, key, value, field):
     from tests.conftest import digits_config
 
@@ -147,8 +156,13 @@ def test_parallel_path_evaluation_equals_serial(tmp_path, digits_lab, digits_ori
     cal = Calibration(0.0, 99.0)
     grid = [0.0, 0.5, 0.9, 1.0]
     serial = evaluate_path(curve, digits_lab, grid, cal, None)
-    lab = Lab(dataclasses.replace(digits_lab.cfg, eval=dataclasses.replace(digits_lab.cfg.eval, workers=2)),
-              digits_lab.bundle, digits_lab.splits, digits_lab.device, digits_lab.cache)
+    lab = Lab(
+        dataclasses.replace(digits_lab.cfg, eval=dataclasses.replace(digits_lab.cfg.eval, workers=2)),
+        digits_lab.bundle,
+        digits_lab.splits,
+        digits_lab.device,
+        digits_lab.cache,
+    )
     assert eval_workers(lab, len(grid)) == 2
     parallel = evaluate_path(curve, lab, grid, cal, None)
     for a, b in zip(serial, parallel, strict=True):

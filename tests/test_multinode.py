@@ -21,8 +21,15 @@ from tests.test_sweep import _mlflow_server
 
 pytestmark = pytest.mark.slow
 
-SMALL = {"data.dataset": "digits", "reference.epochs": 3, "mcu.epochs": 2, "mcu.batch_size": 32,
-         "eval.t_points": 5, "eval.mia_cap": 200, "eval.calibration_size": 256}
+SMALL = {
+    "data.dataset": "digits",
+    "reference.epochs": 3,
+    "mcu.epochs": 2,
+    "mcu.batch_size": 32,
+    "eval.t_points": 5,
+    "eval.mia_cap": 200,
+    "eval.calibration_size": 256,
+}
 
 
 @pytest.fixture(scope="module")
@@ -41,15 +48,31 @@ def two_nodes(tmp_path_factory):
 
 def _grid(tmp, name: str, grid: dict, **sweep) -> str:
     path = tmp / f"{name}.yaml"
-    path.write_text(yaml.safe_dump({"fixed": SMALL, "grid": grid,
-                                    "sweep": {"name": name, "max_concurrent": 2, **sweep}}))
+    path.write_text(
+        yaml.safe_dump({"fixed": SMALL, "grid": grid, "sweep": {"name": name, "max_concurrent": 2, **sweep}})
+    )
     return str(path)
 
 
 def _ablate(head, url: str, tmp, grid: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "mcu_dist.ablate", "--grid", grid, "--storage", str(tmp / "shared"),
-                             "--tracking-uri", url], env={**head.env, "RAY_ADDRESS": head.address},
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mcu_dist.ablate",
+            "--grid",
+            grid,
+            "--storage",
+            str(tmp / "shared"),
+            "--tracking-uri",
+            url,
+        ],
+        env={**head.env, "RAY_ADDRESS": head.address},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def _children(url: str, experiment: str):
@@ -70,8 +93,22 @@ def test_ablation_runs_trials_on_both_nodes_and_reports(two_nodes):
     assert len(children) == 4 and all(c.info.status == "FINISHED" for c in children)
     assert len({c.data.tags["mcu.node_id"] for c in children}) == 2  # both nodes ran trials
     assert len(list((tmp / "shared" / "cache" / "models").glob("original-*.pt"))) == 2  # one per seed, shared
-    rep = subprocess.run([sys.executable, "-m", "mcu_dist.report", "--experiment", "spread", "--tracking-uri", url,
-                          "--out", str(tmp / "report")], capture_output=True, text=True, timeout=300)
+    rep = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mcu_dist.report",
+            "--experiment",
+            "spread",
+            "--tracking-uri",
+            url,
+            "--out",
+            str(tmp / "report"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert rep.returncode == 0, rep.stderr[-2000:]
     text = (tmp / "report" / "report.md").read_text()
     for row in ("| Retrain |", "| ga |", "| ga+MCU-β |", "| rl |", "| rl+MCU-β |"):
@@ -86,7 +123,10 @@ def test_losing_the_worker_node_mid_grid_reschedules_its_trials(two_nodes):
     deadline = time.time() + 600
     while time.time() < deadline and proc.poll() is None:
         runs = _children(url, "lossy")
-        if sum(r.info.status == "FINISHED" for r in runs) >= 1 and sum(r.info.status == "RUNNING" for r in runs) >= 1:
+        if (
+            sum(r.info.status == "FINISHED" for r in runs) >= 1
+            and sum(r.info.status == "RUNNING" for r in runs) >= 1
+        ):
             break
         time.sleep(1)
     assert proc.poll() is None, "the grid finished before the node could be lost"
@@ -96,5 +136,6 @@ def test_losing_the_worker_node_mid_grid_reschedules_its_trials(two_nodes):
     children = _children(url, "lossy")
     trial_ids = [c.data.tags["mcu.trial_id"] for c in children]
     assert len(trial_ids) == len(set(trial_ids)) == 6
-    assert all(c.info.status == "FINISHED" for c in children), [(c.data.tags["mcu.trial_id"], c.info.status)
-                                                                 for c in children]
+    assert all(c.info.status == "FINISHED" for c in children), [
+        (c.data.tags["mcu.trial_id"], c.info.status) for c in children
+    ]

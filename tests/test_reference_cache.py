@@ -74,7 +74,9 @@ def cheap_training(monkeypatch):
 
 
 def probe_batch(lab: Lab) -> torch.Tensor:
-    return next(iter(lab.batches(lab.splits.retain[:64], 64, seed=0, epoch=0, shuffle=False, augment=False))).x
+    return next(
+        iter(lab.batches(lab.splits.retain[:64], 64, seed=0, epoch=0, shuffle=False, augment=False))
+    ).x
 
 
 # ---------------------------------------------------------------------------------------------- hits
@@ -116,15 +118,19 @@ def test_original_model_second_call_is_a_hit(digits_lab, digits_original):
     assert state_equal(again, digits_original)
 
 
-@pytest.mark.parametrize("override", [
-    {"reference.lr": 0.02},
-    {"reference.epochs": 9},
-    {"reference.momentum": 0.5},
-    {"reference.weight_decay": 1e-4},
-    {"reference.batch_size": 64},
-    {"seeds.model": 1},
-    {"model.name": "small_cnn_nobn"},
-], ids=lambda o: next(iter(o)))
+@pytest.mark.parametrize(
+    "override",
+    [
+        {"reference.lr": 0.02},
+        {"reference.epochs": 9},
+        {"reference.momentum": 0.5},
+        {"reference.weight_decay": 1e-4},
+        {"reference.batch_size": 64},
+        {"seeds.model": 1},
+        {"model.name": "small_cnn_nobn"},
+    ],
+    ids=lambda o: next(iter(o)),
+)
 def test_relevant_field_changes_key_and_trains(digits_lab, tmp_path, cheap_training, override):
     cache = ModelCache(tmp_path)
     base = lab_with(digits_lab, cache)
@@ -144,18 +150,22 @@ def test_dataset_identity_is_part_of_the_key(digits_lab, tmp_path):
     assert key_hash(small.reference_key()) != key_hash(digits_lab.reference_key())
 
 
-@pytest.mark.parametrize("override", [
-    {"mcu.k": 0.1},
-    {"mcu.variants": ["mcu"]},
-    {"eval.t_points": 7},
-    {"eval.mia_cap": 50},
-    {"baselines.methods": ["ga"]},
-    {"seeds.unlearn": 3},
-    {"seeds.eval": 3},
-    {"forget.spec": "class:3"},
-    {"out": "/elsewhere"},
-    {"cache_dir": "/elsewhere"},
-], ids=lambda o: next(iter(o)))
+@pytest.mark.parametrize(
+    "override",
+    [
+        {"mcu.k": 0.1},
+        {"mcu.variants": ["mcu"]},
+        {"eval.t_points": 7},
+        {"eval.mia_cap": 50},
+        {"baselines.methods": ["ga"]},
+        {"seeds.unlearn": 3},
+        {"seeds.eval": 3},
+        {"forget.spec": "class:3"},
+        {"out": "/elsewhere"},
+        {"cache_dir": "/elsewhere"},
+    ],
+    ids=lambda o: next(iter(o)),
+)
 def test_irrelevant_field_keeps_reference_key(digits_lab, override):
     changed = lab_with(digits_lab, digits_lab.cache, **override)
     assert changed.reference_key() == digits_lab.reference_key()
@@ -179,7 +189,8 @@ def test_forget_set_keys_the_retrained_model_but_not_the_original(digits_lab, tm
     retrained_model(a, cache)
     assert len(cheap_training) == 3, "θ_r depends on D_r: one training per forget set, then hits"
     assert sorted(n for n, _ in cheap_training) == sorted(
-        [len(digits_lab.bundle.train), len(a.splits.retain), len(b.splits.retain)])
+        [len(digits_lab.bundle.train), len(a.splits.retain), len(b.splits.retain)]
+    )
 
 
 # ---------------------------------------------------------------------------------------------- concurrency
@@ -194,7 +205,9 @@ def _concurrent_worker(cfg, barrier, queue) -> None:
         start = time.time()
         model, _ = original_model(lab, lab.cache)
         end = time.time()
-        queue.put({"trained": len(lab.cache.trained), "start": start, "end": end, "digest": state_digest(model)})
+        queue.put(
+            {"trained": len(lab.cache.trained), "start": start, "end": end, "digest": state_digest(model)}
+        )
     except BaseException as e:  # report, never hang the parent
         queue.put({"error": repr(e)})
 
@@ -330,7 +343,9 @@ def test_corrupt_checkpoint_is_a_config_error(digits_lab, tmp_path, cheap_traini
 def test_other_architecture_is_a_config_error(digits_lab, tmp_path, cheap_training, other):
     name, classes = other
     path = tmp_path / f"{name}-{classes}.pt"
-    save_checkpoint(create_model(name, classes, digits_lab.bundle.in_channels, digits_lab.bundle.image_size), path)
+    save_checkpoint(
+        create_model(name, classes, digits_lab.bundle.in_channels, digits_lab.bundle.image_size), path
+    )
     _expect_model_original_error(digits_lab, ModelCache(tmp_path / "cache"), path)
     assert cheap_training == []
 
@@ -409,7 +424,9 @@ def test_baseline_key_depends_on_the_model_seed(digits_lab, digits_original, tmp
 def test_replaced_user_checkpoint_invalidates_derived_models(digits_lab, tmp_path):
     cache = ModelCache(tmp_path / "cache")
     path = tmp_path / "mine.pt"
-    lab = lab_with(digits_lab, cache, **{"model.original": str(path), "baselines.params": {"ga": {"epochs": 1}}})
+    lab = lab_with(
+        digits_lab, cache, **{"model.original": str(path), "baselines.params": {"ga": {"epochs": 1}}}
+    )
     save_checkpoint(digits_lab.new_model(seed=1), path)
     first, _ = original_model(lab, cache)
     theta_p_first, _ = baseline_model(lab, "ga", first)

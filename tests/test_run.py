@@ -14,20 +14,37 @@ from tests.conftest import digits_config
 
 
 def _cli(*args: str, cwd) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "mcu_dist.run", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "mcu_dist.run", *args], cwd=cwd, capture_output=True, text=True, timeout=600
+    )
 
 
 def test_smoke_run_prints_the_table_and_writes_every_artifact(tmp_path):
-    proc = _cli("--smoke-test", "--methods", "ft,ga", "--cache-dir", str(tmp_path / "c"), "--out",
-                str(tmp_path / "runs"), cwd=tmp_path)
+    proc = _cli(
+        "--smoke-test",
+        "--methods",
+        "ft,ga",
+        "--cache-dir",
+        str(tmp_path / "c"),
+        "--out",
+        str(tmp_path / "runs"),
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr
     for model in ("Original", "Retrain", "ft", "ft+mcu", "ft+mcu_beta", "ga+mcu_beta"):
         assert f"\n{model} " in proc.stdout
     (run,) = (tmp_path / "runs").iterdir()
     results = pq.read_table(run / "results.parquet").to_pylist()
-    assert [r["model"] for r in results] == ["Original", "Retrain", "ft", "ft+mcu", "ft+mcu_beta", "ga", "ga+mcu",
-                                             "ga+mcu_beta"]
+    assert [r["model"] for r in results] == [
+        "Original",
+        "Retrain",
+        "ft",
+        "ft+mcu",
+        "ft+mcu_beta",
+        "ga",
+        "ga+mcu",
+        "ga+mcu_beta",
+    ]
     assert results[1]["avg_gap"] == 0.0
     for r in results:
         if "+" in r["model"]:
@@ -35,7 +52,14 @@ def test_smoke_run_prints_the_table_and_writes_every_artifact(tmp_path):
             assert r["RTE"] == pytest.approx(r["RTE_base"] + r["RTE_curve"] + r["RTE_eval"])
     assert (run / "config.yaml").is_file() and (run / "forget_manifest.parquet").is_file()
     path = run / "paths" / "ga+mcu_beta"
-    for name in ("path_table.parquet", "steps.parquet", "path.png", "mask.json", "unlearned_t_star.pt", "curve.pt"):
+    for name in (
+        "path_table.parquet",
+        "steps.parquet",
+        "path.png",
+        "mask.json",
+        "unlearned_t_star.pt",
+        "curve.pt",
+    ):
         assert (path / name).is_file(), name
     table = pq.read_table(path / "path_table.parquet").to_pylist()
     assert [r["t"] for r in table] == [0.0, 0.25, 0.5, 0.75, 1.0]
@@ -43,13 +67,18 @@ def test_smoke_run_prints_the_table_and_writes_every_artifact(tmp_path):
     assert ckpt["meta"]["t"] == results[-1]["t_star"]
 
 
-@pytest.mark.parametrize("args,field", [(["--dataset", "mnist"], "data.dataset"),
-                                        (["--model", "resnet9000"], "model.name"),
-                                        (["--methods", "ft,unknown"], "baselines.methods"),
-                                        (["--forget", "random:1.5"], "forget.spec"),
-                                        (["--k", "2"], "mcu.k"),
-                                        (["--dataset", "cifar100", "--data-root", "/nonexistent"], "data.data_root"),
-                                        (["--curve-order", "1"], "mcu.curve_order")])
+@pytest.mark.parametrize(
+    "args,field",
+    [
+        (["--dataset", "mnist"], "data.dataset"),
+        (["--model", "resnet9000"], "model.name"),
+        (["--methods", "ft,unknown"], "baselines.methods"),
+        (["--forget", "random:1.5"], "forget.spec"),
+        (["--k", "2"], "mcu.k"),
+        (["--dataset", "cifar100", "--data-root", "/nonexistent"], "data.data_root"),
+        (["--curve-order", "1"], "mcu.curve_order"),
+    ],
+)
 def test_bad_input_stops_with_one_line_before_any_compute(tmp_path, args, field):
     proc = _cli(*args, "--cache-dir", str(tmp_path / "c"), "--out", str(tmp_path / "runs"), cwd=tmp_path)
     assert proc.returncode == 2
@@ -60,8 +89,15 @@ def test_bad_input_stops_with_one_line_before_any_compute(tmp_path, args, field)
 
 
 def test_class_not_in_dataset_fails_before_training(tmp_path):
-    proc = _cli("--forget", "class:10", "--cache-dir", str(tmp_path / "c"), "--out", str(tmp_path / "runs"),
-                cwd=tmp_path)
+    proc = _cli(
+        "--forget",
+        "class:10",
+        "--cache-dir",
+        str(tmp_path / "c"),
+        "--out",
+        str(tmp_path / "runs"),
+        cwd=tmp_path,
+    )
     assert proc.returncode == 2 and "forget.spec" in proc.stderr
     assert not any((tmp_path / "c").rglob("*.pt")) if (tmp_path / "c").exists() else True
 
@@ -71,8 +107,15 @@ def test_user_endpoint_checkpoint_is_wrapped(tmp_path, digits_lab, digits_origin
 
     ckpt = tmp_path / "mine.pt"
     save_checkpoint(digits_original, ckpt)
-    cfg = digits_config(tmp_path, **{"baselines.methods": [], "baselines.endpoint": str(ckpt),
-                                     "mcu.variants": ["mcu"], "cache_dir": digits_lab.cfg.cache_dir})
+    cfg = digits_config(
+        tmp_path,
+        **{
+            "baselines.methods": [],
+            "baselines.endpoint": str(ckpt),
+            "mcu.variants": ["mcu"],
+            "cache_dir": digits_lab.cfg.cache_dir,
+        },
+    )
     result = run_experiment(cfg, tmp_path / "run", log=lambda *_: None)
     assert [r["model"] for r in result.rows] == ["Original", "Retrain", "endpoint", "endpoint+mcu"]
 
@@ -92,9 +135,15 @@ def test_python_api_on_tensors(digits_lab, digits_original):
     with torch.no_grad():
         for p in endpoint.parameters():
             p.mul_(0.9)
-    result = mcu_dist.unlearn(digits_original, endpoint, pair(lab.bundle.train, lab.splits.forget),
-                              pair(lab.bundle.train, lab.splits.retain), pair(lab.bundle.test, lab.splits.test_eval),
-                              classwise=True, **{"mcu.epochs": 1, "eval.t_points": 5, "eval.mia_cap": 100})
+    result = mcu_dist.unlearn(
+        digits_original,
+        endpoint,
+        pair(lab.bundle.train, lab.splits.forget),
+        pair(lab.bundle.train, lab.splits.retain),
+        pair(lab.bundle.test, lab.splits.test_eval),
+        classwise=True,
+        **{"mcu.epochs": 1, "eval.t_points": 5, "eval.mia_cap": 100},
+    )
     assert 0.75 <= result.t_star <= 1.0
     assert len(result.path_table) == 5 and {"RA", "UA", "TA", "MIA", "gap_cal"} <= set(result.path_table[0])
     assert isinstance(result.model, type(digits_original))

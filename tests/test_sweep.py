@@ -21,14 +21,27 @@ from tests.ray_cluster import free_ports
 
 pytestmark = pytest.mark.slow
 
-SMALL = {"reference.epochs": 2, "mcu.epochs": 1, "eval.t_points": 5, "eval.mia_cap": 200,
-         "eval.calibration_size": 256, "baselines.methods": ["ft"]}
+SMALL = {
+    "reference.epochs": 2,
+    "mcu.epochs": 1,
+    "eval.t_points": 5,
+    "eval.mia_cap": 200,
+    "eval.calibration_size": 256,
+    "baselines.methods": ["ft"],
+}
 
 
 def _space(tmp_path: Path, search: dict, num_samples: int, **sweep) -> Path:
     path = tmp_path / "space.yaml"
-    path.write_text(yaml.safe_dump({"fixed": {"data.dataset": "digits", "forget.spec": "classes:1", **SMALL},
-                                    "search": search, "sweep": {"num_samples": num_samples, **sweep}}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "fixed": {"data.dataset": "digits", "forget.spec": "classes:1", **SMALL},
+                "search": search,
+                "sweep": {"num_samples": num_samples, **sweep},
+            }
+        )
+    )
     return path
 
 
@@ -49,15 +62,35 @@ def _check_child(client: MlflowClient, run, t_points: int = 5) -> None:
     top = {a.path for a in client.list_artifacts(run.info.run_id)}
     inner = {a.path for a in client.list_artifacts(run.info.run_id, "path")}
     assert {"config.yaml", "forget_manifest.parquet", "path"} <= top
-    assert {"path/path_table.parquet", "path/path.png", "path/mask.json", "path/unlearned_t_star.pt",
-            "path/steps.parquet"} <= inner
+    assert {
+        "path/path_table.parquet",
+        "path/path.png",
+        "path/mask.json",
+        "path/unlearned_t_star.pt",
+        "path/steps.parquet",
+    } <= inner
 
 
 def test_ray_job_submit_runs_the_smoke_sweep_into_mlflow(ray_cluster, tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    cmd = [sys.executable, "-m", "ray.scripts.scripts", "job", "submit", "--address", ray_cluster.dashboard, "--",
-           sys.executable, "-m", "mcu_dist.sweep", "--smoke-test", "--storage", str(tmp_path / "storage"),
-           "--tracking-uri", uri]
+    cmd = [
+        sys.executable,
+        "-m",
+        "ray.scripts.scripts",
+        "job",
+        "submit",
+        "--address",
+        ray_cluster.dashboard,
+        "--",
+        sys.executable,
+        "-m",
+        "mcu_dist.sweep",
+        "--smoke-test",
+        "--storage",
+        str(tmp_path / "storage"),
+        "--tracking-uri",
+        uri,
+    ]
     proc = subprocess.run(cmd, env=ray_cluster.env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0 and "succeeded" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-3000:]
     client, parents, children = _runs(uri, "mcu-default")
@@ -73,11 +106,28 @@ def test_ray_job_submit_runs_the_smoke_sweep_into_mlflow(ray_cluster, tmp_path):
 
 def test_a_failing_trial_is_recorded_and_the_sweep_goes_on(ray_cluster, tmp_path):
     # "json:loads" imports fine but is no model factory: such a trial fails at run time, after its run started
-    space = _space(tmp_path, {"model.name": {"type": "categorical", "choices": ["small_cnn", "json:loads"]},
-                              "mcu.k": {"type": "float", "low": 0.2, "high": 1.0}}, 4, max_concurrent=2)
+    space = _space(
+        tmp_path,
+        {
+            "model.name": {"type": "categorical", "choices": ["small_cnn", "json:loads"]},
+            "mcu.k": {"type": "float", "low": 0.2, "high": 1.0},
+        },
+        4,
+        max_concurrent=2,
+    )
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    code = sweep_cli.main(["--space", str(space), "--storage", str(tmp_path / "storage"), "--tracking-uri", uri,
-                           "--name", "failing"])
+    code = sweep_cli.main(
+        [
+            "--space",
+            str(space),
+            "--storage",
+            str(tmp_path / "storage"),
+            "--tracking-uri",
+            uri,
+            "--name",
+            "failing",
+        ]
+    )
     assert code == 0
     client, parents, children = _runs(uri, "failing")
     assert parents[0].info.status == "FINISHED" and len(children) == 4
@@ -94,10 +144,22 @@ def test_a_failing_trial_is_recorded_and_the_sweep_goes_on(ray_cluster, tmp_path
 def test_resume_after_the_driver_is_killed_does_not_duplicate_trials(ray_cluster, tmp_path):
     space = _space(tmp_path, {"mcu.k": {"type": "float", "low": 0.2, "high": 1.0}}, 3, max_concurrent=1)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    args = [sys.executable, "-m", "mcu_dist.sweep", "--space", str(space), "--storage", str(tmp_path / "storage"),
-            "--tracking-uri", uri, "--name", "resumable"]
-    driver = subprocess.Popen(args, env={**os.environ}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                              start_new_session=True)
+    args = [
+        sys.executable,
+        "-m",
+        "mcu_dist.sweep",
+        "--space",
+        str(space),
+        "--storage",
+        str(tmp_path / "storage"),
+        "--tracking-uri",
+        uri,
+        "--name",
+        "resumable",
+    ]
+    driver = subprocess.Popen(
+        args, env={**os.environ}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     deadline = time.time() + 600
     first_done = None
     while time.time() < deadline and first_done is None and driver.poll() is None:
@@ -105,8 +167,14 @@ def test_resume_after_the_driver_is_killed_does_not_duplicate_trials(ray_cluster
         done_in_tune = _terminated_in_tune_state(tmp_path / "storage" / "resumable")
         if done_in_tune and (tmp_path / "mlflow.db").exists():
             _, _, children = _runs(uri, "resumable")
-            first_done = next((c for c in children if c.data.tags[TRIAL_TAG] in done_in_tune
-                               and c.info.status == "FINISHED"), None)
+            first_done = next(
+                (
+                    c
+                    for c in children
+                    if c.data.tags[TRIAL_TAG] in done_in_tune and c.info.status == "FINISHED"
+                ),
+                None,
+            )
     assert first_done is not None and driver.poll() is None, "no trial finished while the driver ran"
     os.killpg(driver.pid, signal.SIGKILL)
     driver.wait()
@@ -140,10 +208,27 @@ def _terminated_in_tune_state(experiment_dir: Path) -> set[str]:
 
 def _mlflow_server(tmp_path: Path) -> tuple[subprocess.Popen, str]:
     (port,) = free_ports(1)
-    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
-                             f"sqlite:///{tmp_path / 'server.db'}", "--artifacts-destination",
-                             str(tmp_path / "artifacts"), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{tmp_path / 'server.db'}",
+            "--artifacts-destination",
+            str(tmp_path / "artifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 120
     while time.time() < deadline:
@@ -183,10 +268,22 @@ def test_trial_logs_to_a_real_mlflow_server(tmp_path):
 def test_unreachable_tracking_server_fails_fast(tmp_path):
     (port,) = free_ports(1)
     start = time.time()
-    proc = subprocess.run([sys.executable, "-m", "mcu_dist.sweep", "--smoke-test", "--storage", str(tmp_path),
-                           "--tracking-uri", f"http://127.0.0.1:{port}"], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
-                               "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"})
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mcu_dist.sweep",
+            "--smoke-test",
+            "--storage",
+            str(tmp_path),
+            "--tracking-uri",
+            f"http://127.0.0.1:{port}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"},
+    )
     assert proc.returncode == 2
     assert "--tracking-uri" in proc.stderr.strip().splitlines()[-1]
     assert "Started a local Ray instance" not in proc.stdout + proc.stderr
@@ -196,9 +293,23 @@ def test_unreachable_tracking_server_fails_fast(tmp_path):
 def test_unreachable_ray_cluster_fails_fast(tmp_path):
     (port,) = free_ports(1)
     start = time.time()
-    proc = subprocess.run([sys.executable, "-m", "mcu_dist.sweep", "--smoke-test", "--storage", str(tmp_path),
-                           "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}", "--address", f"127.0.0.1:{port}"],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mcu_dist.sweep",
+            "--smoke-test",
+            "--storage",
+            str(tmp_path),
+            "--tracking-uri",
+            f"sqlite:///{tmp_path / 'm.db'}",
+            "--address",
+            f"127.0.0.1:{port}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith("error: --address")
     assert time.time() - start < 60

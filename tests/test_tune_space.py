@@ -59,7 +59,11 @@ def _raw_when(spec: dict) -> dict[str, list]:
 
 
 def _digits(search: dict, sweep: dict | None = None, **fixed) -> dict:
-    return {"fixed": {"data.dataset": "digits", **fixed}, "search": search, **({"sweep": sweep} if sweep else {})}
+    return {
+        "fixed": {"data.dataset": "digits", **fixed},
+        "search": search,
+        **({"sweep": sweep} if sweep else {}),
+    }
 
 
 SCHEDULE = {"type": "categorical", "choices": ["fixed", *ADAPTIVE]}
@@ -151,15 +155,25 @@ def test_default_space_conditionals():
 
 
 def test_list_valued_when_and_nested_fixed():
-    space = parse_space({
-        "fixed": {"data": {"dataset": "digits"}, "mcu": {"epochs": 3}},
-        "search": {"mcu.beta_schedule": SCHEDULE,
-                   "mcu.beta_tau": {"type": "logfloat", "low": 0.02, "high": 0.5,
-                                    "when": {"mcu.beta_schedule": ["adaptive_smooth", "adaptive_abs"]}},
-                   "mcu.curve_order": {"type": "int", "low": 2, "high": 4}},
-    })
+    space = parse_space(
+        {
+            "fixed": {"data": {"dataset": "digits"}, "mcu": {"epochs": 3}},
+            "search": {
+                "mcu.beta_schedule": SCHEDULE,
+                "mcu.beta_tau": {
+                    "type": "logfloat",
+                    "low": 0.02,
+                    "high": 0.5,
+                    "when": {"mcu.beta_schedule": ["adaptive_smooth", "adaptive_abs"]},
+                },
+                "mcu.curve_order": {"type": "int", "low": 2, "high": 4},
+            },
+        }
+    )
     for _, params in _samples(space, n=100, seed=4):
-        assert ("mcu.beta_tau" in params) == (params["mcu.beta_schedule"] in ("adaptive_smooth", "adaptive_abs"))
+        assert ("mcu.beta_tau" in params) == (
+            params["mcu.beta_schedule"] in ("adaptive_smooth", "adaptive_abs")
+        )
         assert isinstance(params["mcu.curve_order"], int) and 2 <= params["mcu.curve_order"] <= 4
         cfg = space.trial_config(params)
         cfg.validate()
@@ -167,21 +181,29 @@ def test_list_valued_when_and_nested_fixed():
 
 
 def test_baseline_hyperparameter_lands_with_the_chosen_method():
-    space = parse_space(_digits({"baseline": {"type": "categorical", "choices": ["ft", "ga", "rl"]},
-                                 "baseline.lr": {"type": "logfloat", "low": 1e-3, "high": 1e-1},
-                                 "baseline.epochs": {"type": "int", "low": 1, "high": 4}}))
+    space = parse_space(
+        _digits(
+            {
+                "baseline": {"type": "categorical", "choices": ["ft", "ga", "rl"]},
+                "baseline.lr": {"type": "logfloat", "low": 1e-3, "high": 1e-1},
+                "baseline.epochs": {"type": "int", "low": 1, "high": 4},
+            }
+        )
+    )
     assert space.methods() == ["ft", "ga", "rl"]
     for _, params in _samples(space, n=60, seed=5):
         cfg = space.trial_config(params)
         cfg.validate()
-        assert cfg.baselines.params == {params["baseline"]: {"lr": params["baseline.lr"],
-                                                              "epochs": params["baseline.epochs"]}}
+        assert cfg.baselines.params == {
+            params["baseline"]: {"lr": params["baseline.lr"], "epochs": params["baseline.epochs"]}
+        }
         assert 1e-3 <= params["baseline.lr"] <= 1e-1
 
 
 def test_without_a_baseline_dimension_the_first_configured_method_runs():
-    space = parse_space(_digits({"mcu.k": {"type": "float", "low": 0.1, "high": 0.9}},
-                                **{"baselines.methods": ["ga", "ft"]}))
+    space = parse_space(
+        _digits({"mcu.k": {"type": "float", "low": 0.1, "high": 0.9}}, **{"baselines.methods": ["ga", "ft"]})
+    )
     assert space.methods() == ["ga", "ft"]
     cfg = space.trial_config({"mcu.k": 0.3})
     assert cfg.baselines.methods == ["ga"] and cfg.mcu.k == 0.3 and cfg.mcu.variants == ["mcu_beta"]
@@ -213,52 +235,125 @@ BAD = [
     ("sweep num_samples 0", _digits({}, {"num_samples": 0}), "sweep.num_samples"),
     ("sweep asha with multi-objective", _digits({}, {"asha": True, "multi_objective": True}), "sweep.asha"),
     ("unknown top-level section", {"serach": {"mcu.k": F}}, "serach"),
-    ("unknown dimension type", _digits({"mcu.k": {"type": "uniform", "low": 0.1, "high": 0.5}}),
-     "search.mcu.k.type"),
+    (
+        "unknown dimension type",
+        _digits({"mcu.k": {"type": "uniform", "low": 0.1, "high": 0.5}}),
+        "search.mcu.k.type",
+    ),
     ("missing dimension type", _digits({"mcu.k": {"low": 0.1, "high": 0.5}}), "search.mcu.k.type"),
     ("unknown dimension key", _digits({"mcu.k": {**F, "step": 0.1}}), "search.mcu.k.step"),
     ("dimension not a mapping", _digits({"mcu.k": 0.5}), "search.mcu.k"),
     ("low > high", _digits({"mcu.k": {"type": "float", "low": 0.5, "high": 0.1}}), "search.mcu.k"),
     ("low == high", _digits({"mcu.k": {"type": "float", "low": 0.5, "high": 0.5}}), "search.mcu.k"),
-    ("int low >= high", _digits({"mcu.curve_order": {"type": "int", "low": 4, "high": 2}}), "search.mcu.curve_order"),
-    ("bound not a number", _digits({"mcu.k": {"type": "float", "low": "a", "high": 0.5}}), "search.mcu.k.low"),
+    (
+        "int low >= high",
+        _digits({"mcu.curve_order": {"type": "int", "low": 4, "high": 2}}),
+        "search.mcu.curve_order",
+    ),
+    (
+        "bound not a number",
+        _digits({"mcu.k": {"type": "float", "low": "a", "high": 0.5}}),
+        "search.mcu.k.low",
+    ),
     ("missing bound", _digits({"mcu.k": {"type": "float", "low": 0.1}}), "search.mcu.k.high"),
     ("logfloat low 0", _digits({"mcu.lr": {"type": "logfloat", "low": 0, "high": 0.1}}), "search.mcu.lr.low"),
-    ("logfloat low < 0", _digits({"mcu.lr": {"type": "logfloat", "low": -1, "high": 0.1}}), "search.mcu.lr.low"),
-    ("float range on int field", _digits({"mcu.curve_order": {"type": "float", "low": 2, "high": 4}}),
-     "search.mcu.curve_order"),
-    ("logfloat range on int field", _digits({"mcu.epochs": {"type": "logfloat", "low": 1, "high": 8}}),
-     "search.mcu.epochs"),
-    ("int range with fractional bound", _digits({"mcu.curve_order": {"type": "int", "low": 2.5, "high": 4}}),
-     "search.mcu.curve_order"),
-    ("categorical of wrong type", _digits({"mcu.k": {"type": "categorical", "choices": ["a", "b"]}}), "search.mcu.k"),
-    ("categorical of floats on int field",
-     _digits({"mcu.curve_order": {"type": "categorical", "choices": [2, 2.5]}}), "search.mcu.curve_order"),
-    ("categorical without choices", _digits({"mcu.beta_schedule": {"type": "categorical", "choices": []}}),
-     "search.mcu.beta_schedule.choices"),
-    ("when parent undeclared", _digits({"mcu.beta": {**F, "when": {"mcu.beta_schedule": "fixed"}}}),
-     "search.mcu.beta.when"),
-    ("when parent declared later",
-     _digits({"mcu.beta": {**F, "when": {"mcu.beta_schedule": "fixed"}}, "mcu.beta_schedule": SCHEDULE}),
-     "search.mcu.beta.when"),
-    ("when value not a choice",
-     _digits({"mcu.beta_schedule": SCHEDULE, "mcu.beta": {**F, "when": {"mcu.beta_schedule": "fixd"}}}),
-     "search.mcu.beta.when"),
-    ("when one listed value not a choice",
-     _digits({"mcu.beta_schedule": SCHEDULE, "mcu.beta": {**F, "when": {"mcu.beta_schedule": ["fixed", "x"]}}}),
-     "search.mcu.beta.when"),
-    ("when parent not categorical",
-     _digits({"mcu.k": F, "mcu.beta": {**F, "when": {"mcu.k": 0.2}}}), "search.mcu.beta.when"),
-    ("baseline not registered", _digits({"baseline": {"type": "categorical", "choices": ["ft", "sgd"]}}),
-     "search.baseline"),
-    ("baseline not categorical", _digits({"baseline": {"type": "int", "low": 0, "high": 3}}), "search.baseline"),
-    ("baseline hp some method lacks",
-     _digits({"baseline": {"type": "categorical", "choices": ["ft", "negtv"]},
-              "baseline.alpha": {"type": "float", "low": 0.5, "high": 1.0}}), "search.baseline.alpha"),
-    ("baseline hp declared before baseline",
-     _digits({"baseline.alpha": {"type": "float", "low": 0.5, "high": 1.0},
-              "baseline": {"type": "categorical", "choices": ["negtv", "ft"]}}), "search.baseline.alpha"),
-    ("baseline hp lacked by a configured method", _digits({"baseline.mask_ratio": F}), "search.baseline.mask_ratio"),
+    (
+        "logfloat low < 0",
+        _digits({"mcu.lr": {"type": "logfloat", "low": -1, "high": 0.1}}),
+        "search.mcu.lr.low",
+    ),
+    (
+        "float range on int field",
+        _digits({"mcu.curve_order": {"type": "float", "low": 2, "high": 4}}),
+        "search.mcu.curve_order",
+    ),
+    (
+        "logfloat range on int field",
+        _digits({"mcu.epochs": {"type": "logfloat", "low": 1, "high": 8}}),
+        "search.mcu.epochs",
+    ),
+    (
+        "int range with fractional bound",
+        _digits({"mcu.curve_order": {"type": "int", "low": 2.5, "high": 4}}),
+        "search.mcu.curve_order",
+    ),
+    (
+        "categorical of wrong type",
+        _digits({"mcu.k": {"type": "categorical", "choices": ["a", "b"]}}),
+        "search.mcu.k",
+    ),
+    (
+        "categorical of floats on int field",
+        _digits({"mcu.curve_order": {"type": "categorical", "choices": [2, 2.5]}}),
+        "search.mcu.curve_order",
+    ),
+    (
+        "categorical without choices",
+        _digits({"mcu.beta_schedule": {"type": "categorical", "choices": []}}),
+        "search.mcu.beta_schedule.choices",
+    ),
+    (
+        "when parent undeclared",
+        _digits({"mcu.beta": {**F, "when": {"mcu.beta_schedule": "fixed"}}}),
+        "search.mcu.beta.when",
+    ),
+    (
+        "when parent declared later",
+        _digits({"mcu.beta": {**F, "when": {"mcu.beta_schedule": "fixed"}}, "mcu.beta_schedule": SCHEDULE}),
+        "search.mcu.beta.when",
+    ),
+    (
+        "when value not a choice",
+        _digits({"mcu.beta_schedule": SCHEDULE, "mcu.beta": {**F, "when": {"mcu.beta_schedule": "fixd"}}}),
+        "search.mcu.beta.when",
+    ),
+    (
+        "when one listed value not a choice",
+        _digits(
+            {"mcu.beta_schedule": SCHEDULE, "mcu.beta": {**F, "when": {"mcu.beta_schedule": ["fixed", "x"]}}}
+        ),
+        "search.mcu.beta.when",
+    ),
+    (
+        "when parent not categorical",
+        _digits({"mcu.k": F, "mcu.beta": {**F, "when": {"mcu.k": 0.2}}}),
+        "search.mcu.beta.when",
+    ),
+    (
+        "baseline not registered",
+        _digits({"baseline": {"type": "categorical", "choices": ["ft", "sgd"]}}),
+        "search.baseline",
+    ),
+    (
+        "baseline not categorical",
+        _digits({"baseline": {"type": "int", "low": 0, "high": 3}}),
+        "search.baseline",
+    ),
+    (
+        "baseline hp some method lacks",
+        _digits(
+            {
+                "baseline": {"type": "categorical", "choices": ["ft", "negtv"]},
+                "baseline.alpha": {"type": "float", "low": 0.5, "high": 1.0},
+            }
+        ),
+        "search.baseline.alpha",
+    ),
+    (
+        "baseline hp declared before baseline",
+        _digits(
+            {
+                "baseline.alpha": {"type": "float", "low": 0.5, "high": 1.0},
+                "baseline": {"type": "categorical", "choices": ["negtv", "ft"]},
+            }
+        ),
+        "search.baseline.alpha",
+    ),
+    (
+        "baseline hp lacked by a configured method",
+        _digits({"baseline.mask_ratio": F}),
+        "search.baseline.mask_ratio",
+    ),
     ("document not a mapping", ["mcu.k"], "<dict>"),
 ]
 
@@ -280,12 +375,26 @@ def test_bad_space_is_one_line_naming_the_key(data, key):
 
 
 def test_baseline_hp_error_names_the_lacking_method():
-    with pytest.raises(ConfigError, match=r"^search\.baseline\.alpha: baseline ft has no hyperparameter 'alpha'"):
-        parse_space(_digits({"baseline": {"type": "categorical", "choices": ["ft", "negtv"]},
-                             "baseline.alpha": {"type": "float", "low": 0.5, "high": 1.0}}))
+    with pytest.raises(
+        ConfigError, match=r"^search\.baseline\.alpha: baseline ft has no hyperparameter 'alpha'"
+    ):
+        parse_space(
+            _digits(
+                {
+                    "baseline": {"type": "categorical", "choices": ["ft", "negtv"]},
+                    "baseline.alpha": {"type": "float", "low": 0.5, "high": 1.0},
+                }
+            )
+        )
     # offered by every method: fine
-    parse_space(_digits({"baseline": {"type": "categorical", "choices": ["negtv"]},
-                         "baseline.alpha": {"type": "float", "low": 0.5, "high": 1.0}}))
+    parse_space(
+        _digits(
+            {
+                "baseline": {"type": "categorical", "choices": ["negtv"]},
+                "baseline.alpha": {"type": "float", "low": 0.5, "high": 1.0},
+            }
+        )
+    )
 
 
 def test_missing_space_file_names_the_flag(tmp_path):
@@ -301,42 +410,81 @@ def test_yaml_syntax_error_is_a_config_error(tmp_path):
     assert "\n" not in str(info.value) and str(bad) in str(info.value)
 
 
-
-
-@pytest.mark.parametrize("data,key", [
-    pytest.param(_digits({"mcu.beta_schedule": SCHEDULE, "mcu.beta": {**F, "when": "mcu.beta_schedule"}}),
-                 "search.mcu.beta.when", id="when not a mapping"),
-    pytest.param(_digits({"baseline": "ft"}), "search.baseline", id="baseline spec not a mapping"),
-    pytest.param({"search": ["mcu.k"]}, "search", id="search not a mapping"),
-    pytest.param({"fixed": ["mcu.k"]}, "fixed", id="fixed not a mapping"),
-])
+@pytest.mark.parametrize(
+    "data,key",
+    [
+        pytest.param(
+            _digits({"mcu.beta_schedule": SCHEDULE, "mcu.beta": {**F, "when": "mcu.beta_schedule"}}),
+            "search.mcu.beta.when",
+            id="when not a mapping",
+        ),
+        pytest.param(_digits({"baseline": "ft"}), "search.baseline", id="baseline spec not a mapping"),
+        pytest.param({"search": ["mcu.k"]}, "search", id="search not a mapping"),
+        pytest.param({"fixed": ["mcu.k"]}, "fixed", id="fixed not a mapping"),
+    ],
+)
 def test_malformed_sections_are_config_errors(data, key):
     with pytest.raises(ConfigError) as info:
         parse_space(copy.deepcopy(data))
     assert _names(str(info.value), key), str(info.value)
 
 
-
-@pytest.mark.parametrize("data,key", [
-    pytest.param(_digits({"mcu.k": {"type": "float", "low": 0.1, "high": 3.0}}), "search.mcu.k",
-                 id="float high out of field range"),
-    pytest.param(_digits({"mcu.k": {"type": "categorical", "choices": [0.5, 2.0]}}), "search.mcu.k",
-                 id="later choice out of field range"),
-    pytest.param(_digits({"mcu.k": {"type": "float", "low": 0.1, "high": 1.0},
-                          "mcu.k_r": {"type": "float", "low": 0.0, "high": 0.4}}), "search.mcu.k",
-                 id="k + k_r can exceed 1"),
-    pytest.param(_digits({"baseline": {"type": "categorical", "choices": ["ft", "ga"]},
-                          "baseline.epochs": {"type": "float", "low": 1, "high": 5}}), "search.baseline.epochs",
-                 id="float range on an int baseline hp"),
-    pytest.param(_digits({"baseline": {"type": "categorical", "choices": ["ft", "ga"]},
-                          "baseline.lr": {"type": "categorical", "choices": [0.1, "fast"]}}), "search.baseline.lr",
-                 id="bad later choice of a baseline hp"),
-    pytest.param(_digits({"mcu.k": F}, **{"mcu.k": 2}), "mcu.k", id="key both fixed and searched"),
-    pytest.param(_digits({"mcu.variants": {"type": "categorical", "choices": ["mcu", "mcu_beta"]}}),
-                 "search.mcu.variants", id="searching a field trial_config overwrites"),
-    pytest.param(_digits({"mcu.beta_schedule": SCHEDULE, "mcu.beta": {**F, "when": {"mcu.beta_schedule": []}}}),
-                 "search.mcu.beta.when", id="when with no values"),
-])
+@pytest.mark.parametrize(
+    "data,key",
+    [
+        pytest.param(
+            _digits({"mcu.k": {"type": "float", "low": 0.1, "high": 3.0}}),
+            "search.mcu.k",
+            id="float high out of field range",
+        ),
+        pytest.param(
+            _digits({"mcu.k": {"type": "categorical", "choices": [0.5, 2.0]}}),
+            "search.mcu.k",
+            id="later choice out of field range",
+        ),
+        pytest.param(
+            _digits(
+                {
+                    "mcu.k": {"type": "float", "low": 0.1, "high": 1.0},
+                    "mcu.k_r": {"type": "float", "low": 0.0, "high": 0.4},
+                }
+            ),
+            "search.mcu.k",
+            id="k + k_r can exceed 1",
+        ),
+        pytest.param(
+            _digits(
+                {
+                    "baseline": {"type": "categorical", "choices": ["ft", "ga"]},
+                    "baseline.epochs": {"type": "float", "low": 1, "high": 5},
+                }
+            ),
+            "search.baseline.epochs",
+            id="float range on an int baseline hp",
+        ),
+        pytest.param(
+            _digits(
+                {
+                    "baseline": {"type": "categorical", "choices": ["ft", "ga"]},
+                    "baseline.lr": {"type": "categorical", "choices": [0.1, "fast"]},
+                }
+            ),
+            "search.baseline.lr",
+            id="bad later choice of a baseline hp",
+        ),
+        pytest.param(_digits({"mcu.k": F}, **{"mcu.k": 2}), "mcu.k", id="key both fixed and searched"),
+        pytest.param(
+            _digits({"mcu.variants": {"type": "categorical", "choices": ["mcu", "mcu_beta"]}}),
+            "search.mcu.variants",
+            id="searching a field trial_config overwrites",
+        ),
+        pytest.param(
+            _digits({"mcu.beta_schedule": SCHEDULE, "mcu.beta": {**F, "when": {"mcu.beta_schedule": []}}}),
+            "search.mcu.beta.when",
+            id="when with no values",
+        ),
+    ],
+)
 def test_every_sampleable_point_is_checked_before_ray(data, key):
     """The module docstring: 'Every key is checked (field exists, range well-formed, values of the field's
     type) before Ray starts' -- a space that can sample an invalid trial config must be refused."""
@@ -346,9 +494,15 @@ def test_every_sampleable_point_is_checked_before_ray(data, key):
 
 
 def test_searched_baseline_hp_keeps_fixed_baseline_params():
-    space = parse_space(_digits({"baseline": {"type": "categorical", "choices": ["ft", "ga"]},
-                                 "baseline.lr": {"type": "float", "low": 0.01, "high": 0.1}},
-                                **{"baselines.params": {"ft": {"epochs": 1}, "ga": {"epochs": 2}}}))
+    space = parse_space(
+        _digits(
+            {
+                "baseline": {"type": "categorical", "choices": ["ft", "ga"]},
+                "baseline.lr": {"type": "float", "low": 0.01, "high": 0.1},
+            },
+            **{"baselines.params": {"ft": {"epochs": 1}, "ga": {"epochs": 2}}},
+        )
+    )
     cfg = space.trial_config({"baseline": "ft", "baseline.lr": 0.05})
     assert cfg.baselines.params["ft"] == {"epochs": 1, "lr": 0.05}
 
@@ -361,8 +515,14 @@ def test_searched_baseline_hp_keeps_fixed_baseline_params():
 def _cli(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess, float]:
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "mcu_dist.sweep", *args, "--storage", str(tmp_path / "storage")],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "mcu_dist.sweep", *args, "--storage", str(tmp_path / "storage")],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     return proc, time.perf_counter() - start
 
 
@@ -371,7 +531,7 @@ def _assert_refused(proc: subprocess.CompletedProcess, took: float, key: str, tm
     assert proc.returncode == 2, out
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1, proc.stderr
-    assert lines[0].startswith("error: ") and _names(lines[0][len("error: "):], key), lines[0]
+    assert lines[0].startswith("error: ") and _names(lines[0][len("error: ") :], key), lines[0]
     assert "Started a local Ray instance" not in out and "ray.init" not in out
     assert took < 20, took
     assert not (tmp_path / "storage").exists() and not (tmp_path / "mlflow.db").exists()
@@ -381,7 +541,11 @@ CLI_BAD = [
     ("unknown field", {"search": {"mcu.kk": F}}, "search.mcu.kk"),
     ("fixed out of range", _digits({}, **{"mcu.k": 2}), "mcu.k"),
     ("sweep objective", _digits({}, {"objective": "accuracy"}), "sweep.objective"),
-    ("when undeclared", _digits({"mcu.beta": {**F, "when": {"mcu.beta_schedule": "fixed"}}}), "search.mcu.beta.when"),
+    (
+        "when undeclared",
+        _digits({"mcu.beta": {**F, "when": {"mcu.beta_schedule": "fixed"}}}),
+        "search.mcu.beta.when",
+    ),
 ]
 
 
@@ -405,8 +569,11 @@ def test_cli_refuses_bad_flag_value_before_ray(tmp_path):
 
 def test_cli_refuses_malformed_space_with_exit_2(tmp_path):
     bad = tmp_path / "bad.yaml"
-    bad.write_text(yaml.safe_dump(_digits({"mcu.beta_schedule": SCHEDULE,
-                                           "mcu.beta": {**F, "when": "mcu.beta_schedule"}})))
+    bad.write_text(
+        yaml.safe_dump(
+            _digits({"mcu.beta_schedule": SCHEDULE, "mcu.beta": {**F, "when": "mcu.beta_schedule"}})
+        )
+    )
     proc, took = _cli(tmp_path, "--space", str(bad))
     _assert_refused(proc, took, "search.mcu.beta.when", tmp_path)
 
@@ -423,9 +590,22 @@ def test_resolve_applies_flags_without_ray(tmp_path):
     import ray
 
     ray_before = ray.is_initialized()  # an earlier test module may have joined the session cluster
-    args = parse_args(["--space", str(SPACES_DIR / "default.yaml"), "--num-samples", "3", "--max-concurrent", "1",
-                       "--name", "t", "--storage", str(tmp_path / "st"), "--tracking-uri",
-                       f"sqlite:///{tmp_path / 'm.db'}"])
+    args = parse_args(
+        [
+            "--space",
+            str(SPACES_DIR / "default.yaml"),
+            "--num-samples",
+            "3",
+            "--max-concurrent",
+            "1",
+            "--name",
+            "t",
+            "--storage",
+            str(tmp_path / "st"),
+            "--tracking-uri",
+            f"sqlite:///{tmp_path / 'm.db'}",
+        ]
+    )
     space, storage, uri, experiment = resolve(args)
     assert (space.sweep.num_samples, space.sweep.max_concurrent, space.sweep.name) == (3, 1, "t")
     assert storage == str((tmp_path / "st").resolve()) and experiment == "t"
@@ -433,8 +613,16 @@ def test_resolve_applies_flags_without_ray(tmp_path):
     assert space.fixed["cache_dir"] == str(Path(storage) / "cache")
     assert ray.is_initialized() == ray_before and not (tmp_path / "st").exists()
 
-    args = parse_args(["--space", str(SPACES_DIR / "default.yaml"), "--max-concurrent", "0",
-                       "--storage", str(tmp_path / "st")])
+    args = parse_args(
+        [
+            "--space",
+            str(SPACES_DIR / "default.yaml"),
+            "--max-concurrent",
+            "0",
+            "--storage",
+            str(tmp_path / "st"),
+        ]
+    )
     with pytest.raises(ConfigError, match=r"^sweep\.max_concurrent: "):
         resolve(args)
 
@@ -443,21 +631,28 @@ def test_resolve_applies_flags_without_ray(tmp_path):
 # 5. the sweep's OptunaSearch: define-by-run over the space; TPE beats random search
 # ---------------------------------------------------------------------------------------------------
 
-SYNTH = _digits({
-    "mcu.k": {"type": "float", "low": 0.1, "high": 1.0},
-    "mcu.beta": {"type": "float", "low": 0.05, "high": 0.5},
-    "mcu.beta_schedule": SCHEDULE,
-})
+SYNTH = _digits(
+    {
+        "mcu.k": {"type": "float", "low": 0.1, "high": 1.0},
+        "mcu.beta": {"type": "float", "low": 0.05, "high": 0.5},
+        "mcu.beta_schedule": SCHEDULE,
+    }
+)
 
 
 def _synthetic_objective(cfg) -> float:
-    return (cfg.mcu.k - 0.8) ** 2 + (cfg.mcu.beta - 0.1) ** 2 + 0.3 * (cfg.mcu.beta_schedule != "adaptive_smooth")
+    return (
+        (cfg.mcu.k - 0.8) ** 2
+        + (cfg.mcu.beta - 0.1) ** 2
+        + 0.3 * (cfg.mcu.beta_schedule != "adaptive_smooth")
+    )
 
 
 def _searcher(space: SearchSpace, monkeypatch=None, sampler=None):
     """The searcher exactly as the sweep builds it (``make_searcher``); records TPESampler's arguments."""
     tpe_calls: list[dict] = []
     if monkeypatch is not None:
+
         def tpe(**kwargs):
             tpe_calls.append(kwargs)
             return TPESampler(**kwargs)
@@ -502,8 +697,12 @@ def test_sweep_searcher_wiring(monkeypatch):
 
 
 def test_sweep_multi_objective_searcher():
-    space = parse_space(_digits({"mcu.k": {"type": "float", "low": 0.1, "high": 1.0}},
-                                {"multi_objective": True, "objective": "gap_cal"}))
+    space = parse_space(
+        _digits(
+            {"mcu.k": {"type": "float", "low": 0.1, "high": 1.0}},
+            {"multi_objective": True, "objective": "gap_cal"},
+        )
+    )
     searcher, _ = _searcher(space)
     assert searcher.metric == ["gap_cal", "rte_min"] and searcher.mode == ["min", "min"]
     assert isinstance(searcher._ot_study.sampler, optuna.samplers.NSGAIISampler)

@@ -28,7 +28,9 @@ class Baseline:
         hp = dict(self.defaults)
         for key, value in (overrides or {}).items():
             if key not in hp:
-                raise ConfigError(f"baselines.params.{self.name}.{key}: unknown; allowed: {', '.join(sorted(hp))}")
+                raise ConfigError(
+                    f"baselines.params.{self.name}.{key}: unknown; allowed: {', '.join(sorted(hp))}"
+                )
             hp[key] = _coerce(type(hp[key]), value, f"baselines.params.{self.name}.{key}")
         return hp
 

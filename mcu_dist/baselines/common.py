@@ -28,13 +28,33 @@ def random_wrong_labels(lab: Lab, seed: int) -> torch.Tensor:
     return labels
 
 
-def train_on(model: nn.Module, lab: Lab, positions: torch.Tensor, hp: dict, seed: int,
-             loss_fn: Callable[[nn.Module, Batch], torch.Tensor], *, params=None,
-             after_step: Callable[[], None] | None = None, cosine: bool = False) -> nn.Module:
-    opt = sgd(model.parameters() if params is None else params, hp["lr"], hp.get("momentum", 0.9),
-              hp.get("weight_decay", 5e-4))
-    return fit(model, hp["epochs"], lambda e: lab.batches(positions, hp.get("batch_size", 128), seed=seed, epoch=e),
-               loss_fn, opt, cosine=cosine, after_step=after_step)
+def train_on(
+    model: nn.Module,
+    lab: Lab,
+    positions: torch.Tensor,
+    hp: dict,
+    seed: int,
+    loss_fn: Callable[[nn.Module, Batch], torch.Tensor],
+    *,
+    params=None,
+    after_step: Callable[[], None] | None = None,
+    cosine: bool = False,
+) -> nn.Module:
+    opt = sgd(
+        model.parameters() if params is None else params,
+        hp["lr"],
+        hp.get("momentum", 0.9),
+        hp.get("weight_decay", 5e-4),
+    )
+    return fit(
+        model,
+        hp["epochs"],
+        lambda e: lab.batches(positions, hp.get("batch_size", 128), seed=seed, epoch=e),
+        loss_fn,
+        opt,
+        cosine=cosine,
+        after_step=after_step,
+    )
 
 
 def masked_mean_ce(logits: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

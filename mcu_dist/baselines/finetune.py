@@ -17,8 +17,11 @@ def ft(model: nn.Module, lab: Lab, hp: dict, seed: int) -> nn.Module:
     return train_on(model, lab, lab.splits.retain, hp, seed, cross_entropy)
 
 
-@baseline("l1_sparse", defaults={"lr": 0.02, "epochs": 5, "gamma": 5e-5},
-          space={**_SPACE, "gamma": ["loguniform", 1e-6, 1e-3]})
+@baseline(
+    "l1_sparse",
+    defaults={"lr": 0.02, "epochs": 5, "gamma": 5e-5},
+    space={**_SPACE, "gamma": ["loguniform", 1e-6, 1e-3]},
+)
 def l1_sparse(model: nn.Module, lab: Lab, hp: dict, seed: int) -> nn.Module:
     steps_per_epoch = -(-len(lab.splits.retain) // hp.get("batch_size", 128))
     total = hp["epochs"] * steps_per_epoch

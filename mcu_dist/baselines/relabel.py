@@ -43,8 +43,11 @@ def saliency_mask(model: nn.Module, lab: Lab, ratio: float) -> dict[str, torch.T
     return {n: g >= threshold for n, g in grads.items()}
 
 
-@baseline("salun", defaults={"lr": 0.01, "epochs": 3, "mask_ratio": 0.5},
-          space={**_SPACE, "mask_ratio": ["float", 0.1, 0.9]})
+@baseline(
+    "salun",
+    defaults={"lr": 0.01, "epochs": 3, "mask_ratio": 0.5},
+    space={**_SPACE, "mask_ratio": ["float", 0.1, 0.9]},
+)
 def salun(model: nn.Module, lab: Lab, hp: dict, seed: int) -> nn.Module:
     mask = saliency_mask(model, lab, hp["mask_ratio"])
     frozen = {n: p.detach().clone() for n, p in model.named_parameters()}
@@ -56,4 +59,6 @@ def salun(model: nn.Module, lab: Lab, hp: dict, seed: int) -> nn.Module:
             p.copy_(torch.where(mask[n], p, frozen[n]))
 
     positions = torch.cat([lab.splits.forget, lab.splits.retain])
-    return train_on(model, lab, positions, hp, seed, _relabelled_ce(random_wrong_labels(lab, seed)), after_step=enforce)
+    return train_on(
+        model, lab, positions, hp, seed, _relabelled_ce(random_wrong_labels(lab, seed)), after_step=enforce
+    )

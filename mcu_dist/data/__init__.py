@@ -5,5 +5,15 @@ from mcu_dist.data.loader import Batch, Normalizer, iterate
 from mcu_dist.data.registry import DATASETS, DatasetBundle, ImageData
 from mcu_dist.data.sources import load_dataset
 
-__all__ = ["DATASETS", "Batch", "DatasetBundle", "ImageData", "Normalizer", "Splits", "iterate", "load_dataset",
-           "make_splits", "write_manifest"]
+__all__ = [
+    "DATASETS",
+    "Batch",
+    "DatasetBundle",
+    "ImageData",
+    "Normalizer",
+    "Splits",
+    "iterate",
+    "load_dataset",
+    "make_splits",
+    "write_manifest",
+]

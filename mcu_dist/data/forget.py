@@ -48,8 +48,10 @@ def read_index_file(path: str) -> np.ndarray:
             return pq.read_table(p, columns=["index"]).column("index").to_numpy().astype(np.int64)
         return np.array([int(t) for t in p.read_text().replace(",", " ").split()], dtype=np.int64)
     except (ValueError, OSError, KeyError) as e:
-        raise ConfigError(f"forget.spec: cannot read sample indices from {path} ({e}); allowed: a text file of "
-                          "integers, a .npy array or a Parquet file with an 'index' column") from None
+        raise ConfigError(
+            f"forget.spec: cannot read sample indices from {path} ({e}); allowed: a text file of "
+            "integers, a .npy array or a Parquet file with an 'index' column"
+        ) from None
 
 
 def manifest_hash(dataset_id: str, indices: torch.Tensor) -> str:
@@ -80,20 +82,30 @@ def make_splits(bundle: DatasetBundle, cfg: ForgetConfig, seed: int) -> Splits:
         forget_mask = torch.isin(bundle.train.index, wanted)
         missing = int(len(torch.unique(wanted)) - forget_mask.sum())
         if missing:
-            raise ConfigError(f"forget.spec: {missing} indices in {value} are not in the training set "
-                              f"(0..{int(bundle.train.index.max())}, after any subset); allowed: training-set indices")
+            raise ConfigError(
+                f"forget.spec: {missing} indices in {value} are not in the training set "
+                f"(0..{int(bundle.train.index.max())}, after any subset); allowed: training-set indices"
+            )
     forget = torch.nonzero(forget_mask).flatten()
     retain = torch.nonzero(~forget_mask).flatten()
     if len(forget) == 0 or len(retain) == 0:
-        raise ConfigError(f"forget.spec: {cfg.spec!r} leaves an empty forget or retain set; allowed: a proper subset")
+        raise ConfigError(
+            f"forget.spec: {cfg.spec!r} leaves an empty forget or retain set; allowed: a proper subset"
+        )
     test_labels = bundle.test.labels
     if classes is not None:
         gone = torch.isin(test_labels, torch.tensor(classes))
         test_eval, test_forgotten = torch.nonzero(~gone).flatten(), torch.nonzero(gone).flatten()
     else:
         test_eval, test_forgotten = torch.arange(len(test_labels)), torch.empty(0, dtype=torch.int64)
-    return Splits(forget, retain, classes, test_eval, test_forgotten,
-                  manifest_hash(bundle.dataset_id, bundle.train.index[forget]))
+    return Splits(
+        forget,
+        retain,
+        classes,
+        test_eval,
+        test_forgotten,
+        manifest_hash(bundle.dataset_id, bundle.train.index[forget]),
+    )
 
 
 def write_manifest(bundle: DatasetBundle, splits: Splits, path: str | Path) -> str:
@@ -103,12 +115,18 @@ def write_manifest(bundle: DatasetBundle, splits: Splits, path: str | Path) -> s
 
     idx = bundle.train.index[splits.forget]
     order = torch.argsort(idx)
-    table = pa.table({
-        "index": pa.array(idx[order].numpy(), pa.int64()),
-        "label": pa.array(bundle.train.labels[splits.forget][order].numpy(), pa.int16()),
-        "split": pa.array(["train"] * len(idx)).dictionary_encode(),
-    }, metadata={"dataset_id": bundle.dataset_id, "sha256": splits.manifest_hash,
-                 "forget_classes": ",".join(map(str, splits.forget_classes or []))})
+    table = pa.table(
+        {
+            "index": pa.array(idx[order].numpy(), pa.int64()),
+            "label": pa.array(bundle.train.labels[splits.forget][order].numpy(), pa.int16()),
+            "split": pa.array(["train"] * len(idx)).dictionary_encode(),
+        },
+        metadata={
+            "dataset_id": bundle.dataset_id,
+            "sha256": splits.manifest_hash,
+            "forget_classes": ",".join(map(str, splits.forget_classes or [])),
+        },
+    )
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     pq.write_table(table, tmp)

@@ -57,7 +57,9 @@ def crop_flip_draws(n: int, generator: torch.Generator, pad: int = 4) -> tuple[t
     return dy, dx, flip
 
 
-def augment_batch(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, flip: torch.Tensor, pad: int = 4) -> torch.Tensor:
+def augment_batch(
+    x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, flip: torch.Tensor, pad: int = 4
+) -> torch.Tensor:
     """Random crop with zero padding and horizontal flip, vectorised over the batch."""
     n, c, h, w = x.shape
     padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
@@ -69,19 +71,30 @@ def augment_batch(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, flip: tor
     return padded[idx_n, idx_c, rows.view(n, 1, h, 1), cols.view(n, 1, 1, w)]
 
 
-def iterate(data: ImageData, positions: torch.Tensor, batch_size: int, normalize: Normalizer, *,
-            shuffle: bool = False, seed: int = 0, epoch: int = 0, augment: bool = False,
-            rank: int = 0, world_size: int = 1, device: torch.device | str = "cpu") -> Iterator[Batch]:
+def iterate(
+    data: ImageData,
+    positions: torch.Tensor,
+    batch_size: int,
+    normalize: Normalizer,
+    *,
+    shuffle: bool = False,
+    seed: int = 0,
+    epoch: int = 0,
+    augment: bool = False,
+    rank: int = 0,
+    world_size: int = 1,
+    device: torch.device | str = "cpu",
+) -> Iterator[Batch]:
     """Batches over ``data[positions]``; ``positions`` index ``data``."""
     order = positions[epoch_order(len(positions), seed, epoch, shuffle)]
     g = torch.Generator().manual_seed(seed * 7_919 + epoch + 1)
     for start in range(0, len(order), batch_size):
-        global_batch = order[start:start + batch_size]
+        global_batch = order[start : start + batch_size]
         # the whole global batch's draws are made on every rank, so N ranks see what 1 rank sees
         draws = crop_flip_draws(len(global_batch), g) if augment else None
         lo = (len(global_batch) * rank) // world_size
         mine = shard(global_batch, rank, world_size)
         x = normalize(data.images[mine].to(device))
         if draws is not None:
-            x = augment_batch(x, *(d[lo:lo + len(mine)] for d in draws))
+            x = augment_batch(x, *(d[lo : lo + len(mine)] for d in draws))
         yield Batch(x, data.labels[mine].to(device), mine)

@@ -106,9 +106,18 @@ def seeded_subset(labels: torch.Tensor, per_class: int, seed: int) -> torch.Tens
     return torch.sort(torch.cat(keep)).values
 
 
-def finish(name: str, source_id: str, train: ImageData, test: ImageData, num_classes: int,
-           mean: tuple[float, ...], std: tuple[float, ...], augment: bool, subset: int | None,
-           split_seed: int) -> DatasetBundle:
+def finish(
+    name: str,
+    source_id: str,
+    train: ImageData,
+    test: ImageData,
+    num_classes: int,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    augment: bool,
+    subset: int | None,
+    split_seed: int,
+) -> DatasetBundle:
     if subset is not None:
         train = train.take(seeded_subset(train.labels, subset, split_seed))
     dataset_id = f"{name}:{source_id}:subset={subset}:split_seed={split_seed if subset else '-'}"

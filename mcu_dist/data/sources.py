@@ -31,8 +31,11 @@ IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
 def _image_data(images: np.ndarray, labels: np.ndarray, index: np.ndarray | None = None) -> ImageData:
     idx = np.arange(len(labels)) if index is None else index
-    return ImageData(torch.from_numpy(np.ascontiguousarray(images)), torch.as_tensor(labels, dtype=torch.int64),
-                     torch.as_tensor(idx, dtype=torch.int64))
+    return ImageData(
+        torch.from_numpy(np.ascontiguousarray(images)),
+        torch.as_tensor(labels, dtype=torch.int64),
+        torch.as_tensor(idx, dtype=torch.int64),
+    )
 
 
 def load_digits(cfg: DataConfig, split_seed: int, cache_dir: str) -> DatasetBundle:
@@ -54,8 +57,10 @@ def _decode_parquet_cifar(path: Path, cache_dir: str) -> tuple[dict[str, np.ndar
     """Decode the JPEG Parquet copy once; later calls memory-map the cached arrays."""
     digest = file_digest(path)[:16]
     out = {}
-    files = {k: cache_path(cache_dir, f"cifar10_jpeg-{digest}-{k}.npy")
-             for k in ("train_x", "train_y", "test_x", "test_y")}
+    files = {
+        k: cache_path(cache_dir, f"cifar10_jpeg-{digest}-{k}.npy")
+        for k in ("train_x", "train_y", "test_x", "test_y")
+    }
     if not all(f.exists() for f in files.values()):
         import pyarrow.parquet as pq
         from PIL import Image
@@ -64,7 +69,9 @@ def _decode_parquet_cifar(path: Path, cache_dir: str) -> tuple[dict[str, np.ndar
         split = np.asarray(table.column("split").to_pylist())
         labels = table.column("label").to_numpy().astype(np.int64)
         jpegs = table.column("jpeg").to_pylist()
-        images = np.stack([np.asarray(Image.open(io.BytesIO(b)).convert("RGB")) for b in jpegs]).transpose(0, 3, 1, 2)
+        images = np.stack([np.asarray(Image.open(io.BytesIO(b)).convert("RGB")) for b in jpegs]).transpose(
+            0, 3, 1, 2
+        )
         for part in ("train", "test"):
             m = split == part
             save_npy_atomic(files[f"{part}_y"], labels[m])
@@ -86,8 +93,9 @@ def _torchvision_cifar(cls_name: str, root: str, download: bool) -> tuple[dict[s
     return out, f"torchvision:{cls_name}"
 
 
-def _load_cifar(name: str, cls_name: str, num_classes: int, stats, cfg: DataConfig, split_seed: int,
-                cache_dir: str) -> DatasetBundle:
+def _load_cifar(
+    name: str, cls_name: str, num_classes: int, stats, cfg: DataConfig, split_seed: int, cache_dir: str
+) -> DatasetBundle:
     root = Path(cfg.data_root or default_root(name) or "")
     parquet = root if root.suffix == ".parquet" else root / "cifar10_jpeg.parquet"
     if name == "cifar10" and parquet.is_file():
@@ -96,8 +104,10 @@ def _load_cifar(name: str, cls_name: str, num_classes: int, stats, cfg: DataConf
         try:
             arrays, source = _torchvision_cifar(cls_name, str(root), cfg.download)
         except RuntimeError as e:
-            raise ConfigError(f"data.data_root: {root} holds no {name} ({e}); allowed: a folder with torchvision's "
-                              f"{name} files" + (" or cifar10_jpeg.parquet" if name == "cifar10" else "")) from None
+            raise ConfigError(
+                f"data.data_root: {root} holds no {name} ({e}); allowed: a folder with torchvision's "
+                f"{name} files" + (" or cifar10_jpeg.parquet" if name == "cifar10" else "")
+            ) from None
     train = _image_data(arrays["train_x"], arrays["train_y"])
     test = _image_data(arrays["test_x"], arrays["test_y"])
     return finish(name, source, train, test, num_classes, *stats, True, cfg.subset, split_seed)
@@ -138,7 +148,9 @@ def _folder_listing(split_dir: Path, classes: list[str] | None) -> tuple[list[Pa
     return files, labels, classes
 
 
-def _decode_folder(name: str, root: Path, image_size: int, cache_dir: str) -> tuple[dict[str, np.ndarray], list[str], str]:
+def _decode_folder(
+    name: str, root: Path, image_size: int, cache_dir: str
+) -> tuple[dict[str, np.ndarray], list[str], str]:
     """Decode (once) to uint8 arrays; the cache key and the returned digest cover every file's path, size,
     mtime and label, so a changed tree is decoded again and named differently."""
     from PIL import Image
@@ -147,7 +159,9 @@ def _decode_folder(name: str, root: Path, image_size: int, cache_dir: str) -> tu
     val_dir = root / "val" if (root / "val").is_dir() else root / "test"
     test_files, test_labels, _ = _folder_listing(val_dir, classes)
     if not train_files or not test_files:
-        raise ConfigError(f"data.data_root: {root} has no images under train/ and val/; allowed: an image-folder tree")
+        raise ConfigError(
+            f"data.data_root: {root} has no images under train/ and val/; allowed: an image-folder tree"
+        )
     listing = hashlib.sha256()
     for f, y in zip(train_files + test_files, train_labels + test_labels, strict=True):
         st = f.stat()
@@ -159,8 +173,9 @@ def _decode_folder(name: str, root: Path, image_size: int, cache_dir: str) -> tu
         fx, fy = cache_path(cache_dir, f"{key}-{part}_x.npy"), cache_path(cache_dir, f"{key}-{part}_y.npy")
         if not (fx.exists() and fy.exists()):
             tmp = fx.with_name(f"{fx.stem}.{os.getpid()}.{uuid.uuid4().hex}.tmp.npy")
-            arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8,
-                                            shape=(len(files), 3, image_size, image_size))
+            arr = np.lib.format.open_memmap(
+                tmp, mode="w+", dtype=np.uint8, shape=(len(files), 3, image_size, image_size)
+            )
             for i, f in enumerate(files):
                 img = Image.open(f).convert("RGB").resize((image_size, image_size), Image.BILINEAR)
                 arr[i] = np.asarray(img).transpose(2, 0, 1)
@@ -173,15 +188,28 @@ def _decode_folder(name: str, root: Path, image_size: int, cache_dir: str) -> tu
     return out, classes, digest
 
 
-def _load_folder(name: str, image_size: int, cfg: DataConfig, split_seed: int, cache_dir: str) -> DatasetBundle:
+def _load_folder(
+    name: str, image_size: int, cfg: DataConfig, split_seed: int, cache_dir: str
+) -> DatasetBundle:
     root = Path(cfg.data_root or default_root(name) or "")
     if not (root / "train").is_dir():
-        raise ConfigError(f"data.data_root: {root} has no train/ folder; allowed: an image-folder tree with train/ and val/")
+        raise ConfigError(
+            f"data.data_root: {root} has no train/ folder; allowed: an image-folder tree with train/ and val/"
+        )
     arrays, classes, digest = _decode_folder(name, root, image_size, cache_dir)
     train = _image_data(arrays["train_x"], arrays["train_y"])
     test = _image_data(arrays["test_x"], arrays["test_y"])
-    return finish(name, f"folder:{len(classes)}:{image_size}:{digest}", train, test, len(classes), *IMAGENET_STATS, True,
-                  cfg.subset, split_seed)
+    return finish(
+        name,
+        f"folder:{len(classes)}:{image_size}:{digest}",
+        train,
+        test,
+        len(classes),
+        *IMAGENET_STATS,
+        True,
+        cfg.subset,
+        split_seed,
+    )
 
 
 def load_tinyimagenet(cfg: DataConfig, split_seed: int, cache_dir: str) -> DatasetBundle:

@@ -24,7 +24,7 @@ def calibration_positions(lab: Lab, cfg: EvalConfig, seed: int) -> torch.Tensor:
         return lab.splits.retain
     n = len(lab.bundle.train)
     g = torch.Generator().manual_seed(seed)
-    return torch.sort(torch.randperm(n, generator=g)[:min(cfg.calibration_size, n)]).values
+    return torch.sort(torch.randperm(n, generator=g)[: min(cfg.calibration_size, n)]).values
 
 
 @torch.no_grad()

@@ -33,8 +33,14 @@ class Outputs:
 
 
 @torch.no_grad()
-def predict(model: nn.Module, data: ImageData, positions: torch.Tensor, normalize: Normalizer,
-            batch_size: int = 512, device: torch.device | str = "cpu") -> Outputs:
+def predict(
+    model: nn.Module,
+    data: ImageData,
+    positions: torch.Tensor,
+    normalize: Normalizer,
+    batch_size: int = 512,
+    device: torch.device | str = "cpu",
+) -> Outputs:
     model.eval()
     probs, labels = [], []
     for batch in iterate(data, positions, batch_size, normalize, device=device):
@@ -47,8 +53,14 @@ def predict(model: nn.Module, data: ImageData, positions: torch.Tensor, normaliz
     return Outputs(p.argmax(1) == y, p.gather(1, y.view(-1, 1)).flatten(), p, y)
 
 
-def accuracy(model: nn.Module, data: ImageData, positions: torch.Tensor, normalize: Normalizer,
-             batch_size: int = 512, device: torch.device | str = "cpu") -> float:
+def accuracy(
+    model: nn.Module,
+    data: ImageData,
+    positions: torch.Tensor,
+    normalize: Normalizer,
+    batch_size: int = 512,
+    device: torch.device | str = "cpu",
+) -> float:
     return predict(model, data, positions, normalize, batch_size, device).accuracy
 
 

@@ -43,15 +43,23 @@ def shadow_positions(n_retain: int, n_test: int, cap: int, seed: int) -> tuple[t
     return torch.randperm(n_retain, generator=g)[:n], torch.randperm(n_test, generator=g)[:n]
 
 
-def mia_efficacy(retain: Outputs, test: Outputs, forget: Outputs, cap: int = 2000, seed: int = 0,
-                 features: tuple[str, ...] = ("confidence",)) -> dict[str, float]:
+def mia_efficacy(
+    retain: Outputs,
+    test: Outputs,
+    forget: Outputs,
+    cap: int = 2000,
+    seed: int = 0,
+    features: tuple[str, ...] = ("confidence",),
+) -> dict[str, float]:
     """``{"MIA": ..., "MIA_<feature>": ..., "mia_n": n}`` for the requested features."""
     from sklearn.svm import SVC
 
     members, non_members = shadow_positions(len(retain.correct), len(test.correct), cap, seed)
     result: dict[str, float] = {"mia_n": float(len(members))}
     for name in features:
-        x_train = np.concatenate([feature(retain, name)[members.numpy()], feature(test, name)[non_members.numpy()]])
+        x_train = np.concatenate(
+            [feature(retain, name)[members.numpy()], feature(test, name)[non_members.numpy()]]
+        )
         y_train = np.concatenate([np.ones(len(members)), np.zeros(len(non_members))])
         clf = SVC(C=3, gamma="auto", kernel="rbf")
         clf.fit(x_train, y_train)

@@ -46,16 +46,21 @@ def eval_workers(lab: Lab, points: int) -> int:
     return max(1, min(wanted, points))
 
 
-def evaluate_path(curve: BezierCurve, lab: Lab, grid: list[float], cal: Calibration,
-                  retrain_row: dict[str, float] | None) -> list[dict]:
+def evaluate_path(
+    curve: BezierCurve, lab: Lab, grid: list[float], cal: Calibration, retrain_row: dict[str, float] | None
+) -> list[dict]:
     calib = calibration_positions(lab, lab.cfg.eval, lab.cfg.seeds.eval)
     workers = eval_workers(lab, len(grid))
     if workers == 1:
         rows = [evaluate_point(curve.materialize(t), lab, t, calib) for t in grid]
     else:
         threads = max(1, torch.get_num_threads() // workers)
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
-                                 initargs=(dataclasses.asdict(lab.cfg), threads)) as pool:
+        with ProcessPoolExecutor(
+            workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_init_worker,
+            initargs=(dataclasses.asdict(lab.cfg), threads),
+        ) as pool:
             states = [{k: v.cpu() for k, v in curve.materialize(t).state_dict().items()} for t in grid]
             rows = list(pool.map(_evaluate_in_worker, grid, states))
     for row in rows:

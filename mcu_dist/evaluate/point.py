@@ -9,7 +9,9 @@ from mcu_dist.evaluate.mia import mia_efficacy
 from mcu_dist.lab import Lab
 
 
-def evaluate_model(model: nn.Module, lab: Lab, *, features: tuple[str, ...] = ("confidence",)) -> dict[str, float]:
+def evaluate_model(
+    model: nn.Module, lab: Lab, *, features: tuple[str, ...] = ("confidence",)
+) -> dict[str, float]:
     cfg, s, b = lab.cfg.eval, lab.splits, lab.bundle
     kw = {"normalize": lab.normalize, "batch_size": cfg.batch_size, "device": lab.device}
     retain = predict(model, b.train, s.retain, **kw)

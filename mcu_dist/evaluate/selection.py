@@ -25,7 +25,9 @@ def interpolant(ts: list[float], gaps: list[float]):
     return CubicSpline(x, y) if len(x) >= 4 else (lambda q: np.interp(q, x, y))
 
 
-def t_star(ts: list[float], gaps: list[float], lo: float = 0.75, hi: float = 1.0, step: float = 0.01) -> float:
+def t_star(
+    ts: list[float], gaps: list[float], lo: float = 0.75, hi: float = 1.0, step: float = 0.01
+) -> float:
     fine = np.round(np.arange(lo, hi + step / 2, step), 10)
     values = interpolant(ts, gaps)(fine)
     return float(fine[int(np.argmin(values))])

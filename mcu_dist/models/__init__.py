@@ -20,7 +20,9 @@ def create_model(name: str, num_classes: int, in_channels: int = 3, image_size: 
         try:
             factory = getattr(importlib.import_module(module_name), attr)
         except (ImportError, AttributeError) as e:
-            raise ConfigError(f"model.name: cannot import {name} ({e}); allowed: package.module:factory") from None
+            raise ConfigError(
+                f"model.name: cannot import {name} ({e}); allowed: package.module:factory"
+            ) from None
     else:
         factory = MODELS[name]
     return factory(num_classes=num_classes, in_channels=in_channels, image_size=image_size)

@@ -10,14 +10,19 @@ MODELS: Registry = Registry("model.name")
 
 
 def _conv_block(cin: int, cout: int, norm: bool) -> list[nn.Module]:
-    return [nn.Conv2d(cin, cout, 3, padding=1, bias=not norm), *([nn.BatchNorm2d(cout)] if norm else []),
-            nn.ReLU(inplace=True)]
+    return [
+        nn.Conv2d(cin, cout, 3, padding=1, bias=not norm),
+        *([nn.BatchNorm2d(cout)] if norm else []),
+        nn.ReLU(inplace=True),
+    ]
 
 
 class SmallCNN(nn.Module):
     """Three conv blocks (16-32-64 channels, each followed by 2x2 pooling while the map allows) and a linear head."""
 
-    def __init__(self, num_classes: int, in_channels: int, image_size: int, norm: bool = True, width: int = 16):
+    def __init__(
+        self, num_classes: int, in_channels: int, image_size: int, norm: bool = True, width: int = 16
+    ):
         super().__init__()
         layers: list[nn.Module] = []
         size, cin = image_size, in_channels
@@ -75,12 +80,27 @@ def vgg16_bn(num_classes: int, in_channels: int = 3, image_size: int = 32) -> nn
     return model
 
 
-def _vit(num_classes: int, in_channels: int, image_size: int, patch: int, layers: int, heads: int, dim: int,
-         mlp: int) -> nn.Module:
+def _vit(
+    num_classes: int,
+    in_channels: int,
+    image_size: int,
+    patch: int,
+    layers: int,
+    heads: int,
+    dim: int,
+    mlp: int,
+) -> nn.Module:
     from torchvision.models.vision_transformer import VisionTransformer
 
-    model = VisionTransformer(image_size=image_size, patch_size=patch, num_layers=layers, num_heads=heads,
-                              hidden_dim=dim, mlp_dim=mlp, num_classes=num_classes)
+    model = VisionTransformer(
+        image_size=image_size,
+        patch_size=patch,
+        num_layers=layers,
+        num_heads=heads,
+        hidden_dim=dim,
+        mlp_dim=mlp,
+        num_classes=num_classes,
+    )
     if in_channels != 3:
         model.conv_proj = nn.Conv2d(in_channels, dim, patch, stride=patch)
     return model
@@ -89,8 +109,16 @@ def _vit(num_classes: int, in_channels: int, image_size: int, patch: int, layers
 @MODELS.register("vit_small")
 def vit_small(num_classes: int, in_channels: int = 3, image_size: int = 32) -> nn.Module:
     """A small ViT for 32 px images: 4 px patches, 6 layers, 6 heads, width 192."""
-    return _vit(num_classes, in_channels, image_size, patch=4 if image_size % 4 == 0 else 1, layers=6, heads=6,
-                dim=192, mlp=768)
+    return _vit(
+        num_classes,
+        in_channels,
+        image_size,
+        patch=4 if image_size % 4 == 0 else 1,
+        layers=6,
+        heads=6,
+        dim=192,
+        mlp=768,
+    )
 
 
 @MODELS.register("vit_b16")

@@ -32,8 +32,14 @@ def _slot(name: str) -> str:
 
 
 class BezierCurve(nn.Module):
-    def __init__(self, base: nn.Module, start: dict[str, torch.Tensor], end: dict[str, torch.Tensor],
-                 order: int = 2, selected: set[str] | None = None):
+    def __init__(
+        self,
+        base: nn.Module,
+        start: dict[str, torch.Tensor],
+        end: dict[str, torch.Tensor],
+        order: int = 2,
+        selected: set[str] | None = None,
+    ):
         super().__init__()
         if order < 2:
             raise ConfigError(f"mcu.curve_order: got {order!r}; allowed: an integer >= 2")
@@ -42,9 +48,11 @@ class BezierCurve(nn.Module):
             missing = [n for n in names if n not in d]
             wrong = [n for n in names if n in d and d[n].shape != dict(base.named_parameters())[n].shape]
             if missing or wrong:
-                raise ConfigError(f"endpoints: the {which} model is not of the base architecture "
-                                  f"({(missing or wrong)[0]} {'missing' if missing else 'has another shape'}); "
-                                  "allowed: two checkpoints of one architecture")
+                raise ConfigError(
+                    f"endpoints: the {which} model is not of the base architecture "
+                    f"({(missing or wrong)[0]} {'missing' if missing else 'has another shape'}); "
+                    "allowed: two checkpoints of one architecture"
+                )
         self.base = base
         self.order = order
         self.names = names
@@ -103,7 +111,11 @@ class BezierCurve(nn.Module):
 
     def control_state(self) -> dict[str, torch.Tensor]:
         """Interior points only (what training changes), keyed ``point{j}.{name}``."""
-        return {f"point{j}.{n}": self.point(j, n).detach().clone() for j in range(1, self.order) for n in self.names}
+        return {
+            f"point{j}.{n}": self.point(j, n).detach().clone()
+            for j in range(1, self.order)
+            for n in self.names
+        }
 
     @torch.no_grad()
     def load_control_state(self, state: dict[str, torch.Tensor]) -> None:

@@ -33,8 +33,9 @@ def tensor_scores(model: nn.Module, lab: Lab, positions: torch.Tensor, sign: flo
     return scores
 
 
-def select_tensors(sizes: dict[str, int], s_r: dict[str, float], s_f: dict[str, float], k: float,
-                   k_r: float) -> list[str]:
+def select_tensors(
+    sizes: dict[str, int], s_r: dict[str, float], s_f: dict[str, float], k: float, k_r: float
+) -> list[str]:
     """The two-stage walk; returns the selected tensor names."""
     total = sum(sizes.values())
     if k >= 1:
@@ -68,8 +69,9 @@ def random_tensors(sizes: dict[str, int], k: float, seed: int) -> list[str]:
     return selected
 
 
-def compute_mask(original: nn.Module, lab: Lab, k: float, k_r: float, kind: str = "gradient",
-                 seed: int = 0) -> dict:
+def compute_mask(
+    original: nn.Module, lab: Lab, k: float, k_r: float, kind: str = "gradient", seed: int = 0
+) -> dict:
     """The mask artifact: selected names, scores, counts and a content hash."""
     sizes = {n: p.numel() for n, p in original.named_parameters()}
     if kind == "random":
@@ -84,5 +86,11 @@ def compute_mask(original: nn.Module, lab: Lab, k: float, k_r: float, kind: str 
     body = {"kind": kind, "k": k, "k_r": k_r, "selected": sorted(selected)}
     digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
     n_sel = sum(sizes[n] for n in selected)
-    return {**body, "sha256": digest, "selected_params": n_sel, "total_params": sum(sizes.values()),
-            "s_r": s_r, "s_f": s_f}
+    return {
+        **body,
+        "sha256": digest,
+        "selected_params": n_sel,
+        "total_params": sum(sizes.values()),
+        "s_r": s_r,
+        "s_f": s_f,
+    }

@@ -31,13 +31,23 @@ from mcu_dist.train.reference import load_checkpoint, save_checkpoint
 STATE_FILE = "curve_state.pt"
 
 
-def _payload(curve: BezierCurve, optimizer: torch.optim.Optimizer, state: CurveState, attempts: list[int]) -> dict:
-    return {"control_state": curve.control_state(), "optimizer": optimizer.state_dict(), "epoch": state.epoch,
-            "steps": json.dumps(state.steps), "seconds": state.seconds, "attempts": attempts,
-            "rng": torch.get_rng_state()}
+def _payload(
+    curve: BezierCurve, optimizer: torch.optim.Optimizer, state: CurveState, attempts: list[int]
+) -> dict:
+    return {
+        "control_state": curve.control_state(),
+        "optimizer": optimizer.state_dict(),
+        "epoch": state.epoch,
+        "steps": json.dumps(state.steps),
+        "seconds": state.seconds,
+        "attempts": attempts,
+        "rng": torch.get_rng_state(),
+    }
 
 
-def restore(curve: BezierCurve, optimizer: torch.optim.Optimizer | None, payload: dict) -> tuple[CurveState, list[int]]:
+def restore(
+    curve: BezierCurve, optimizer: torch.optim.Optimizer | None, payload: dict
+) -> tuple[CurveState, list[int]]:
     curve.load_control_state(payload["control_state"])
     if optimizer is not None:
         optimizer.load_state_dict(payload["optimizer"])
@@ -72,14 +82,21 @@ def worker_loop(config: dict) -> None:
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
-            state, attempts = restore(curve, optimizer, torch.load(Path(d) / STATE_FILE, weights_only=True,
-                                                                   map_location=device))
+            state, attempts = restore(
+                curve, optimizer, torch.load(Path(d) / STATE_FILE, weights_only=True, map_location=device)
+            )
     attempts.append(state.epoch)
 
     def on_epoch_end(st: CurveState, opt: torch.optim.Optimizer) -> None:
         last = st.steps[-1] if st.steps else {}
-        metrics = {"epoch": st.epoch, "resumed_from": attempts[-1], "attempts": len(attempts),
-                   "loss_r": last.get("loss_r"), "loss_f": last.get("loss_f"), "beta": last.get("beta")}
+        metrics = {
+            "epoch": st.epoch,
+            "resumed_from": attempts[-1],
+            "attempts": len(attempts),
+            "loss_r": last.get("loss_r"),
+            "loss_f": last.get("loss_f"),
+            "beta": last.get("beta"),
+        }
         if comm.rank == 0:
             with tempfile.TemporaryDirectory() as d:
                 torch.save(_payload(curve, opt, st, attempts), Path(d) / STATE_FILE)
@@ -88,9 +105,20 @@ def worker_loop(config: dict) -> None:
             ray.train.report(metrics)
 
     cal = Calibration(**config["calibration"])
-    train_curve(curve, lab, cfg.mcu, config["schedule"], cal, cfg.seeds.unlearn, comm=comm, optimizer=optimizer,
-                state=state, per_rank_t=cfg.scale.per_rank_t,
-                autocast_dtype=torch.bfloat16 if cfg.scale.bf16 else None, on_epoch_end=on_epoch_end)
+    train_curve(
+        curve,
+        lab,
+        cfg.mcu,
+        config["schedule"],
+        cal,
+        cfg.seeds.unlearn,
+        comm=comm,
+        optimizer=optimizer,
+        state=state,
+        per_rank_t=cfg.scale.per_rank_t,
+        autocast_dtype=torch.bfloat16 if cfg.scale.bf16 else None,
+        on_epoch_end=on_epoch_end,
+    )
 
 
 def connect(cfg: ExperimentConfig) -> None:
@@ -108,23 +136,36 @@ def check_resources(cfg: ExperimentConfig, available: dict) -> None:
     s = cfg.scale
     need_cpu = s.workers * s.cpus_per_worker
     if need_cpu > available.get("CPU", 0):
-        raise ConfigError(f"scale.workers: {s.workers} workers x {s.cpus_per_worker} CPU need {need_cpu} CPUs, the "
-                          f"cluster has {available.get('CPU', 0)}; allowed: workers x cpus_per_worker <= cluster CPUs")
+        raise ConfigError(
+            f"scale.workers: {s.workers} workers x {s.cpus_per_worker} CPU need {need_cpu} CPUs, the "
+            f"cluster has {available.get('CPU', 0)}; allowed: workers x cpus_per_worker <= cluster CPUs"
+        )
     if s.gpu and s.workers > available.get("GPU", 0):
-        raise ConfigError(f"scale.gpu: {s.workers} GPU workers need {s.workers} GPUs, the cluster has "
-                          f"{int(available.get('GPU', 0))}; allowed: workers <= cluster GPUs, or no --gpu")
+        raise ConfigError(
+            f"scale.gpu: {s.workers} GPU workers need {s.workers} GPUs, the cluster has "
+            f"{int(available.get('GPU', 0))}; allowed: workers <= cluster GPUs, or no --gpu"
+        )
 
 
-def fit_distributed(lab: Lab, original: nn.Module, endpoint: nn.Module, curve: BezierCurve, schedule: str,
-                    cal: Calibration, name: str) -> CurveState:
+def fit_distributed(
+    lab: Lab,
+    original: nn.Module,
+    endpoint: nn.Module,
+    curve: BezierCurve,
+    schedule: str,
+    cal: Calibration,
+    name: str,
+) -> CurveState:
     """Train ``curve`` with ``lab.cfg.scale.workers`` Ray Train workers; loads the result into ``curve``."""
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
     cfg = lab.cfg
     if lab.model_factory is not None or lab.bundle.name in ("user", "synthetic"):
-        raise ConfigError("scale.workers: data or a model given in-process (Python API, synthetic benchmark data) "
-                          "cannot reach Ray Train workers; allowed: 1 worker, or a registered dataset and model")
+        raise ConfigError(
+            "scale.workers: data or a model given in-process (Python API, synthetic benchmark data) "
+            "cannot reach Ray Train workers; allowed: 1 worker, or a registered dataset and model"
+        )
     connect(cfg)
     storage = cfg.scale.storage or str(Path(cfg.cache_dir).resolve() / "ray_storage")
     run_dir = Path(storage) / name
@@ -136,19 +177,32 @@ def fit_distributed(lab: Lab, original: nn.Module, endpoint: nn.Module, curve: B
     experiment = asdict(cfg)
     trainer = TorchTrainer(
         worker_loop,
-        train_loop_config={"experiment": experiment, **paths, "selected": sorted(curve.selected),
-                           "schedule": schedule, "calibration": asdict(cal)},
-        scaling_config=ray.train.ScalingConfig(num_workers=cfg.scale.workers, use_gpu=cfg.scale.gpu,
-                                               resources_per_worker={"CPU": cfg.scale.cpus_per_worker}),
+        train_loop_config={
+            "experiment": experiment,
+            **paths,
+            "selected": sorted(curve.selected),
+            "schedule": schedule,
+            "calibration": asdict(cal),
+        },
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=cfg.scale.workers,
+            use_gpu=cfg.scale.gpu,
+            resources_per_worker={"CPU": cfg.scale.cpus_per_worker},
+        ),
         torch_config=TorchConfig(backend="nccl" if cfg.scale.gpu else "gloo"),
-        run_config=ray.train.RunConfig(name=name, storage_path=storage,
-                                       failure_config=ray.train.FailureConfig(max_failures=cfg.scale.max_failures),
-                                       checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)),
+        run_config=ray.train.RunConfig(
+            name=name,
+            storage_path=storage,
+            failure_config=ray.train.FailureConfig(max_failures=cfg.scale.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+        ),
     )
     result = trainer.fit()
     if result.checkpoint is None:
         raise RuntimeError(f"curve training {name} finished without a checkpoint: {result.error}")
     with result.checkpoint.as_directory() as d:
-        state, attempts = restore(curve, None, torch.load(Path(d) / STATE_FILE, weights_only=True, map_location="cpu"))
+        state, attempts = restore(
+            curve, None, torch.load(Path(d) / STATE_FILE, weights_only=True, map_location="cpu")
+        )
     state.attempts = attempts
     return state

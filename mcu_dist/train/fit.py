@@ -15,9 +15,16 @@ def sgd(params: Iterable[torch.Tensor], lr: float, momentum: float, weight_decay
     return torch.optim.SGD(list(params), lr=lr, momentum=momentum, weight_decay=weight_decay)
 
 
-def fit(model: nn.Module, epochs: int, batches: Callable[[int], Iterable[Batch]],
-        loss_fn: Callable[[nn.Module, Batch], torch.Tensor], optimizer: torch.optim.Optimizer, *,
-        cosine: bool = True, after_step: Callable[[], None] | None = None) -> nn.Module:
+def fit(
+    model: nn.Module,
+    epochs: int,
+    batches: Callable[[int], Iterable[Batch]],
+    loss_fn: Callable[[nn.Module, Batch], torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    *,
+    cosine: bool = True,
+    after_step: Callable[[], None] | None = None,
+) -> nn.Module:
     """Train ``model`` in place: ``epochs`` passes over ``batches(epoch)``, lr cosine-annealed per step."""
     total = max(1, epochs * sum(1 for _ in batches(0))) if cosine else 0
     base = [g["lr"] for g in optimizer.param_groups]

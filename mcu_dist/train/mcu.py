@@ -73,10 +73,21 @@ def make_optimizer(curve: BezierCurve, cfg: MCUConfig) -> torch.optim.SGD:
     return torch.optim.SGD(curve.trainable(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
 
-def train_curve(curve: BezierCurve, lab: Lab, cfg: MCUConfig, schedule: str, calibration: Calibration, seed: int,
-                *, comm=None, optimizer: torch.optim.Optimizer | None = None, state: CurveState | None = None,
-                per_rank_t: bool = False, autocast_dtype: torch.dtype | None = None,
-                on_epoch_end: Callable[[CurveState, torch.optim.Optimizer], None] | None = None) -> CurveState:
+def train_curve(
+    curve: BezierCurve,
+    lab: Lab,
+    cfg: MCUConfig,
+    schedule: str,
+    calibration: Calibration,
+    seed: int,
+    *,
+    comm=None,
+    optimizer: torch.optim.Optimizer | None = None,
+    state: CurveState | None = None,
+    per_rank_t: bool = False,
+    autocast_dtype: torch.dtype | None = None,
+    on_epoch_end: Callable[[CurveState, torch.optim.Optimizer], None] | None = None,
+) -> CurveState:
     comm = comm or LocalComm()
     state = state or CurveState()
     optimizer = optimizer or make_optimizer(curve, cfg)
@@ -90,17 +101,28 @@ def train_curve(curve: BezierCurve, lab: Lab, cfg: MCUConfig, schedule: str, cal
     step = len(state.steps)
     for epoch in range(state.epoch, cfg.epochs):
         start = time.perf_counter()
-        for batch in lab.batches(stream, cfg.batch_size, seed=seed, epoch=epoch, rank=comm.rank,
-                                 world_size=comm.world_size):
+        for batch in lab.batches(
+            stream, cfg.batch_size, seed=seed, epoch=epoch, rank=comm.rank, world_size=comm.world_size
+        ):
             t = step_t(seed + (comm.rank * 7_777 if per_rank_t else 0), step)
             is_f = flags[batch.positions].to(batch.y.device)
-            with torch.autocast(batch.x.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            with torch.autocast(
+                batch.x.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None
+            ):
                 logits = curve(batch.x, t)
             ce = nn.functional.cross_entropy(logits.float(), batch.y, reduction="none")
-            correct = (logits.argmax(1) == batch.y)
+            correct = logits.argmax(1) == batch.y
             f, r = is_f.float(), (~is_f).float()
-            local = torch.stack([f.sum(), r.sum(), (correct * f).sum(), (correct * r).sum(),
-                                 (ce * f).sum().detach(), (ce * r).sum().detach()]).double()
+            local = torch.stack(
+                [
+                    f.sum(),
+                    r.sum(),
+                    (correct * f).sum(),
+                    (correct * r).sum(),
+                    (ce * f).sum().detach(),
+                    (ce * r).sum().detach(),
+                ]
+            ).double()
             n_f, n_r, c_f, c_r, s_f, s_r = comm.all_reduce_sum(local).tolist()
             acc_f = 100.0 * c_f / n_f if n_f else float("nan")
             acc_r = 100.0 * c_r / n_r if n_r else calibration.cal_r
@@ -113,9 +135,20 @@ def train_curve(curve: BezierCurve, lab: Lab, cfg: MCUConfig, schedule: str, cal
                 for p in trainable:
                     comm.all_reduce_sum(p.grad)
             optimizer.step()
-            state.steps.append({"step": step, "epoch": epoch, "t": t, "beta": beta, "loss_r": s_r / max(n_r, 1.0),
-                                "loss_f": s_f / max(n_f, 1.0), "acc_r": acc_r, "acc_f": acc_f,
-                                "n_r": int(n_r), "n_f": int(n_f)})
+            state.steps.append(
+                {
+                    "step": step,
+                    "epoch": epoch,
+                    "t": t,
+                    "beta": beta,
+                    "loss_r": s_r / max(n_r, 1.0),
+                    "loss_f": s_f / max(n_f, 1.0),
+                    "acc_r": acc_r,
+                    "acc_f": acc_f,
+                    "n_r": int(n_r),
+                    "n_f": int(n_f),
+                }
+            )
             step += 1
         state.epoch = epoch + 1
         state.seconds += time.perf_counter() - start
@@ -130,6 +163,9 @@ def calibration_targets(original: nn.Module, lab: Lab, classwise: bool, batch_si
     from mcu_dist.evaluate.metrics import accuracy
 
     cal_r = accuracy(original, lab.bundle.train, lab.all_train, lab.normalize, batch_size, lab.device)
-    cal_f = 0.0 if classwise else accuracy(original, lab.bundle.test, lab.splits.test_eval, lab.normalize,
-                                           batch_size, lab.device)
+    cal_f = (
+        0.0
+        if classwise
+        else accuracy(original, lab.bundle.test, lab.splits.test_eval, lab.normalize, batch_size, lab.device)
+    )
     return Calibration(cal_f=cal_f, cal_r=cal_r)

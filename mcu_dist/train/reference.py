@@ -34,8 +34,10 @@ def save_checkpoint(model: nn.Module, path: str | Path, meta: dict | None = None
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     try:
-        torch.save({"state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}, "meta": meta or {}},
-                   tmp)
+        torch.save(
+            {"state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}, "meta": meta or {}},
+            tmp,
+        )
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -46,13 +48,17 @@ def load_checkpoint(path: str | Path, field_name: str = "checkpoint") -> tuple[d
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for a damaged file
-        raise ConfigError(f"{field_name}: cannot load {path} ({type(e).__name__}); allowed: a torch checkpoint "
-                          "saved with torch.save (state dict or {'state_dict': ...})") from None
+        raise ConfigError(
+            f"{field_name}: cannot load {path} ({type(e).__name__}); allowed: a torch checkpoint "
+            "saved with torch.save (state dict or {'state_dict': ...})"
+        ) from None
     if isinstance(obj, dict) and "state_dict" in obj:
         return obj["state_dict"], obj.get("meta", {})
     if isinstance(obj, dict) and all(isinstance(v, torch.Tensor) for v in obj.values()):
         return obj, {}
-    raise ConfigError(f"{field_name}: {path} holds no state dict; allowed: a state dict or {{'state_dict': ...}}")
+    raise ConfigError(
+        f"{field_name}: {path} holds no state dict; allowed: a state dict or {{'state_dict': ...}}"
+    )
 
 
 def load_into(model: nn.Module, state: dict, field_name: str, path: str | Path) -> nn.Module:
@@ -60,8 +66,10 @@ def load_into(model: nn.Module, state: dict, field_name: str, path: str | Path) 
         model.load_state_dict(state)
     except RuntimeError as e:
         first = str(e).splitlines()[0]
-        raise ConfigError(f"{field_name}: {path} does not fit model ({first}); allowed: a checkpoint of the "
-                          "configured architecture") from None
+        raise ConfigError(
+            f"{field_name}: {path} does not fit model ({first}); allowed: a checkpoint of the "
+            "configured architecture"
+        ) from None
     return model
 
 
@@ -74,7 +82,9 @@ class ModelCache:
     def path(self, kind: str, fields: dict) -> Path:
         return self.root / f"{kind}-{key_hash(fields)}.pt"
 
-    def get(self, kind: str, fields: dict, template: nn.Module, build: Callable[[], nn.Module]) -> tuple[nn.Module, dict]:
+    def get(
+        self, kind: str, fields: dict, template: nn.Module, build: Callable[[], nn.Module]
+    ) -> tuple[nn.Module, dict]:
         """Load ``kind`` for ``fields`` into ``template``, training it with ``build`` on a miss."""
         path = self.path(kind, fields)
         if not path.exists():
@@ -82,8 +92,11 @@ class ModelCache:
                 if not path.exists():
                     start = time.perf_counter()
                     model = build()
-                    meta = {"kind": kind, "fields": json.dumps(fields, sort_keys=True, default=str),
-                            "seconds": time.perf_counter() - start}
+                    meta = {
+                        "kind": kind,
+                        "fields": json.dumps(fields, sort_keys=True, default=str),
+                        "seconds": time.perf_counter() - start,
+                    }
                     save_checkpoint(model, path, meta)
                     self.trained.append(path.stem)
         state, meta = load_checkpoint(path, f"cache entry {path.name}")
@@ -104,7 +117,13 @@ def train_supervised(lab: Lab, positions: torch.Tensor, seed: int) -> nn.Module:
     r = lab.cfg.reference
     model = lab.new_model(seed)
     opt = sgd(model.parameters(), r.lr, r.momentum, r.weight_decay)
-    return fit(model, r.epochs, lambda e: lab.batches(positions, r.batch_size, seed=seed, epoch=e), cross_entropy, opt)
+    return fit(
+        model,
+        r.epochs,
+        lambda e: lab.batches(positions, r.batch_size, seed=seed, epoch=e),
+        cross_entropy,
+        opt,
+    )
 
 
 def original_model(lab: Lab, cache: ModelCache) -> tuple[nn.Module, dict]:
@@ -113,12 +132,17 @@ def original_model(lab: Lab, cache: ModelCache) -> tuple[nn.Module, dict]:
         state, meta = load_checkpoint(lab.cfg.model.original, "model.original")
         return load_into(lab.new_model(), state, "model.original", lab.cfg.model.original).eval(), meta
     fields = lab.reference_key()
-    return cache.get("original", fields, lab.new_model(),
-                     lambda: train_supervised(lab, lab.all_train, lab.cfg.seeds.model))
+    return cache.get(
+        "original", fields, lab.new_model(), lambda: train_supervised(lab, lab.all_train, lab.cfg.seeds.model)
+    )
 
 
 def retrained_model(lab: Lab, cache: ModelCache) -> tuple[nn.Module, dict]:
     """θ_r: trained from scratch on D_r only (the gold standard)."""
     fields = {**lab.reference_key(), "original": None, "forget": lab.splits.manifest_hash}
-    return cache.get("retrain", fields, lab.new_model(),
-                     lambda: train_supervised(lab, lab.splits.retain, lab.cfg.seeds.model))
+    return cache.get(
+        "retrain",
+        fields,
+        lab.new_model(),
+        lambda: train_supervised(lab, lab.splits.retain, lab.cfg.seeds.model),
+    )
