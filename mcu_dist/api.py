@@ -17,13 +17,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from mcu_dist.config import ExperimentConfig, with_overrides
+from mcu_dist.config import ConfigError, ExperimentConfig, with_overrides
 from mcu_dist.data.forget import Splits, manifest_hash
 from mcu_dist.data.registry import DatasetBundle, ImageData
 from mcu_dist.lab import Lab
-from mcu_dist.path.mask import compute_mask
+from mcu_dist.path.beta import check_schedule
 from mcu_dist.pipeline import PathResult, run_path
-from mcu_dist.train.mcu import calibration_targets
+from mcu_dist.references import prepare_references
 
 
 def _tensors(data: Any) -> tuple[torch.Tensor, torch.Tensor]:
@@ -40,7 +40,6 @@ def unlearn(
     retain_set: Any,
     test_set: Any,
     *,
-    variant: str = "mcu_beta",
     classwise: bool = False,
     num_classes: int | None = None,
     device: str = "cpu",
@@ -79,12 +78,25 @@ def unlearn(
         torch.nonzero(gone).flatten(),
         manifest_hash(bundle.dataset_id, forget),
     )
-    cfg = with_overrides(ExperimentConfig(), {"device": device, **overrides})
+    cfg = with_overrides(
+        ExperimentConfig(), {"device": device, "mcu.beta_schedule": "adaptive_step", **overrides}
+    )
+    if len(cfg.mcu.beta_schedule) != 1:
+        raise ConfigError(f"mcu.beta_schedule: got {cfg.mcu.beta_schedule!r}; allowed: one schedule")
     cfg.mcu.validate()
+    check_schedule(cfg.mcu)
     cfg.eval.validate()
     lab = Lab(cfg, bundle, splits, torch.device(device), model_factory=lambda: copy.deepcopy(original))
     original = copy.deepcopy(original).to(lab.device).eval()
     endpoint = copy.deepcopy(endpoint).to(lab.device).eval()
-    cal = calibration_targets(original, lab, classwise, cfg.eval.batch_size)
-    mask = compute_mask(original, lab, cfg.mcu.k, cfg.mcu.k_r, cfg.mcu.mask, cfg.seeds.unlearn)
-    return run_path(lab, original, endpoint, variant, mask, cal, None, Path(out_dir) if out_dir else None)
+    refs = prepare_references(lab, original=original, retrain=False)
+    return run_path(
+        lab,
+        original,
+        endpoint,
+        cfg.mcu.beta_schedule[0],
+        refs.mask,
+        refs.cal,
+        None,
+        Path(out_dir) if out_dir else None,
+    )

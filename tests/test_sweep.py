@@ -26,7 +26,7 @@ SMALL = {
     "mcu.epochs": 1,
     "eval.t_points": 5,
     "eval.mia_cap": 200,
-    "eval.calibration_size": 256,
+    "eval.bn_set_size": 256,
     "baselines.methods": ["ft"],
 }
 
