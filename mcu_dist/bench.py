@@ -30,7 +30,7 @@ from mcu_dist.lab import Lab
 from mcu_dist.path.beta import CalTargets
 from mcu_dist.path.bezier import curve_between
 from mcu_dist.path.mask import compute_mask
-from mcu_dist.store import write_table
+from mcu_dist.store import write_table, write_text
 from mcu_dist.train.mcu import train_curve
 from mcu_dist.validation import validate
 
@@ -282,8 +282,7 @@ def _workers_space(storage: str, workers: int) -> Path:
     )
     data["sweep"].update({"max_concurrent": 1, "cpus_per_trial": 0.2})
     path = Path(storage) / f"space-{workers}w.yaml"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    write_text(path, yaml.safe_dump(data, sort_keys=False))
     return path
 
 

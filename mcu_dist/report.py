@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import statistics
 import sys
@@ -24,7 +25,7 @@ from typing import Any
 from mcu_dist.config import ConfigError
 from mcu_dist.evaluate.names import GAP_METRICS
 from mcu_dist.path.beta import variant_name
-from mcu_dist.store import write_table
+from mcu_dist.store import atomic, write_table, write_text
 
 METRICS = (*GAP_METRICS, "avg_gap", "rte_min")
 SWEPT = ("mcu.curve_order", "mcu.k", "mcu.k_r", "mcu.mask", "mcu.lr", "mcu.beta", "mcu.epochs")
@@ -188,7 +189,8 @@ def plots(records: list[dict], histories: dict[str, dict[str, list]], out: Path)
 def _save(fig, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
-    fig.savefig(path, dpi=100)
+    with atomic(path) as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
     return path
 
@@ -224,12 +226,13 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     rows = table(records)
     text = markdown(rows)
-    (out / "report.md").write_text(text)
+    write_text(out / "report.md", text)
     write_table(rows, out / "report.parquet")
-    with open(out / "report.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    csv_text = io.StringIO()
+    writer = csv.DictWriter(csv_text, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(out / "report.csv", csv_text.getvalue())
     histories = {}
     for r in records:
         h = {
