@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from mcu_dist import fs
 from mcu_dist.config import ExperimentConfig, to_yaml
 from mcu_dist.data import write_manifest
 from mcu_dist.evaluate.metrics import avg_gap
@@ -131,10 +132,12 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def run_folder(parent: str | Path, cfg: ExperimentConfig) -> Path:
+def run_folder(parent: str | Path, cfg: ExperimentConfig) -> str:
+    """A new folder under ``parent`` (a local path or a URI) named after the time, dataset and forget set."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    base = Path(parent) / f"{stamp}-{cfg.data.dataset}-{cfg.forget.spec.replace(':', '_').replace(',', '-')}"
+    forget = cfg.forget.spec.replace(":", "_").replace(",", "-")
+    base = fs.join(parent, f"{stamp}-{cfg.data.dataset}-{forget}")
     path, i = base, 1
-    while path.exists():
-        path, i = Path(f"{base}-{i}"), i + 1
+    while fs.exists(path) or fs.list_names(path):
+        path, i = f"{base}-{i}", i + 1
     return path

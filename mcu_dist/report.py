@@ -22,6 +22,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from mcu_dist import fs
 from mcu_dist.config import ConfigError
 from mcu_dist.evaluate.names import GAP_METRICS
 from mcu_dist.path.beta import variant_name
@@ -196,7 +197,7 @@ def _save(fig, path: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from mcu_dist.tracking import KIND_TAG, PARENT_TAG, Tracker
+    from mcu_dist.tracking import PARENT_TAG, Tracker
 
     p = argparse.ArgumentParser(prog="python -m mcu_dist.report", description=__doc__.splitlines()[0])
     p.add_argument("--experiment", required=True, help="MLflow experiment (the sweep or grid name)")
@@ -222,8 +223,16 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    with fs.staged(args.out) as out:  # a URI gets the finished report's files
+        rows = _write(records, tracker, runs, out)
+    print(markdown(rows))
+    print(f"report written to {args.out}/")
+    return 0
+
+
+def _write(records: list[dict], tracker, runs, out: Path) -> list[dict]:
+    from mcu_dist.tracking import KIND_TAG
+
     rows = table(records)
     text = markdown(rows)
     write_text(out / "report.md", text)
@@ -249,11 +258,8 @@ def main(argv: list[str] | None = None) -> int:
     sweeps = [r for r in runs if r.data.tags.get(KIND_TAG) == "sweep"]
     if sweeps:
         tracker.log_artifacts(sweeps[0].info.run_id, out, "report")
-    print(text)
-    print(
-        f"report written to {out}/" + (f" and logged to MLflow run {sweeps[0].info.run_id}" if sweeps else "")
-    )
-    return 0
+        print(f"report logged to MLflow run {sweeps[0].info.run_id}")
+    return rows
 
 
 if __name__ == "__main__":

@@ -57,11 +57,13 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    from mcu_dist import fs
     from mcu_dist.experiment import format_table, run_experiment, run_folder
 
     out = run_folder(cfg.out, cfg)
     try:
-        result = run_experiment(cfg, out)
+        with fs.staged(out) as local:  # a URI gets the finished folder's files
+            result = run_experiment(cfg, local)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

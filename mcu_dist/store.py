@@ -12,9 +12,10 @@
   ``architecture`` fingerprints the state's names and shapes, ``digest`` is the SHA-256 of its
   tensors (checked on load). A user's plain state dict (or ``{"state_dict": ...}``) loads too.
 - ``ModelCache``: content-addressed models (reference and baseline models) keyed by a hash of exactly
-  the fields they depend on, with a file lock so two processes never train one key twice.
+  the fields they depend on, each trained once: a file lock on a POSIX path, a lease object written
+  with conditional puts on an object store (``mcu_dist.lease``).
 
-Locations are strings or paths on a local or shared POSIX file system.
+Locations are local paths or URIs (``s3://bucket/prefix``, ``gs://...``): ``mcu_dist.fs`` resolves them.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import io
 import json
 import os
 import time
@@ -34,6 +36,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from mcu_dist import fs
 from mcu_dist.config import ConfigError
 
 FORMAT = 1  # of checkpoints and of cache keys: entries of another format are simply not hit
@@ -43,8 +46,13 @@ Location = str | Path
 
 @contextlib.contextmanager
 def atomic(path: Location) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success it replaces ``path`` in one rename."""
-    path = Path(path)
+    """Yield a temporary path beside ``path``; on success it replaces ``path`` in one rename (a URI: the
+    finished file is uploaded as one object, which S3 makes visible only once complete)."""
+    if fs.is_remote(path):
+        with _remote_atomic(str(path)) as tmp:
+            yield tmp
+        return
+    path = fs.local_path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.stem}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp{path.suffix}")
     try:
@@ -52,6 +60,16 @@ def atomic(path: Location) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _remote_atomic(uri: str) -> Iterator[Path]:
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="mcu-put-") as d:
+        tmp = Path(d) / fs.name(uri)
+        yield tmp
+        fs.upload(tmp, uri)
 
 
 def write_text(path: Location, text: str) -> None:
@@ -78,6 +96,8 @@ def write_table(rows: list[dict] | Any, path: Location, metadata: dict[str, Any]
 
 
 def file_digest(path: Location) -> str:
+    if fs.is_remote(path):
+        return hashlib.sha256(fs.read_bytes(path)).hexdigest()
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -137,7 +157,8 @@ def save_model(model: nn.Module, path: Location, meta: dict[str, Any] | None = N
 def load_checkpoint(path: Location, field_name: str = "checkpoint", kind: str | None = None) -> Checkpoint:
     """Read a checkpoint (``weights_only=True`` always); a plain state dict is accepted as kind ``model``."""
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        source = io.BytesIO(fs.read_bytes(path)) if fs.is_remote(path) else path
+        obj = torch.load(source, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for a damaged file
         raise ConfigError(
             f"{field_name}: cannot load {path} ({type(e).__name__}); allowed: a torch checkpoint "
@@ -181,24 +202,32 @@ def load_model(model: nn.Module, path: Location, field_name: str) -> tuple[nn.Mo
 
 
 class ModelCache:
-    """Models under ``<root>/models/<kind>-<hash of fields>.pt``, each trained once."""
+    """Models under ``<root>/models/<kind>-<hash of fields>.pt``, each trained once.
 
-    def __init__(self, root: Location):
-        self.root = Path(root) / "models"
-        self.root.mkdir(parents=True, exist_ok=True)
+    Once-only: on a POSIX path a ``flock`` on ``<entry>.lock``; on an object store a lease object
+    ``<entry>.lease`` created with a conditional put (``mcu_dist.lease``), renewed while its holder trains,
+    taken over when it stops changing for ``lease_s`` seconds (a killed holder)."""
+
+    def __init__(self, root: Location, lease_s: float = 60.0):
+        self.root: Location = fs.join(root, "models")
+        if not fs.is_remote(self.root):  # a local cache keeps Path locations
+            self.root = Path(self.root)
+            self.root.mkdir(parents=True, exist_ok=True)
+        self.lease_s = lease_s
         self.trained: list[str] = []  # keys this process trained (cache misses)
 
-    def path(self, kind: str, fields: dict) -> Path:
-        return self.root / f"{kind}-{key_hash({'format': FORMAT, **fields})}.pt"
+    def path(self, kind: str, fields: dict) -> Location:
+        entry = f"{kind}-{key_hash({'format': FORMAT, **fields})}.pt"
+        return self.root / entry if isinstance(self.root, Path) else fs.join(self.root, entry)
 
     def get(
         self, kind: str, fields: dict, template: nn.Module, build: Callable[[], nn.Module]
     ) -> tuple[nn.Module, dict]:
         """Load ``kind`` for ``fields`` into ``template``, training it with ``build`` on a miss."""
         path = self.path(kind, fields)
-        if not path.exists():
+        if not fs.exists(path):
             with self._lock(path):
-                if not path.exists():
+                if not fs.exists(path):
                     start = time.perf_counter()
                     model = build()
                     meta = {
@@ -207,13 +236,19 @@ class ModelCache:
                         "cache_kind": kind,
                     }
                     save_model(model, path, meta)
-                    self.trained.append(path.stem)
-        model, header = load_model(template, path, f"cache entry {path.name}")
+                    self.trained.append(fs.name(path)[: -len(".pt")])
+        model, header = load_model(template, path, f"cache entry {fs.name(path)}")
         return model.eval(), header
 
     @contextlib.contextmanager
-    def _lock(self, path: Path):
-        with open(path.with_suffix(".lock"), "w") as fh:
+    def _lock(self, path: Location):
+        if fs.is_remote(path):
+            from mcu_dist.lease import Lease
+
+            with Lease(path + ".lease", self.lease_s, done=lambda: fs.exists(path)):
+                yield
+            return
+        with open(Path(path).with_suffix(".lock"), "w") as fh:
             fcntl.flock(fh, fcntl.LOCK_EX)
             try:
                 yield

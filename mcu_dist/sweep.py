@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from mcu_dist import fs
 from mcu_dist.config import SMOKE, ConfigError
 from mcu_dist.evaluate.names import SUMMARY_METRICS
 from mcu_dist.tune_space import SearchSpace, load_space
@@ -77,15 +78,11 @@ def resolve(args: argparse.Namespace, loader=load_space) -> tuple[SearchSpace, s
             sweep.num_samples = min(sweep.num_samples, 2)
         sweep.asha = False
     sweep.validate()
-    storage = args.storage or default_storage()
-    if "://" in storage:
-        raise ConfigError(
-            f"--storage: got {storage!r}; allowed: a local path or a shared (NFS) mount, since the "
-            "model cache and the curve checkpoints live under it"
-        )
-    storage = str(Path(storage).resolve())
-    space.fixed.setdefault("cache_dir", str(Path(storage) / "cache"))
-    space.fixed.setdefault("scale.storage", str(Path(storage) / "train"))
+    storage = fs.check_location(args.storage or default_storage(), "--storage")
+    if not fs.is_remote(storage):
+        storage = str(fs.local_path(storage).resolve())
+    space.fixed.setdefault("cache_dir", fs.join(storage, "cache"))
+    space.fixed.setdefault("scale.storage", fs.join(storage, "train"))
     base = space.base_config()
     from mcu_dist.data.registry import DATASETS, default_root
 
@@ -100,6 +97,11 @@ def resolve(args: argparse.Namespace, loader=load_space) -> tuple[SearchSpace, s
     validate(space.base_config())
     uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     if uri is None and in_ray_job():
+        if fs.is_remote(storage):
+            raise ConfigError(
+                f"--tracking-uri: none given for a job with --storage {storage}; allowed: an MLflow "
+                "tracking server (http://...), since a job's working directory is thrown away"
+            )
         uri = f"sqlite:///{Path(storage) / 'mlflow.db'}"  # a job's working directory is thrown away
     return space, storage, resolve_tracking_uri(uri), args.experiment or sweep.experiment or sweep.name
 
@@ -212,7 +214,7 @@ def tune_trainable(config: dict, context: dict) -> None:
         context["experiment"],
         context["parent_run_id"],
         trial_id,
-        Path(context["storage_dir"]) / "trials" / trial_id,
+        fs.join(context["storage_dir"], "trials", trial_id),
     )
     params = {k: v for k, v in config.items() if k in {d.key for d in space.dims}}
     tune.report(run_trial(params, ctx, report=tune.report))
@@ -335,7 +337,7 @@ def _run(args: argparse.Namespace, loader, tuner_factory) -> int:
     )
     start = time.perf_counter()
     prepare_shared_models(space)
-    storage_dir = f"{storage.rstrip('/')}/{sweep.name}"
+    storage_dir = fs.join(storage, sweep.name)
     parent = tracker.start_run(
         sweep.name, {KIND_TAG: "sweep", "mcu.sweep_path": storage_dir}, reuse=args.resume
     )
@@ -362,9 +364,6 @@ def _run(args: argparse.Namespace, loader, tuner_factory) -> int:
     ok = [r for r in rows if r["status"] == "OK" and r.get(sweep.objective) is not None]
     from mcu_dist.store import write_table, write_text
 
-    table = Path(storage_dir) / "trials.parquet"
-    write_table(rows or [{"trial_id": None}], table)
-    tracker.log_artifact(parent, table)
     compute = sum(float((r.metrics or {}).get("trial_s") or 0) for r in results)
     summary = {
         "trials": len(rows),
@@ -377,14 +376,17 @@ def _run(args: argparse.Namespace, loader, tuner_factory) -> int:
         "overhead_per_trial_s": max(0.0, fit_s * min(sweep.max_concurrent, len(rows) or 1) - compute)
         / max(len(rows), 1),
     }
-    write_text(Path(storage_dir) / "summary.json", json.dumps(summary, indent=1))
+    with fs.staged(storage_dir) as out:  # beside Tune's state: a local folder, or uploaded to the bucket
+        write_table(rows or [{"trial_id": None}], out / "trials.parquet")
+        tracker.log_artifact(parent, out / "trials.parquet")
+        write_text(out / "summary.json", json.dumps(summary, indent=1))
+        if sweep.multi_objective:
+            front = pareto_front(ok, (sweep.objective, "rte_min"))
+            write_table(front or [{"trial_id": None}], out / "pareto.parquet")
+            tracker.log_artifact(parent, out / "pareto.parquet")
     if ok:
         summary["best_" + sweep.objective] = ok[0][sweep.objective]
         tracker.set_tags(parent, {"mcu.best_trial": ok[0]["trial_id"]})
-    if sweep.multi_objective:
-        front = pareto_front(ok, (sweep.objective, "rte_min"))
-        write_table(front or [{"trial_id": None}], Path(storage_dir) / "pareto.parquet")
-        tracker.log_artifact(parent, Path(storage_dir) / "pareto.parquet")
     tracker.log_metrics(parent, summary)
     tracker.end_run(parent, "FINISHED")
     print()

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from mcu_dist import fs
 from mcu_dist.config import ExperimentConfig, to_yaml
 from mcu_dist.data import write_manifest
 from mcu_dist.evaluate.bn import recalibrate_bn
@@ -38,7 +39,7 @@ class TrialContext:
     experiment: str
     parent_run_id: str | None
     trial_id: str
-    out_dir: Path
+    out_dir: fs.Location  # the trial's folder: a local path, or a URI its files are uploaded to
 
 
 def proxy_gap_cal(curve, lab: Lab, cal: CalTargets, ts=(0.8, 0.9, 1.0), n: int = 256, seed: int = 0) -> float:
@@ -79,10 +80,13 @@ def run_trial(params: dict[str, Any], ctx: TrialContext, report=None) -> dict[st
 
 
 def _compute(cfg, ctx, report, tracker, run_id, sweep) -> dict[str, float]:
+    with fs.staged(ctx.out_dir) as out:
+        return _compute_in(cfg, ctx, report, tracker, run_id, sweep, out)
+
+
+def _compute_in(cfg, ctx, report, tracker, run_id, sweep, out: Path) -> dict[str, float]:
     start = time.perf_counter()
     lab = Lab.build(cfg)
-    out = ctx.out_dir
-    out.mkdir(parents=True, exist_ok=True)
     write_text(out / "config.yaml", to_yaml(cfg))
     write_manifest(lab.bundle, lab.splits, out / "forget_manifest.parquet")
     refs = prepare_references(lab)
