@@ -104,7 +104,8 @@ def _terminated(experiment_dir: str) -> set[str]:
                 trials = json.loads(fs.read_bytes(f"{experiment_dir}/{name}"))["trial_data"]
             except (ValueError, KeyError, OSError):
                 continue
-            done |= {json.loads(e[0])["trial_id"] for e in trials if json.loads(e[0]).get("status") == "TERMINATED"}
+            states = [json.loads(entry[0]) for entry in trials]
+            done |= {t["trial_id"] for t in states if t.get("status") == "TERMINATED"}
     return done
 
 
@@ -120,7 +121,8 @@ def test_resume_on_s3_after_the_driver_is_killed(ray_cluster, s3, tmp_path):
     flags = _sweep_flags(space, tmp_path, uri, "s3resume")
     flags[flags.index("--storage") + 1] = f"{bucket}/sweeps"
     args = [sys.executable, "-m", "mcu_dist.sweep", *flags]
-    driver = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    driver = subprocess.Popen(args, start_new_session=True, **quiet)
     deadline = time.time() + 600
     while time.time() < deadline and driver.poll() is None and not _terminated(f"{bucket}/sweeps/s3resume"):
         time.sleep(1)
