@@ -444,11 +444,13 @@ def main(argv: list[str] | None = None, *, loader=load_space, tuner_factory=None
         write_table(front or [{"trial_id": None}], Path(storage_dir) / "pareto.parquet")
         tracker.log_artifact(parent, Path(storage_dir) / "pareto.parquet")
     tracker.log_metrics(parent, summary)
-    from mcu_dist.sweep_report import COLUMNS, console_table, summary_markdown, write_report
+    from mcu_dist.sweep_report import console_table, summary_markdown, write_report
 
     write_report(tracker, parent, rows, raw, sweep.objective, sweep.name, Path(storage_dir) / "report")
     tracker.describe(parent, summary_markdown(rows, sweep.objective, summary, ok[0] if ok else None))
-    view = tracker.share_view(sweep.objective, list(COLUMNS[:4]), [d.key for d in space.dims][:4])
+    view = tracker.share_view(
+        sweep.objective, ["avg_gap", "gain", "gap_cal", "t_star"], [d.key for d in space.dims][:4]
+    )
     tracker.end_run(parent, "FINISHED")
     print()
     print(console_table(rows, sweep.objective))

@@ -119,16 +119,21 @@ def sweep_plot(rows: list[dict], objective: str, out: Path) -> Path:
 
     ok = [r for r in rows if r.get(objective) is not None]
     keys = sorted({k for r in ok for k in params_of(r)})
-    fig, axes = plt.subplots(1, 1 + len(keys), figsize=(3.4 * (1 + len(keys)), 3.2), squeeze=False)
+    cols = min(3, 1 + len(keys))
+    nrows = -(-(1 + len(keys)) // cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 3.3 * nrows), squeeze=False)
+    axes = axes.ravel()
+    for ax in axes[1 + len(keys) :]:
+        ax.set_visible(False)
     order = sorted(ok, key=lambda r: r.get("order", 0))
     ys = [r[objective] for r in order]
-    ax = axes[0, 0]
+    ax = axes[0]
     ax.plot(range(1, len(ys) + 1), ys, "o", ms=4)
     ax.plot(range(1, len(ys) + 1), [min(ys[: i + 1]) for i in range(len(ys))], "-", lw=1, label="best so far")
     ax.set_xlabel("trial (in order of finishing)")
     ax.set_ylabel(f"{objective} (lower is better)")
     ax.legend(fontsize=7)
-    for ax, key in zip(axes[0, 1:], keys, strict=True):
+    for ax, key in zip(axes[1 : 1 + len(keys)], keys, strict=True):
         have = [r for r in ok if params_of(r).get(key) is not None]
         values = [params_of(r)[key] for r in have]
         if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
@@ -139,6 +144,7 @@ def sweep_plot(rows: list[dict], objective: str, out: Path) -> Path:
                 [[r[objective] for r in have if str(params_of(r)[key]) == n] for n in names],
                 tick_labels=names,
             )
+            ax.tick_params(axis="x", labelrotation=20)
         ax.set_xlabel(key)
     fig.tight_layout()
     path = out / "sweep.png"

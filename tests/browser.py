@@ -151,9 +151,26 @@ class Browser:
         )
         assert found
 
-    def screenshot(self, path: str | Path) -> Path:
-        data = self.call("Page.captureScreenshot", format="png")["data"]
-        Path(path).write_bytes(b64decode(data))
+    def close_panels(self) -> None:
+        """Close side panels and banners that cover the page (MLflow's assistant, the shared-view banner)."""
+        self.js(
+            """[...document.querySelectorAll('button[aria-label="Close"], button[aria-label="Hide banner"]')]
+               .forEach(b => b.click())"""
+        )
+        self.wait(
+            "!document.querySelector('button[aria-label=\"Change assistant provider\"]')", 10, "panels closed"
+        )
+
+    def screenshot(self, path: str | Path, optimise: bool = False) -> Path:
+        """A PNG of the viewport; ``optimise``: a 256-colour palette (a screenshot of a web page loses
+        nothing visible and shrinks several times)."""
+        data = b64decode(self.call("Page.captureScreenshot", format="png")["data"])
+        Path(path).write_bytes(data)
+        if optimise:
+            from PIL import Image
+
+            with Image.open(path) as im:
+                im.convert("RGB").quantize(256).save(path, optimize=True)
         return Path(path)
 
     def close(self) -> None:
