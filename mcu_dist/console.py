@@ -75,3 +75,26 @@ def trial_lines(
             self._line(trial, "FAILED")
 
     return TrialLines()
+
+
+def registry_epilog() -> str:
+    """The registered names every ``--help`` lists: what ``--dataset``, ``--model``, ``--methods`` and
+    ``--beta-schedule`` (or a space's keys of the same names) accept."""
+    from mcu_dist.baselines import BASELINES
+    from mcu_dist.data import sources  # noqa: F401  (registers the datasets)
+    from mcu_dist.data.registry import DATASETS
+    from mcu_dist.models.zoo import MODELS
+    from mcu_dist.path.beta import BETA_SCHEDULES
+
+    return (
+        "\n".join(
+            f"{title:<20}{', '.join(reg.names())}"
+            for title, reg in (
+                ("datasets:", DATASETS),
+                ("models:", MODELS),
+                ("baselines:", BASELINES),
+                ("beta schedules:", BETA_SCHEDULES),
+            )
+        )
+        + "\n(a model may also be package.module:factory)"
+    )

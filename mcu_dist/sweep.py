@@ -34,7 +34,14 @@ def in_ray_job() -> bool:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m mcu_dist.sweep", description=__doc__.splitlines()[0])
+    from mcu_dist.console import registry_epilog
+
+    p = argparse.ArgumentParser(
+        prog="python -m mcu_dist.sweep",
+        description=__doc__.splitlines()[0],
+        epilog=registry_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument(
         "--space",
         "--grid",

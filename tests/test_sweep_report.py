@@ -112,3 +112,16 @@ def test_the_experiment_opens_in_the_training_view_sorted_best_first(tmp_path):
     assert "workflowType=machine_learning" in url
     assert tracker.serve_hint().startswith("mlflow ui --backend-store-uri sqlite:///")
     assert [t_step(t) for t in (0.0, 0.05, 0.75, 1.0)] == [0, 5, 75, 100]
+
+
+def test_help_lists_the_registered_names(capsys):
+    import pytest
+
+    from mcu_dist import run, sweep
+
+    for parse in (sweep.parse_args, run.build_parser().parse_args):
+        with pytest.raises(SystemExit):
+            parse(["--help"])
+        text = capsys.readouterr().out
+        for name in ("digits", "cifar10", "resnet18", "small_cnn", "salun", "rl", "adaptive_step", "fixed"):
+            assert name in text.split("datasets:", 1)[1], name
