@@ -360,6 +360,12 @@ class ExperimentConfig:
     )
     out: str = field(default="runs", metadata=_cli("--out", "parent folder of run folders"))
     device: str = "cpu"
+    max_loss: float = field(
+        default=1e4,
+        metadata=_cli(
+            "--max-loss", "a training loss beyond this (or non-finite) stops the stage as diverged"
+        ),
+    )
 
     def validate(self) -> None:
         self.data.validate()
@@ -373,6 +379,7 @@ class ExperimentConfig:
         _check(
             self.device == "cpu" or self.device.startswith("cuda"), "device", "cpu, cuda, cuda:N", self.device
         )
+        _check(self.max_loss > 0, "max_loss", "a number > 0", self.max_loss)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -21,6 +21,7 @@ from mcu_dist.evaluate.metrics import avg_gap
 from mcu_dist.evaluate.mia import FEATURES
 from mcu_dist.evaluate.path_eval import write_table
 from mcu_dist.evaluate.point import evaluate_model
+from mcu_dist.guard import check_finite_model, stage
 from mcu_dist.lab import Lab
 from mcu_dist.path.mask import compute_mask
 from mcu_dist.pipeline import PathResult, run_path
@@ -51,9 +52,15 @@ def baseline_model(lab: Lab, method: str, original: nn.Module) -> tuple[nn.Modul
         f"baseline-{method}",
         fields,
         lab.new_model(),
-        lambda: unit.run(copy.deepcopy(original).train(), lab, hp, lab.cfg.seeds.unlearn),
+        lambda: _run_baseline(unit, method, original, lab, hp),
     )
     return model.eval(), float(meta.get("seconds", 0.0))
+
+
+def _run_baseline(unit, method: str, original: nn.Module, lab: Lab, hp: dict) -> nn.Module:
+    """One baseline's θ_p; a non-finite result (e.g. NegTV of a diverged fine-tune) never enters the cache."""
+    with stage(f"baseline {method}"):
+        return check_finite_model(unit.run(copy.deepcopy(original).train(), lab, hp, lab.cfg.seeds.unlearn))
 
 
 def endpoints(lab: Lab, original: nn.Module) -> dict[str, tuple[nn.Module, float]]:

@@ -22,6 +22,7 @@ from typing import Any
 
 from mcu_dist.config import ConfigError
 from mcu_dist.evaluate.path_eval import write_table
+from mcu_dist.services import ServiceError, redact, writable_dir
 
 METRICS = ("UA", "RA", "TA", "MIA", "avg_gap", "rte_min")
 SWEPT = ("mcu.curve_order", "mcu.k", "mcu.k_r", "mcu.mask", "mcu.lr", "mcu.beta", "mcu.epochs")
@@ -199,12 +200,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="report", help="folder for report.md/.csv/.parquet and the plots")
     args = p.parse_args(argv)
     try:
+        writable_dir(args.out, "--out")
         tracker = Tracker(args.tracking_uri, args.experiment)
         runs = tracker.client.search_runs([tracker.experiment_id], max_results=50000)
+    except ServiceError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     except Exception as e:
         print(
-            f"error: --tracking-uri: cannot read {args.tracking_uri or 'sqlite:///mlflow.db'} ({type(e).__name__}); "
-            "allowed: a reachable MLflow store",
+            f"error: --tracking-uri: cannot read {redact(args.tracking_uri or 'sqlite:///mlflow.db')} "
+            f"({type(e).__name__}); allowed: a reachable MLflow store",
             file=sys.stderr,
         )
         return 2

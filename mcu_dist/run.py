@@ -12,6 +12,7 @@ import sys
 import typing
 
 from mcu_dist.config import ConfigError, ExperimentConfig, cli_fields, load_yaml, with_overrides
+from mcu_dist.guard import DivergenceError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -73,6 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except DivergenceError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     print()
     print(format_table(result.rows))
     print(f"\nrun folder: {out}  (results.parquet, config.yaml, forget_manifest.parquet, paths/*/)")

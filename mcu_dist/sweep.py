@@ -10,6 +10,7 @@ recorded (Tune: ERROR, MLflow: FAILED) and the sweep goes on.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -18,7 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from mcu_dist.config import ConfigError, with_overrides
+from mcu_dist.guard import DivergenceError
 from mcu_dist.run import SMOKE
+from mcu_dist.services import ServiceError, hold_sweep_lock, redact, redact_text, safe_name, writable_dir
 from mcu_dist.tune_space import SearchSpace, load_space
 
 DEFAULT_SPACE = Path(__file__).resolve().parent.parent / "tune_spaces" / "default.yaml"
@@ -69,6 +72,9 @@ def resolve(args: argparse.Namespace, loader=load_space) -> tuple[SearchSpace, s
         sweep.max_concurrent = args.max_concurrent
     if args.name:
         sweep.name = args.name
+    safe_name(sweep.name, "--name")  # a folder under --storage and an MLflow filter value
+    if args.experiment:
+        safe_name(args.experiment, "--experiment")
     if args.smoke_test:
         space.fixed.update({**SMOKE, "data.dataset": "digits"})
         space.fixed.setdefault("model.name", "small_cnn")
@@ -82,7 +88,9 @@ def resolve(args: argparse.Namespace, loader=load_space) -> tuple[SearchSpace, s
             f"--storage: got {storage!r}; allowed: a local path or a shared (NFS) mount, since the "
             "model cache and the curve checkpoints live under it"
         )
-    storage = str(Path(storage).resolve())
+    storage = str(writable_dir(Path(storage).resolve(), "--storage"))
+    if args.resume:
+        check_resumable(f"{storage.rstrip('/')}/{sweep.name}")
     space.fixed.setdefault("cache_dir", str(Path(storage) / "cache"))
     space.fixed.setdefault("scale.storage", str(Path(storage) / "train"))
     base = space.base_config()
@@ -105,6 +113,16 @@ def resolve(args: argparse.Namespace, loader=load_space) -> tuple[SearchSpace, s
 
 REFERENCE_KEYS = ("forget.spec", "seed")
 REFERENCE_PREFIXES = ("data.", "model.", "reference.", "seeds.")
+
+
+def check_resumable(path: str) -> None:
+    """``--resume`` is checked before anything is trained or opened in MLflow."""
+    from ray import tune
+
+    if not tune.Tuner.can_restore(path):
+        raise ConfigError(
+            f"--resume: no sweep to resume at {path}; allowed: the --storage and --name of an earlier sweep"
+        )
 
 
 def reference_cells(space: SearchSpace) -> list[dict[str, Any]]:
@@ -168,11 +186,7 @@ def build_tuner(space: SearchSpace, storage: str, context: dict, resume: bool):
     )
     path = f"{storage.rstrip('/')}/{sweep.name}"
     if resume:
-        if not tune.Tuner.can_restore(path):
-            raise ConfigError(
-                f"--resume: no sweep to resume at {path}; allowed: the --storage and --name of an "
-                "earlier sweep"
-            )
+        check_resumable(path)
         return tune.Tuner.restore(path, trainable=trainable, resume_errored=True, restart_errored=False)
     searcher = make_searcher(space)
     scheduler = None
@@ -310,12 +324,17 @@ def main(argv: list[str] | None = None, *, loader=load_space, tuner_factory=None
     from mcu_dist.tracking import KIND_TAG, Tracker
 
     try:
+        _lock = hold_sweep_lock(f"{storage.rstrip('/')}/{space.sweep.name}")
         tracker = Tracker(uri, experiment)
         tracker.check()
-    except Exception as e:  # an unreachable tracking server
+    except ServiceError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:  # the store answered the probe, then failed
         print(
-            f"error: --tracking-uri: cannot reach {uri} ({type(e).__name__}); allowed: a reachable MLflow "
-            "tracking server or a sqlite:/// path",
+            f"error: --tracking-uri: cannot use {redact(uri)} ({type(e).__name__}: "
+            f"{redact_text(str(e)).splitlines()[0][:200]}); allowed: a reachable MLflow tracking server or a "
+            "sqlite:/// path",
             file=sys.stderr,
         )
         return 2
@@ -350,11 +369,15 @@ def main(argv: list[str] | None = None, *, loader=load_space, tuner_factory=None
     sweep = space.sweep
     print(
         f"sweep {sweep.name}: {space.source}, {sweep.num_samples} trials, objective {sweep.objective}; "
-        f"storage {storage}; MLflow {uri} experiment {experiment}",
+        f"storage {storage}; MLflow {redact(uri)} experiment {experiment}",
         flush=True,
     )
     start = time.perf_counter()
-    prepare_shared_models(space)
+    try:
+        prepare_shared_models(space)
+    except (ConfigError, DivergenceError) as e:  # before the parent run: nothing to close in MLflow
+        print(f"error: {e}", file=sys.stderr)
+        return 2 if isinstance(e, ConfigError) else 1
     storage_dir = f"{storage.rstrip('/')}/{sweep.name}"
     parent = tracker.start_run(
         sweep.name, {KIND_TAG: "sweep", "mcu.sweep_path": storage_dir}, reuse=args.resume
@@ -379,11 +402,17 @@ def main(argv: list[str] | None = None, *, loader=load_space, tuner_factory=None
         results = tuner.fit()
         fit_s = time.perf_counter() - fit_start
     except ConfigError as e:
-        tracker.end_run(parent, "FAILED")
+        tracker.fail_run(parent, str(e))
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except BaseException as e:  # Ctrl-C, a Tune failure: the parent run still ends, with the cause
+        with contextlib.suppress(Exception):
+            tracker.fail_run(parent, f"{type(e).__name__}: {e}")
+        raise
     rows = summarize(results, space)
     ok = [r for r in rows if r["status"] == "OK" and r.get(sweep.objective) is not None]
+    # a trial whose process died (OOM, a lost node) could not close its own MLflow run
+    tracker.close_orphans(parent, {Path(r.path).name: str(r.error) for r in results if r.error})
     from mcu_dist.evaluate.path_eval import write_table
 
     table = Path(storage_dir) / "trials.parquet" if "://" not in storage_dir else Path("trials.parquet")
@@ -419,6 +448,13 @@ def main(argv: list[str] | None = None, *, loader=load_space, tuner_factory=None
         f"(trials {summary['fit_s']:.0f} s, their own compute {summary['trial_compute_s']:.0f} s). "
         f"MLflow: {tracker.ui_hint(parent)}"
     )
+    if summary["failed"]:
+        print(
+            f"error: {summary['failed']} of {summary['trials']} trials failed (their MLflow runs are FAILED "
+            "with the cause in the mcu.error tag)",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 

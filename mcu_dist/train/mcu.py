@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from mcu_dist.config import MCUConfig
+from mcu_dist.guard import check_finite_tensors, check_loss
 from mcu_dist.lab import Lab
 from mcu_dist.path.beta import BETA_SCHEDULES, BetaParams, Calibration
 from mcu_dist.path.bezier import BezierCurve
@@ -97,6 +98,7 @@ def train_curve(
     flags[lab.splits.forget] = True
     stream = torch.cat([lab.splits.forget, retain_sample(lab.splits.retain, cfg.retain_fraction, seed)])
     trainable = curve.trainable()
+    max_loss = lab.cfg.max_loss
     curve.base.train()
     step = len(state.steps)
     for epoch in range(state.epoch, cfg.epochs):
@@ -124,6 +126,13 @@ def train_curve(
                 ]
             ).double()
             n_f, n_r, c_f, c_r, s_f, s_r = comm.all_reduce_sum(local).tolist()
+            # every rank sees the same all-reduced sums, so every rank stops at the same step
+            check_loss(
+                s_r / max(n_r, 1.0), max_loss, epoch=epoch, step=step, what="L_r", where="curve training"
+            )
+            check_loss(
+                s_f / max(n_f, 1.0), max_loss, epoch=epoch, step=step, what="L_f", where="curve training"
+            )
             acc_f = 100.0 * c_f / n_f if n_f else float("nan")
             acc_r = 100.0 * c_r / n_r if n_r else calibration.cal_r
             beta = rule(acc_f, acc_r, calibration, params) if n_f else 0.0
@@ -155,6 +164,7 @@ def train_curve(
         if on_epoch_end is not None:
             on_epoch_end(state, optimizer)
     curve.base.eval()
+    check_finite_tensors(dict(curve.named_parameters()), "curve training")
     return state
 
 

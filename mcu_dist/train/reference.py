@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from mcu_dist.config import ConfigError
+from mcu_dist.guard import stage
 from mcu_dist.lab import Lab
 from mcu_dist.train.fit import cross_entropy, fit, sgd
 
@@ -112,18 +113,22 @@ class ModelCache:
                 fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def train_supervised(lab: Lab, positions: torch.Tensor, seed: int) -> nn.Module:
+def train_supervised(
+    lab: Lab, positions: torch.Tensor, seed: int, name: str = "reference model"
+) -> nn.Module:
     """The standard recipe on ``positions`` of the training set, from a fresh seeded initialisation."""
     r = lab.cfg.reference
     model = lab.new_model(seed)
     opt = sgd(model.parameters(), r.lr, r.momentum, r.weight_decay)
-    return fit(
-        model,
-        r.epochs,
-        lambda e: lab.batches(positions, r.batch_size, seed=seed, epoch=e),
-        cross_entropy,
-        opt,
-    )
+    with stage(name):
+        return fit(
+            model,
+            r.epochs,
+            lambda e: lab.batches(positions, r.batch_size, seed=seed, epoch=e),
+            cross_entropy,
+            opt,
+            max_loss=lab.cfg.max_loss,
+        )
 
 
 def original_model(lab: Lab, cache: ModelCache) -> tuple[nn.Module, dict]:
@@ -133,7 +138,10 @@ def original_model(lab: Lab, cache: ModelCache) -> tuple[nn.Module, dict]:
         return load_into(lab.new_model(), state, "model.original", lab.cfg.model.original).eval(), meta
     fields = lab.reference_key()
     return cache.get(
-        "original", fields, lab.new_model(), lambda: train_supervised(lab, lab.all_train, lab.cfg.seeds.model)
+        "original",
+        fields,
+        lab.new_model(),
+        lambda: train_supervised(lab, lab.all_train, lab.cfg.seeds.model, "reference model original"),
     )
 
 
@@ -144,5 +152,5 @@ def retrained_model(lab: Lab, cache: ModelCache) -> tuple[nn.Module, dict]:
         "retrain",
         fields,
         lab.new_model(),
-        lambda: train_supervised(lab, lab.splits.retain, lab.cfg.seeds.model),
+        lambda: train_supervised(lab, lab.splits.retain, lab.cfg.seeds.model, "reference model retrain"),
     )
