@@ -335,6 +335,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="bench.parquet")
     p.add_argument("--cache-dir", default=ExperimentConfig().cache_dir)
     args = p.parse_args(argv)
+    bad = next(
+        (
+            (flag, value, allowed)
+            for flag, value, ok, allowed in (
+                ("--steps", args.steps, args.steps >= 1, "an integer >= 1"),
+                ("--batch-size", args.batch_size, args.batch_size >= 1, "an integer >= 1"),
+                ("--n-train", args.n_train, args.n_train >= 1, "an integer >= 1"),
+                ("--mask-k", args.mask_k, 0 < args.mask_k <= 1, "a number in (0, 1]"),
+                ("--scaling-workers", args.scaling_workers, args.scaling_workers >= 0, "an integer >= 0"),
+                ("--sweep-trials", args.sweep_trials, args.sweep_trials >= 0, "an integer >= 0"),
+            )
+            if not ok
+        ),
+        None,
+    )
+    if bad:
+        print(f"error: {bad[0]}: got {bad[1]!r}; allowed: {bad[2]}", file=sys.stderr)
+        return 2
     device = "cuda" if args.gpu else "cpu"
     if args.gpu and not torch.cuda.is_available():
         print(

@@ -228,7 +228,8 @@ class MCUConfig:
         for v in self.variants:
             _check(v in ("mcu", "mcu_beta"), "mcu.variants", "mcu, mcu_beta", v)
         _check(self.curve_order >= 2, "mcu.curve_order", "an integer >= 2", self.curve_order)
-        _check(0 <= self.k <= 1, "mcu.k", "a number in [0, 1]", self.k)
+        # k = 0 selects no tensor: nothing to train (refused only when a curve is asked for)
+        _check(0 < self.k <= 1 or not self.variants, "mcu.k", "a number in (0, 1]", self.k)
         _check(0 <= self.k_r <= 1, "mcu.k_r", "a number in [0, 1]", self.k_r)
         _check(self.k + self.k_r <= 1, "mcu.k_r", f"k + k_r <= 1 (k is {self.k})", self.k_r)
         _check(self.mask in ("gradient", "random"), "mcu.mask", "gradient, random", self.mask)
@@ -342,6 +343,11 @@ class SeedConfig:
     unlearn: int = 0  # baselines and curve training
     eval: int = 0  # calibration subsets and MIA shadow sets
 
+    def validate(self) -> None:
+        for name in ("split", "model", "unlearn", "eval"):
+            value = getattr(self, name)
+            _check(0 <= value < 2**31, f"seeds.{name}", "an integer in [0, 2**31)", value)
+
 
 @dataclass
 class ExperimentConfig:
@@ -376,6 +382,7 @@ class ExperimentConfig:
         self.mcu.validate()
         self.eval.validate()
         self.scale.validate()
+        self.seeds.validate()
         _check(
             self.device == "cpu" or self.device.startswith("cuda"), "device", "cpu, cuda, cuda:N", self.device
         )
@@ -488,8 +495,18 @@ def with_overrides(cfg: Any, dotted: dict[str, Any]) -> Any:
 
 
 def load_yaml(path: str | Path, cls: type = ExperimentConfig) -> Any:
-    with open(path) as f:
-        data = yaml.safe_load(f) or {}
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f) or {}
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(
+            f"--config: cannot read {path} ({getattr(e, 'strerror', None) or type(e).__name__}); "
+            "allowed: a readable YAML file"
+        ) from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark else ""
+        raise ConfigError(f"--config: {path} is not valid YAML{where}; allowed: a YAML mapping") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: allowed: a YAML mapping of config sections")
     return from_dict(cls, data)

@@ -8,6 +8,7 @@ curve training + path evaluation) with the parts beside it.
 from __future__ import annotations
 
 import copy
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,7 @@ from mcu_dist.evaluate.point import evaluate_model
 from mcu_dist.guard import check_finite_model, stage
 from mcu_dist.lab import Lab
 from mcu_dist.path.mask import compute_mask
-from mcu_dist.pipeline import PathResult, run_path
+from mcu_dist.pipeline import PathResult, require_selection, run_path
 from mcu_dist.train.mcu import calibration_targets
 from mcu_dist.train.reference import load_checkpoint, load_into, original_model, retrained_model
 
@@ -94,16 +95,24 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path | None = None, log
 
         connect(cfg)
     lab = Lab.build(cfg)
-    out = Path(out_dir) if out_dir is not None else None
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        save_yaml(cfg, out / "config.yaml")
-        write_manifest(lab.bundle, lab.splits, out / "forget_manifest.parquet")
     log(
         f"data {lab.bundle.dataset_id}: |D_f| = {len(lab.splits.forget)}, |D_r| = {len(lab.splits.retain)}, "
         f"|D_test| = {len(lab.splits.test_eval)}; forget manifest {lab.splits.manifest_hash[:12]}"
     )
     original, o_meta = original_model(lab, lab.cache)
+    # the mask needs θ_o; it is checked before anything else is trained and before the run folder exists
+    mask = (
+        compute_mask(original, lab, cfg.mcu.k, cfg.mcu.k_r, cfg.mcu.mask, cfg.seeds.unlearn)
+        if cfg.mcu.variants
+        else None
+    )
+    if mask is not None:
+        require_selection(mask, cfg.mcu.k, cfg.mcu.k_r)
+    out = Path(out_dir) if out_dir is not None else None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        save_yaml(cfg, out / "config.yaml")
+        write_manifest(lab.bundle, lab.splits, out / "forget_manifest.parquet")
     retrained, r_meta = retrained_model(lab, lab.cache)
     retrain_row = evaluate_model(retrained, lab, features=FEATURES)
     rows = [
@@ -116,11 +125,6 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path | None = None, log
     ]
     cal = calibration_targets(original, lab, lab.splits.classwise, cfg.eval.batch_size)
     log(f"calibration targets: Cal_r = {cal.cal_r:.2f}, Cal_f = {cal.cal_f:.2f}")
-    mask = (
-        compute_mask(original, lab, cfg.mcu.k, cfg.mcu.k_r, cfg.mcu.mask, cfg.seeds.unlearn)
-        if cfg.mcu.variants
-        else None
-    )
     if mask is not None:
         log(
             f"mask {mask['sha256'][:12]}: {len(mask['selected'])} tensors, "
@@ -184,7 +188,9 @@ def format_table(rows: list[dict]) -> str:
 
 def run_folder(parent: str | Path, cfg: ExperimentConfig) -> Path:
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    base = Path(parent) / f"{stamp}-{cfg.data.dataset}-{cfg.forget.spec.replace(':', '_').replace(',', '-')}"
+    # the forget spec may hold a user's file path: one safe path component, never a way out of --out
+    scenario = re.sub(r"[^A-Za-z0-9.-]+", "_", cfg.forget.spec.replace(",", "-"))[:80]
+    base = Path(parent) / f"{stamp}-{cfg.data.dataset}-{scenario}"
     path, i = base, 1
     while path.exists():
         path, i = Path(f"{base}-{i}"), i + 1

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from mcu_dist.config import ConfigError
 from mcu_dist.evaluate.bn import calibration_positions
 from mcu_dist.evaluate.metrics import avg_gap
 from mcu_dist.evaluate.mia import FEATURES
@@ -27,6 +28,7 @@ from mcu_dist.train.mcu import CurveState, train_curve
 from mcu_dist.train.reference import save_checkpoint
 
 VARIANT_SCHEDULE = {"mcu": "fixed"}  # mcu_beta uses the configured adaptive schedule
+VARIANTS = ("mcu", "mcu_beta")
 
 
 @dataclass
@@ -42,6 +44,16 @@ class PathResult:
     row: dict  # θ(t*) evaluated, every MIA feature included
     model: nn.Module  # θ(t*), BN recalibrated
     seconds: dict = field(default_factory=dict)  # curve training, path evaluation
+
+
+def require_selection(mask: dict, k: float, k_r: float) -> None:
+    """Refuse a mask that selects no tensor (k_r excluded them all): there would be nothing to train.
+    Called right after the mask is computed, before any curve training and before a run folder is written."""
+    if not mask["selected"]:
+        raise ConfigError(
+            f"mcu.k_r: got {k_r!r}; allowed: a k_r that leaves tensors for k = {k!r} to select (the mask "
+            f"excluded every tensor of this model's {mask['total_params']} parameters)"
+        )
 
 
 def schedule_of(variant: str, lab: Lab) -> str:
@@ -70,6 +82,7 @@ def run_path(
 ) -> PathResult:
     """Train, evaluate and select one path; ``on_epoch_end(state, curve)`` sees in-process training epochs."""
     cfg = lab.cfg
+    require_selection(mask, mask["k"], mask["k_r"])
     schedule = schedule_of(variant, lab)
     curve = build_curve(original, endpoint, cfg.mcu.curve_order, mask["selected"]).to(lab.device)
     start = time.perf_counter()

@@ -13,6 +13,7 @@ import typing
 
 from mcu_dist.config import ConfigError, ExperimentConfig, cli_fields, load_yaml, with_overrides
 from mcu_dist.guard import DivergenceError
+from mcu_dist.services import writable_dir
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg, _ = config_from_args(args)
         cfg.validate()
+        writable_dir(cfg.out, "--out")
+        writable_dir(cfg.cache_dir, "--cache-dir")
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -76,6 +79,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except DivergenceError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:  # a full disk, a folder that became unwritable mid-run
+        print(f"error: cannot write {e.filename or ''} ({e.strerror or type(e).__name__})", file=sys.stderr)
         return 1
     print()
     print(format_table(result.rows))

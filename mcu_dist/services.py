@@ -100,22 +100,24 @@ def probe_tracking(uri: str, timeout: float = PROBE_TIMEOUT_S) -> None:
                 f"{timeout:g} s ({type(e).__name__}); allowed: a running MLflow tracking server"
             ) from None
     elif uri.startswith("sqlite:///"):
-        writable_dir(Path(uri[len("sqlite:///") :]).parent, "--tracking-uri")
+        writable_dir(Path(uri[len("sqlite:///") :]).parent, "--tracking-uri").mkdir(
+            parents=True, exist_ok=True
+        )
 
 
 def writable_dir(path: str | Path, flag: str) -> Path:
-    """``path`` created if missing and proved writable (a file is written and removed)."""
+    """``path`` if it is, or can be created as, a writable folder; checked without writing anything."""
     path = Path(path)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / f".mcu-write-probe-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        raise ServiceError(
-            f"{flag}: cannot write to {path} ({e.strerror or type(e).__name__}); allowed: a writable folder"
-        ) from None
-    return path
+    ancestor = path
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        why = f"{ancestor} is a file" if ancestor != path else "it is a file"
+    elif not os.access(ancestor, os.W_OK | os.X_OK):
+        why = f"{ancestor} is not writable"
+    else:
+        return path
+    raise ServiceError(f"{flag}: cannot write to {path} ({why}); allowed: a writable folder")
 
 
 def safe_name(name: str, flag: str) -> str:

@@ -105,6 +105,7 @@ def resolve(args: argparse.Namespace, loader=load_space) -> tuple[SearchSpace, s
             Path(default_root(base.data.dataset)).resolve()
         )  # workers see it too
     with_overrides(space.base_config(), {}).validate()
+    writable_dir(space.base_config().cache_dir, "cache_dir")
     uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     if uri is None and in_ray_job():
         uri = f"sqlite:///{Path(storage) / 'mlflow.db'}"  # a job's working directory is thrown away

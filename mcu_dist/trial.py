@@ -26,7 +26,7 @@ from mcu_dist.experiment import baseline_model
 from mcu_dist.lab import Lab
 from mcu_dist.path.beta import Calibration
 from mcu_dist.path.mask import compute_mask
-from mcu_dist.pipeline import run_path
+from mcu_dist.pipeline import require_selection, run_path
 from mcu_dist.train.mcu import calibration_targets
 from mcu_dist.train.reference import original_model, retrained_model
 from mcu_dist.tune_space import SearchSpace
@@ -87,18 +87,19 @@ def run_trial(params: dict[str, Any], ctx: TrialContext, report=None) -> dict[st
 def _compute(cfg, params, ctx, report, tracker, run_id, sweep) -> dict[str, float]:
     start = time.perf_counter()
     lab = Lab.build(cfg)
+    original, _ = original_model(lab, lab.cache)
+    mask = compute_mask(original, lab, cfg.mcu.k, cfg.mcu.k_r, cfg.mcu.mask, cfg.seeds.unlearn)
+    require_selection(mask, cfg.mcu.k, cfg.mcu.k_r)  # before the trial trains or writes anything
     out = ctx.out_dir
     out.mkdir(parents=True, exist_ok=True)
     save_yaml(cfg, out / "config.yaml")
     write_manifest(lab.bundle, lab.splits, out / "forget_manifest.parquet")
-    original, _ = original_model(lab, lab.cache)
     retrained, retrain_meta = retrained_model(lab, lab.cache)
     retrain_row = evaluate_model(retrained, lab, features=FEATURES)
     method = cfg.baselines.methods[0]
     endpoint, base_s = baseline_model(lab, method, original)
     baseline_row = evaluate_model(endpoint, lab)
     cal = calibration_targets(original, lab, lab.splits.classwise, cfg.eval.batch_size)
-    mask = compute_mask(original, lab, cfg.mcu.k, cfg.mcu.k_r, cfg.mcu.mask, cfg.seeds.unlearn)
     on_epoch = None
     if report is not None and sweep.asha and not cfg.scale.distributed:
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import pickle
 import uuid
 from pathlib import Path
 
@@ -176,12 +177,15 @@ def _decode_folder(
             arr = np.lib.format.open_memmap(
                 tmp, mode="w+", dtype=np.uint8, shape=(len(files), 3, image_size, image_size)
             )
-            for i, f in enumerate(files):
-                img = Image.open(f).convert("RGB").resize((image_size, image_size), Image.BILINEAR)
-                arr[i] = np.asarray(img).transpose(2, 0, 1)
-            arr.flush()
-            del arr
-            tmp.replace(fx)
+            try:
+                for i, f in enumerate(files):
+                    img = Image.open(f).convert("RGB").resize((image_size, image_size), Image.BILINEAR)
+                    arr[i] = np.asarray(img).transpose(2, 0, 1)
+                arr.flush()
+                del arr
+                tmp.replace(fx)
+            finally:
+                tmp.unlink(missing_ok=True)
             save_npy_atomic(fy, np.asarray(labels, dtype=np.int64))
         out[f"{part}_x"] = np.load(fx, mmap_mode="c")  # copy-on-write: paged in lazily
         out[f"{part}_y"] = np.load(fy)
@@ -228,7 +232,17 @@ DATASETS.register("imagenet100")(DatasetSpec(load_imagenet100, needs_root=True))
 
 
 def load_dataset(cfg: DataConfig, split_seed: int, cache_dir: str) -> DatasetBundle:
-    bundle = DATASETS[cfg.dataset].load(cfg, split_seed, cache_dir)
+    try:
+        bundle = DATASETS[cfg.dataset].load(cfg, split_seed, cache_dir)
+    except ConfigError:
+        raise
+    except (OSError, ValueError, EOFError, KeyError, RuntimeError, pickle.UnpicklingError) as e:
+        # a damaged file under data_root (garbage bytes, an image PIL cannot decode, a truncated array)
+        first = (str(e).splitlines() or [""])[0][:160]
+        raise ConfigError(
+            f"data.data_root: cannot read {cfg.dataset} from {cfg.data_root or default_root(cfg.dataset)} "
+            f"({type(e).__name__}: {first}); allowed: an intact copy of the dataset"
+        ) from None
     if cfg.augment is not None:
         bundle.augment = cfg.augment
     return bundle
