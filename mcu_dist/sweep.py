@@ -21,7 +21,16 @@ from typing import Any
 from mcu_dist.config import ConfigError, with_overrides
 from mcu_dist.guard import DivergenceError
 from mcu_dist.run import SMOKE
-from mcu_dist.services import ServiceError, hold_sweep_lock, redact, redact_text, safe_name, writable_dir
+from mcu_dist.services import (
+    ServiceError,
+    hold_sweep_lock,
+    probe_tracking,
+    redact,
+    redact_text,
+    safe_name,
+    use_credentials,
+    writable_dir,
+)
 from mcu_dist.tune_space import SearchSpace, load_space
 
 DEFAULT_SPACE = Path(__file__).resolve().parent.parent / "tune_spaces" / "default.yaml"
@@ -325,6 +334,7 @@ def main(argv: list[str] | None = None, *, loader=load_space, tuner_factory=None
     from mcu_dist.tracking import KIND_TAG, Tracker
 
     try:
+        probe_tracking(use_credentials(uri))  # before anything is written
         _lock = hold_sweep_lock(f"{storage.rstrip('/')}/{space.sweep.name}")
         tracker = Tracker(uri, experiment)
         tracker.check()

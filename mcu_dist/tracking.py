@@ -91,9 +91,9 @@ class Tracker:
 
         self.uri = use_credentials(resolve_tracking_uri(uri))
         probe_tracking(self.uri)
-        self.client = MlflowClient(tracking_uri=self.uri)
         self._mlflow = mlflow
-        with _store_init_lock(self.uri):
+        with _store_init_lock(self.uri):  # the client creates (and migrates) a new store's schema
+            self.client = MlflowClient(tracking_uri=self.uri)
             self._open_experiment(experiment)
         self.experiment = experiment
 
