@@ -128,7 +128,7 @@ def test_a_failing_trial_is_recorded_and_the_sweep_goes_on(ray_cluster, tmp_path
             "failing",
         ]
     )
-    assert code == 0
+    assert code == 1  # the sweep finishes, and its exit code says that trials failed
     client, parents, children = _runs(uri, "failing")
     assert parents[0].info.status == "FINISHED" and len(children) == 4
     failed = [c for c in children if c.info.status == "FAILED"]
@@ -282,12 +282,11 @@ def test_unreachable_tracking_server_fails_fast(tmp_path):
         capture_output=True,
         text=True,
         timeout=300,
-        env={**os.environ, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"},
     )
     assert proc.returncode == 2
     assert "--tracking-uri" in proc.stderr.strip().splitlines()[-1]
     assert "Started a local Ray instance" not in proc.stdout + proc.stderr
-    assert time.time() - start < 120
+    assert time.time() - start < 60  # MLflow's own retries alone would take minutes
 
 
 def test_unreachable_ray_cluster_fails_fast(tmp_path):
