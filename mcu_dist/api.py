@@ -21,15 +21,15 @@ from mcu_dist.config import ConfigError, ExperimentConfig, with_overrides
 from mcu_dist.data.forget import Splits, manifest_hash
 from mcu_dist.data.registry import DatasetBundle, ImageData
 from mcu_dist.lab import Lab
-from mcu_dist.path.mask import compute_mask
-from mcu_dist.pipeline import VARIANTS, PathResult, require_selection, run_path
-from mcu_dist.train.mcu import calibration_targets
+from mcu_dist.path.beta import check_schedule
+from mcu_dist.pipeline import PathResult, run_path
+from mcu_dist.references import prepare_references
 
 
 def _tensors(data: Any, name: str) -> tuple[torch.Tensor, torch.Tensor]:
     """(images, labels) from an ``(x, y)`` pair or a map-style dataset; refused unless one label per image,
     integer labels >= 0 and at least one sample."""
-    allowed = "an (x, y) pair of tensors of equal length, or a map-style dataset of (x, y), with integer labels >= 0"
+    allowed = "an (x, y) pair of tensors of equal length or a map-style dataset of (x, y); labels ints >= 0"
     try:
         if isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[0], torch.Tensor):
             x, y = data[0].float(), torch.as_tensor(data[1])
@@ -52,7 +52,6 @@ def unlearn(
     retain_set: Any,
     test_set: Any,
     *,
-    variant: str = "mcu_beta",
     classwise: bool = False,
     num_classes: int | None = None,
     device: str = "cpu",
@@ -64,8 +63,6 @@ def unlearn(
     ``overrides`` are dotted config keys, e.g. ``**{"mcu.k": 0.1, "mcu.epochs": 5, "eval.t_points": 10}``.
     Class-wise: the forgotten classes are the labels of ``forget_set``; TA counts the others.
     """
-    if variant not in VARIANTS:
-        raise ConfigError(f"variant: got {variant!r}; allowed: {', '.join(VARIANTS)}")
     xf, yf = _tensors(forget_set, "forget_set")
     xr, yr = _tensors(retain_set, "retain_set")
     xt, yt = _tensors(test_set, "test_set")
@@ -103,13 +100,25 @@ def unlearn(
         torch.nonzero(gone).flatten(),
         manifest_hash(bundle.dataset_id, forget),
     )
-    cfg = with_overrides(ExperimentConfig(), {"device": device, **overrides})
+    cfg = with_overrides(
+        ExperimentConfig(), {"device": device, "mcu.beta_schedule": "adaptive_step", **overrides}
+    )
+    if len(cfg.mcu.beta_schedule) != 1:
+        raise ConfigError(f"mcu.beta_schedule: got {cfg.mcu.beta_schedule!r}; allowed: one schedule")
     cfg.mcu.validate()
+    check_schedule(cfg.mcu)
     cfg.eval.validate()
     lab = Lab(cfg, bundle, splits, torch.device(device), model_factory=lambda: copy.deepcopy(original))
     original = copy.deepcopy(original).to(lab.device).eval()
     endpoint = copy.deepcopy(endpoint).to(lab.device).eval()
-    cal = calibration_targets(original, lab, classwise, cfg.eval.batch_size)
-    mask = compute_mask(original, lab, cfg.mcu.k, cfg.mcu.k_r, cfg.mcu.mask, cfg.seeds.unlearn)
-    require_selection(mask, cfg.mcu.k, cfg.mcu.k_r)
-    return run_path(lab, original, endpoint, variant, mask, cal, None, Path(out_dir) if out_dir else None)
+    refs = prepare_references(lab, original=original, retrain=False)
+    return run_path(
+        lab,
+        original,
+        endpoint,
+        cfg.mcu.beta_schedule[0],
+        refs.mask,
+        refs.cal,
+        None,
+        Path(out_dir) if out_dir else None,
+    )

@@ -76,7 +76,7 @@ class LossWatch:
 
 
 def check_finite_model(model: nn.Module, what: str | None = None) -> nn.Module:
-    """``model`` unchanged when every parameter and buffer is finite; DivergenceError naming a tensor otherwise."""
+    """``model`` unchanged when every parameter and buffer is finite; else DivergenceError naming a tensor."""
     check_finite_tensors(dict([*model.named_parameters(), *model.named_buffers()]), what or current_stage())
     return model
 
@@ -85,5 +85,6 @@ def check_finite_tensors(tensors: dict[str, torch.Tensor], what: str) -> None:
     for name, tensor in tensors.items():
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             raise DivergenceError(
-                f"{what} diverged: tensor {name} holds non-finite values; lower the learning rate of this stage"
+                f"{what} diverged: tensor {name} holds non-finite values; "
+                "lower the learning rate of this stage"
             )

@@ -11,9 +11,10 @@ import dataclasses
 import sys
 import typing
 
-from mcu_dist.config import ConfigError, ExperimentConfig, cli_fields, load_yaml, with_overrides
+from mcu_dist.config import SMOKE, ConfigError, ExperimentConfig, cli_fields, load_yaml, with_overrides
 from mcu_dist.guard import DivergenceError
 from mcu_dist.services import writable_dir
+from mcu_dist.validation import validate
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,15 +40,6 @@ def _metavar(tp) -> str:
     )
 
 
-SMOKE = {
-    "reference.epochs": 2,
-    "mcu.epochs": 1,
-    "eval.t_points": 5,
-    "eval.mia_cap": 200,
-    "eval.calibration_size": 256,
-}
-
-
 def config_from_args(args: argparse.Namespace) -> tuple[ExperimentConfig, bool]:
     cfg = load_yaml(args.config) if args.config else ExperimentConfig()
     flags = {dotted for dotted, _, _ in cli_fields()}
@@ -63,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         cfg, _ = config_from_args(args)
-        cfg.validate()
+        validate(cfg)
         writable_dir(cfg.out, "--out")
         writable_dir(cfg.cache_dir, "--cache-dir")
     except ConfigError as e:

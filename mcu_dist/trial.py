@@ -15,23 +15,20 @@ from typing import Any
 
 import torch
 
-from mcu_dist.config import ExperimentConfig, save_yaml
+from mcu_dist.config import ExperimentConfig, to_yaml
 from mcu_dist.data import write_manifest
 from mcu_dist.evaluate.bn import recalibrate_bn
 from mcu_dist.evaluate.metrics import avg_gap, predict
-from mcu_dist.evaluate.mia import FEATURES
+from mcu_dist.evaluate.names import PATH_METRICS, TRIAL_METRICS
 from mcu_dist.evaluate.point import evaluate_model
 from mcu_dist.evaluate.selection import gap_cal
-from mcu_dist.experiment import baseline_model
 from mcu_dist.lab import Lab
-from mcu_dist.path.beta import Calibration
-from mcu_dist.path.mask import compute_mask
-from mcu_dist.pipeline import require_selection, run_path
-from mcu_dist.train.mcu import calibration_targets
-from mcu_dist.train.reference import original_model, retrained_model
+from mcu_dist.path.beta import CalTargets
+from mcu_dist.pipeline import run_path
+from mcu_dist.references import baseline_model, prepare_references
+from mcu_dist.store import write_text
 from mcu_dist.tune_space import SearchSpace
-
-REPORTED = ("UA", "RA", "TA", "MIA", "avg_gap", "gap_cal", "t_star")
+from mcu_dist.validation import validate
 
 
 @dataclass
@@ -44,10 +41,8 @@ class TrialContext:
     out_dir: Path
 
 
-def proxy_gap_cal(
-    curve, lab: Lab, cal: Calibration, ts=(0.8, 0.9, 1.0), n: int = 256, seed: int = 0
-) -> float:
-    """A cheap stand-in for the path's best gap_cal: a few t in [0.75, 1], BN and accuracies on small subsets."""
+def proxy_gap_cal(curve, lab: Lab, cal: CalTargets, ts=(0.8, 0.9, 1.0), n: int = 256, seed: int = 0) -> float:
+    """A cheap stand-in for the path's best gap_cal: a few t in [0.75, 1], BN and accuracies on subsets."""
     g = torch.Generator().manual_seed(seed)
     sub = lambda pos: pos[torch.randperm(len(pos), generator=g)[:n]]  # noqa: E731
     calib, retain, forget = sub(lab.all_train), sub(lab.splits.retain), sub(lab.splits.forget)
@@ -63,8 +58,7 @@ def proxy_gap_cal(
 
 def run_trial(params: dict[str, Any], ctx: TrialContext, report=None) -> dict[str, float]:
     """Run one trial; ``report(metrics)`` (Tune's) receives per-epoch proxies when ASHA is on."""
-    cfg: ExperimentConfig = ctx.space.trial_config(params)
-    cfg.validate()
+    cfg: ExperimentConfig = validate(ctx.space.trial_config(params))
     sweep = ctx.space.sweep
     tracker = None
     if ctx.tracking_uri:
@@ -80,26 +74,21 @@ def run_trial(params: dict[str, Any], ctx: TrialContext, report=None) -> dict[st
     with run_cm as run_id:
         if tracker:
             tracker.log_params(run_id, {**cfg.flat(), **{f"search.{k}": v for k, v in params.items()}})
-        metrics = _compute(cfg, params, ctx, report, tracker, run_id, sweep)
+        metrics = _compute(cfg, ctx, report, tracker, run_id, sweep)
     return metrics
 
 
-def _compute(cfg, params, ctx, report, tracker, run_id, sweep) -> dict[str, float]:
+def _compute(cfg, ctx, report, tracker, run_id, sweep) -> dict[str, float]:
     start = time.perf_counter()
     lab = Lab.build(cfg)
-    original, _ = original_model(lab, lab.cache)
-    mask = compute_mask(original, lab, cfg.mcu.k, cfg.mcu.k_r, cfg.mcu.mask, cfg.seeds.unlearn)
-    require_selection(mask, cfg.mcu.k, cfg.mcu.k_r)  # before the trial trains or writes anything
+    refs = prepare_references(lab)  # refuses a mask that selects nothing, before the trial writes anything
     out = ctx.out_dir
     out.mkdir(parents=True, exist_ok=True)
-    save_yaml(cfg, out / "config.yaml")
+    write_text(out / "config.yaml", to_yaml(cfg))
     write_manifest(lab.bundle, lab.splits, out / "forget_manifest.parquet")
-    retrained, retrain_meta = retrained_model(lab, lab.cache)
-    retrain_row = evaluate_model(retrained, lab, features=FEATURES)
-    method = cfg.baselines.methods[0]
-    endpoint, base_s = baseline_model(lab, method, original)
+    original, retrain_row, cal, mask = refs.original, refs.retrain_row, refs.cal, refs.mask
+    endpoint, base_s = baseline_model(lab, cfg.baselines.methods[0], original)
     baseline_row = evaluate_model(endpoint, lab)
-    cal = calibration_targets(original, lab, lab.splits.classwise, cfg.eval.batch_size)
     on_epoch = None
     if report is not None and sweep.asha and not cfg.scale.distributed:
 
@@ -111,7 +100,7 @@ def _compute(cfg, params, ctx, report, tracker, run_id, sweep) -> dict[str, floa
         lab,
         original,
         endpoint,
-        "mcu_beta",
+        cfg.mcu.beta_schedule[0],
         mask,
         cal,
         retrain_row,
@@ -120,7 +109,7 @@ def _compute(cfg, params, ctx, report, tracker, run_id, sweep) -> dict[str, floa
         on_epoch_end=on_epoch,
     )
     row = result.row
-    metrics = {k: float(row[k]) for k in REPORTED if k in row} | {"t_star": result.t_star}
+    metrics = {k: float(row[k]) for k in TRIAL_METRICS if k in row} | {"t_star": result.t_star}
     metrics.update(
         {
             "region_size": float(len(result.effective_region)),
@@ -129,7 +118,7 @@ def _compute(cfg, params, ctx, report, tracker, run_id, sweep) -> dict[str, floa
             "rte_min": (base_s + result.seconds["curve"] + result.seconds["path_eval"]) / 60,
             "rte_curve_min": result.seconds["curve"] / 60,
             "rte_eval_min": result.seconds["path_eval"] / 60,
-            "retrain_rte_min": float(retrain_meta.get("seconds", 0.0)) / 60,
+            "retrain_rte_min": refs.retrain_seconds / 60,
             "trial_s": time.perf_counter() - start,
             "final": 1,
         }
@@ -141,8 +130,7 @@ def _compute(cfg, params, ctx, report, tracker, run_id, sweep) -> dict[str, floa
 
 def _log_path(tracker, run_id, result, metrics, baseline_row, retrain_row, mask, out: Path) -> None:
     per_t = [
-        (i, {f"path/{k}": r[k] for k in ("t", "UA", "RA", "TA", "MIA", "gap_cal", "avg_gap") if k in r})
-        for i, r in enumerate(result.path_table)
+        (i, {f"path/{k}": r[k] for k in PATH_METRICS if k in r}) for i, r in enumerate(result.path_table)
     ]
     epochs: dict[int, list[dict]] = {}
     for s in result.steps:

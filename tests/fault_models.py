@@ -17,7 +17,7 @@ def one_tensor(num_classes: int, in_channels: int, image_size: int) -> nn.Module
 
 
 def dies_in_trial(num_classes: int, in_channels: int, image_size: int) -> nn.Module:
-    """small_cnn in the driver; inside a Ray actor (a Tune trial) the process dies at once, like an OOM kill."""
+    """small_cnn in the driver; inside a Ray actor (a Tune trial) the process dies at once, as on OOM."""
     import ray
 
     if ray.is_initialized() and ray.get_runtime_context().get_actor_id() is not None:

@@ -173,7 +173,7 @@ RUN = [
         r"data\.data_root: cannot read tinyimagenet .*UnidentifiedImageError",
     ),
     (
-        "mask_selects_nothing",  # the one case that trains something first: θ_o, which the mask is computed on
+        "mask_selects_nothing",  # the one case that trains first: θ_o, which the mask is computed on
         lambda t: ["--model", "tests.fault_models:one_tensor", "--k", "0.5", "--k-r", "0.5"],
         r"mcu\.k_r: got 0\.5; allowed: a k_r that leaves tensors",
     ),
@@ -331,7 +331,7 @@ def _api(**change):
 @pytest.mark.parametrize(
     "change,expected",
     [
-        ({"variant": "mcu_fast"}, r"^variant: got 'mcu_fast'; allowed: mcu, mcu_beta"),
+        ({"mcu.beta_schedule": "mcu_fast"}, r"^mcu\.beta_schedule: got 'mcu_fast'; allowed: "),
         (
             {"forget_set": (torch.randn(6, 1, 4, 4), torch.arange(5))},
             r"^forget_set: got 6 images and 5 labels",
@@ -353,7 +353,7 @@ def test_python_api_refuses_bad_arguments(change, expected):
         _api(**change)
 
 
-# --------------------------------------------------------------------------------- real processes: no traceback
+# ---------------------------------------------------------------------------- real processes: no traceback
 
 
 @pytest.mark.parametrize(

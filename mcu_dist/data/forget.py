@@ -21,6 +21,7 @@ import torch
 
 from mcu_dist.config import ConfigError, ForgetConfig
 from mcu_dist.data.registry import DatasetBundle
+from mcu_dist.store import write_table
 
 
 @dataclass
@@ -46,8 +47,8 @@ FILE_FORMATS = (
 
 def read_index_file(path: str) -> np.ndarray:
     """The training-set indices a forget file names: integers only, each once (the range against the
-    training split, negatives included, is checked by ``make_splits``). A boolean .npy array is a mask over the
-    training indices and is recognised as one; a float or any other array is refused, never cast."""
+    training split, negatives included, is checked by ``make_splits``). A boolean .npy array is a mask
+    over the training indices and is recognised as one; a float or any other array is refused, never cast."""
     p = Path(path)
 
     def refuse(why: str) -> ConfigError:
@@ -146,7 +147,6 @@ def make_splits(bundle: DatasetBundle, cfg: ForgetConfig, seed: int) -> Splits:
 def write_manifest(bundle: DatasetBundle, splits: Splits, path: str | Path) -> str:
     """Write the forget manifest as Parquet (atomically); returns its content hash."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     idx = bundle.train.index[splits.forget]
     order = torch.argsort(idx)
@@ -162,8 +162,5 @@ def write_manifest(bundle: DatasetBundle, splits: Splits, path: str | Path) -> s
             "forget_classes": ",".join(map(str, splits.forget_classes or [])),
         },
     )
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    pq.write_table(table, tmp)
-    tmp.replace(path)
+    write_table(table, path)
     return splits.manifest_hash
