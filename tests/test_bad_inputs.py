@@ -243,7 +243,7 @@ def _refused(entry: str, make_args: Callable[[Path], list[str]], expected: str, 
     args = make_args(tmp)
     if entry == "run":  # small budgets, so that a regression costs seconds, not minutes
         defaults = {"--cache-dir": str(tmp / "cache"), "--out": str(tmp / "runs"), "--methods": "ft"}
-        args += ["--smoke-test", "--variants", "mcu"]
+        args += ["--smoke-test", "--beta-schedule", "fixed"]
         args += [x for flag, value in defaults.items() if flag not in args for x in (flag, value)]
     before = _files(tmp)
     capsys.readouterr()
@@ -379,3 +379,17 @@ def test_no_traceback_reaches_the_terminal(module, args, field, tmp_path):
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert len(lines) == 1 and lines[0].startswith(f"error: {field}"), proc.stderr
     assert not any(tmp_path.iterdir())
+
+
+def test_a_boolean_npy_is_read_as_a_mask_over_training_indices(tmp_path):
+    from mcu_dist.config import DataConfig, ForgetConfig
+    from mcu_dist.data import load_dataset, make_splits
+
+    bundle = load_dataset(DataConfig(), 0, str(tmp_path / "cache"))
+    wanted = bundle.train.index[:7].numpy()
+    mask = np.zeros(int(bundle.train.index.max()) + 1, dtype=bool)
+    mask[wanted] = True
+    as_mask = make_splits(bundle, ForgetConfig("file:" + _npy(tmp_path, "m.npy", mask)), 0)
+    as_indices = make_splits(bundle, ForgetConfig("file:" + _npy(tmp_path, "i.npy", wanted)), 0)
+    assert torch.equal(as_mask.forget, as_indices.forget) and len(as_mask.forget) == 7
+    assert as_mask.manifest_hash == as_indices.manifest_hash

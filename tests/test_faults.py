@@ -12,8 +12,10 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from mlflow.tracking import MlflowClient
+from torch import nn
 
 from mcu_dist import ablate
 from mcu_dist.guard import DivergenceError
@@ -168,3 +170,47 @@ def test_two_sweeps_started_together_on_a_new_sqlite_store_both_finish(ray_clust
     for name in ("first", "second"):
         (child,) = _children(uri, name)
         assert child.info.status == "FINISHED" and child.data.tags[TRIAL_TAG]
+
+
+def test_a_truncated_cache_entry_is_moved_aside_and_retrained(tmp_path, capsys):
+    from mcu_dist.store import ModelCache
+
+    cache = ModelCache(tmp_path)
+    builds = []
+
+    def build() -> nn.Module:
+        builds.append(1)
+        torch.manual_seed(len(builds))
+        return nn.Linear(4, 2)
+
+    first, _ = cache.get("original", {"k": 1}, nn.Linear(4, 2), build)
+    entry = cache.path("original", {"k": 1})
+    entry.write_bytes(entry.read_bytes()[:100])  # a copy killed half-way, a full disk
+    again, _ = cache.get("original", {"k": 1}, nn.Linear(4, 2), build)
+    assert len(builds) == 2  # trained again, not an error that blocks every later run
+    assert torch.equal(again.weight, build_weight(2)) and not torch.equal(again.weight, first.weight)
+    assert len(list(tmp_path.rglob("original-*.corrupt-*.pt"))) == 1  # kept aside for inspection
+    assert "moved to" in capsys.readouterr().err
+    third, _ = cache.get("original", {"k": 1}, nn.Linear(4, 2), build)  # and now a plain hit
+    assert len(builds) == 2 and torch.equal(third.weight, again.weight)
+
+
+def build_weight(n: int) -> torch.Tensor:
+    torch.manual_seed(n)
+    return nn.Linear(4, 2).weight.detach()
+
+
+def test_a_non_finite_model_never_enters_the_cache(tmp_path):
+    from mcu_dist.store import ModelCache
+
+    cache = ModelCache(tmp_path)
+
+    def build() -> nn.Module:
+        model = nn.Linear(4, 2)
+        with torch.no_grad():
+            model.bias[0] = float("nan")
+        return model
+
+    with pytest.raises(DivergenceError, match=r"^original diverged: tensor bias holds non-finite values"):
+        cache.get("original", {"k": 1}, nn.Linear(4, 2), build)
+    assert not list(tmp_path.rglob("*.pt"))

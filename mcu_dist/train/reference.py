@@ -15,22 +15,25 @@ from mcu_dist.store import ModelCache, load_model
 from mcu_dist.train.fit import cross_entropy, fit, sgd
 
 
-def train_supervised(
-    lab: Lab, positions: torch.Tensor, seed: int, name: str = "reference model"
-) -> nn.Module:
+def train_supervised(lab: Lab, positions: torch.Tensor, seed: int) -> nn.Module:
     """The standard recipe on ``positions`` of the training set, from a fresh seeded initialisation."""
     r = lab.cfg.reference
     model = lab.new_model(seed)
     opt = sgd(model.parameters(), r.lr, r.momentum, r.weight_decay)
+    return fit(
+        model,
+        r.epochs,
+        lambda e: lab.batches(positions, r.batch_size, seed=seed, epoch=e),
+        cross_entropy,
+        opt,
+        max_loss=lab.cfg.max_loss,
+    )
+
+
+def _trained(name: str, positions: torch.Tensor, lab: Lab) -> nn.Module:
+    """``train_supervised`` as the named stage (the name a divergence is reported under)."""
     with stage(name):
-        return fit(
-            model,
-            r.epochs,
-            lambda e: lab.batches(positions, r.batch_size, seed=seed, epoch=e),
-            cross_entropy,
-            opt,
-            max_loss=lab.cfg.max_loss,
-        )
+        return train_supervised(lab, positions, lab.cfg.seeds.model)
 
 
 def original_model(lab: Lab, cache: ModelCache) -> tuple[nn.Module, dict]:
@@ -43,7 +46,7 @@ def original_model(lab: Lab, cache: ModelCache) -> tuple[nn.Module, dict]:
         "original",
         fields,
         lab.new_model(),
-        lambda: train_supervised(lab, lab.all_train, lab.cfg.seeds.model, "reference model original"),
+        lambda: _trained("reference model original", lab.all_train, lab),
     )
 
 
@@ -54,5 +57,5 @@ def retrained_model(lab: Lab, cache: ModelCache) -> tuple[nn.Module, dict]:
         "retrain",
         fields,
         lab.new_model(),
-        lambda: train_supervised(lab, lab.splits.retain, lab.cfg.seeds.model, "reference model retrain"),
+        lambda: _trained("reference model retrain", lab.splits.retain, lab),
     )
