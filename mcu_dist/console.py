@@ -39,9 +39,8 @@ class Progress:
 
     def step(self, what: str) -> None:
         self.done += 1
-        self.log(
-            f"  shared model {self.done}/{self.total}: {what} ready ({time.perf_counter() - self.start:.0f} s)"
-        )
+        elapsed = time.perf_counter() - self.start
+        self.log(f"  shared model {self.done}/{self.total}: {what} ready ({elapsed:.0f} s)")
 
 
 def trial_lines(

@@ -12,7 +12,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-METRICS = (("UA", "o"), ("RA", "s"), ("TA", "^"), ("MIA", "D"))
+from mcu_dist.evaluate.names import GAP_METRICS
+from mcu_dist.store import atomic
+
+MARKERS = ("o", "s", "^", "D")  # one per metric: coinciding metrics stay distinguishable
 
 
 def plot_path(
@@ -40,7 +43,7 @@ def plot_path(
     for a in (ax, axg):
         for lo, hi in intervals:
             a.axvspan(lo, hi, color="tab:green", alpha=0.12, lw=0)
-    for i, (metric, marker) in enumerate(METRICS):
+    for i, (metric, marker) in enumerate(zip(GAP_METRICS, MARKERS, strict=True)):
         color = f"C{i}"
         # hollow markers and a thin line: a metric that coincides with another stays visible under it
         ax.plot(
@@ -97,7 +100,6 @@ def plot_path(
     axg.set_xlim(0, 1.02)
     axg.legend(fontsize=7, loc="best")
     fig.tight_layout()
-    tmp = Path(str(path) + ".tmp.png")
-    fig.savefig(tmp, dpi=100)
+    with atomic(path) as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
-    tmp.replace(path)

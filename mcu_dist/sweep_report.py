@@ -81,7 +81,8 @@ def summary_markdown(rows: list[dict], objective: str, summary: dict, best: dict
     lines = [
         f"**{summary['completed']} of {summary['trials']} trials completed** ({summary['failed']} failed) in "
         f"{summary['wall_s']:.0f} s; objective **{objective}** (lower is better). "
-        "The report is under Artifacts → `report/` (`report.md`, `sweep.png`, `best_config.yaml`, `trials.csv`).",
+        "The report is under Artifacts → `report/` "
+        "(`report.md`, `sweep.png`, `best_config.yaml`, `trials.csv`).",
         "",
         f"| trial | {objective} | gain | UA | RA | TA | MIA | t* |",
         "|---|---|---|---|---|---|---|---|",

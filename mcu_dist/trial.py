@@ -15,26 +15,23 @@ from typing import Any
 
 import torch
 
-from mcu_dist.config import ExperimentConfig, save_yaml
+from mcu_dist.config import ExperimentConfig, to_yaml
 from mcu_dist.data import write_manifest
 from mcu_dist.evaluate.bn import recalibrate_bn
 from mcu_dist.evaluate.metrics import avg_gap, predict
-from mcu_dist.evaluate.mia import FEATURES
+from mcu_dist.evaluate.names import PATH_METRICS, TRIAL_METRICS
 from mcu_dist.evaluate.point import evaluate_model
 from mcu_dist.evaluate.selection import gap_cal
-from mcu_dist.experiment import baseline_model
 from mcu_dist.lab import Lab
-from mcu_dist.path.beta import Calibration
-from mcu_dist.path.mask import compute_mask
+from mcu_dist.path.beta import CalTargets, variant_name
 from mcu_dist.pipeline import run_path
-from mcu_dist.train.mcu import calibration_targets
-from mcu_dist.train.reference import original_model, retrained_model
+from mcu_dist.references import baseline_model, prepare_references
+from mcu_dist.store import write_text
 from mcu_dist.tune_space import SearchSpace
+from mcu_dist.validation import validate
 
-REPORTED = ("UA", "RA", "TA", "MIA", "avg_gap", "gap_cal", "t_star")
 # the child run's final metrics in the order the run's Overview lists them: what a researcher sorts by first
 HEADLINE = ("avg_gap", "gain", "gap_cal", "t_star", "UA", "RA", "TA", "MIA", "region_size", "rte_min")
-PATH_METRICS = ("UA", "RA", "TA", "MIA", "gap_cal", "avg_gap")
 NAMED = ("baseline", "mcu.beta_schedule", "mcu.beta", "mcu.k", "mcu.curve_order")
 
 
@@ -45,21 +42,22 @@ def _short(v: Any) -> str:
 def trial_name(cfg: ExperimentConfig, params: dict[str, Any]) -> str:
     """A run name that says what ran: ``rl · adaptive_step · k0.3 · o2`` (``β0.2`` for a fixed schedule),
     then every other searched value (``lr0.0157``)."""
-    schedule = f"β{cfg.mcu.beta:.3g}" if cfg.mcu.beta_schedule == "fixed" else cfg.mcu.beta_schedule
+    schedule = cfg.mcu.beta_schedule[0]
+    schedule = f"β{cfg.mcu.beta:.3g}" if schedule == "fixed" else schedule
     parts = [cfg.baselines.methods[0], schedule, f"k{cfg.mcu.k:.3g}", f"o{cfg.mcu.curve_order}"]
     parts += [f"{k.rsplit('.', 1)[-1]}{_short(v)}" for k, v in params.items() if k not in NAMED]
     return " · ".join(parts)
 
 
 def variant_of(cfg: ExperimentConfig) -> str:
-    """What a trial's path really is: MCU with a fixed β, or MCU-β with an adaptive schedule."""
-    return "mcu" if cfg.mcu.beta_schedule == "fixed" else "mcu_beta"
+    """What a trial's path is: its β schedule's name (mcu: fixed β, mcu_beta: adaptive_step, ...)."""
+    return variant_name(cfg.mcu.beta_schedule[0])
 
 
 def trial_params(cfg: ExperimentConfig, params: dict[str, Any]) -> dict[str, Any]:
-    """Every resolved config field the trial ran with; ``mcu.variant`` (what ran) instead of the
-    run CLI's ``mcu.variants`` list, and the searched values again under ``search.``."""
-    flat = {k: v for k, v in cfg.flat().items() if k != "mcu.variants"}
+    """Every resolved config field the trial ran with, its baseline and variant by name, and the searched
+    values again under ``search.``."""
+    flat = cfg.flat()
     return {"baseline": cfg.baselines.methods[0], "mcu.variant": variant_of(cfg), **flat} | {
         f"search.{k}": v for k, v in params.items()
     }
@@ -75,10 +73,8 @@ class TrialContext:
     out_dir: Path
 
 
-def proxy_gap_cal(
-    curve, lab: Lab, cal: Calibration, ts=(0.8, 0.9, 1.0), n: int = 256, seed: int = 0
-) -> float:
-    """A cheap stand-in for the path's best gap_cal: a few t in [0.75, 1], BN and accuracies on small subsets."""
+def proxy_gap_cal(curve, lab: Lab, cal: CalTargets, ts=(0.8, 0.9, 1.0), n: int = 256, seed: int = 0) -> float:
+    """A cheap stand-in for the path's best gap_cal: a few t in [0.75, 1], BN and accuracies on subsets."""
     g = torch.Generator().manual_seed(seed)
     sub = lambda pos: pos[torch.randperm(len(pos), generator=g)[:n]]  # noqa: E731
     calib, retain, forget = sub(lab.all_train), sub(lab.splits.retain), sub(lab.splits.forget)
@@ -94,8 +90,7 @@ def proxy_gap_cal(
 
 def run_trial(params: dict[str, Any], ctx: TrialContext, report=None) -> dict[str, float]:
     """Run one trial; ``report(metrics)`` (Tune's) receives per-epoch proxies when ASHA is on."""
-    cfg: ExperimentConfig = ctx.space.trial_config(params)
-    cfg.validate()
+    cfg: ExperimentConfig = validate(ctx.space.trial_config(params))
     sweep = ctx.space.sweep
     tracker = None
     if ctx.tracking_uri:
@@ -118,18 +113,14 @@ def run_trial(params: dict[str, Any], ctx: TrialContext, report=None) -> dict[st
 def _compute(cfg, params, ctx, report, tracker, run_id, sweep) -> dict[str, float]:
     start = time.perf_counter()
     lab = Lab.build(cfg)
+    refs = prepare_references(lab)  # refuses a mask that selects nothing, before the trial writes anything
     out = ctx.out_dir
     out.mkdir(parents=True, exist_ok=True)
-    save_yaml(cfg, out / "config.yaml")
+    write_text(out / "config.yaml", to_yaml(cfg))
     write_manifest(lab.bundle, lab.splits, out / "forget_manifest.parquet")
-    original, _ = original_model(lab, lab.cache)
-    retrained, retrain_meta = retrained_model(lab, lab.cache)
-    retrain_row = evaluate_model(retrained, lab, features=FEATURES)
-    method = cfg.baselines.methods[0]
-    endpoint, base_s = baseline_model(lab, method, original)
+    original, retrain_row, cal, mask = refs.original, refs.retrain_row, refs.cal, refs.mask
+    endpoint, base_s = baseline_model(lab, cfg.baselines.methods[0], original)
     baseline_row = evaluate_model(endpoint, lab)
-    cal = calibration_targets(original, lab, lab.splits.classwise, cfg.eval.batch_size)
-    mask = compute_mask(original, lab, cfg.mcu.k, cfg.mcu.k_r, cfg.mcu.mask, cfg.seeds.unlearn)
     on_epoch = None
     if report is not None and sweep.asha and not cfg.scale.distributed:
 
@@ -141,7 +132,7 @@ def _compute(cfg, params, ctx, report, tracker, run_id, sweep) -> dict[str, floa
         lab,
         original,
         endpoint,
-        variant_of(cfg),
+        cfg.mcu.beta_schedule[0],
         mask,
         cal,
         retrain_row,
@@ -151,7 +142,7 @@ def _compute(cfg, params, ctx, report, tracker, run_id, sweep) -> dict[str, floa
         plot={"title": f"{trial_name(cfg, params)}   (trial {ctx.trial_id})", "baseline_row": baseline_row},
     )
     row = result.row
-    metrics = {k: float(row[k]) for k in REPORTED if k in row} | {"t_star": result.t_star}
+    metrics = {k: float(row[k]) for k in TRIAL_METRICS if k in row} | {"t_star": result.t_star}
     base_gap = avg_gap(baseline_row, retrain_row)
     metrics.update(
         {
@@ -162,7 +153,7 @@ def _compute(cfg, params, ctx, report, tracker, run_id, sweep) -> dict[str, floa
             "rte_min": (base_s + result.seconds["curve"] + result.seconds["path_eval"]) / 60,
             "rte_curve_min": result.seconds["curve"] / 60,
             "rte_eval_min": result.seconds["path_eval"] / 60,
-            "retrain_rte_min": float(retrain_meta.get("seconds", 0.0)) / 60,
+            "retrain_rte_min": refs.retrain_seconds / 60,
             "trial_s": time.perf_counter() - start,
             "final": 1,
         }
@@ -207,11 +198,12 @@ def describe_trial(cfg, params, metrics, result, baseline_row, retrain_row) -> s
     row = lambda name, r: f"| {name} | " + " | ".join(f"{r[k]:.2f}" for k in ("UA", "RA", "TA", "MIA")) + " |"  # noqa: E731
     return "\n".join(
         [
-            f"**{method} → {method}+{variant}** ({cfg.mcu.beta_schedule} β, order {cfg.mcu.curve_order}, "
+            f"**{method} → {method}+{variant}** ({cfg.mcu.beta_schedule[0]} β, order {cfg.mcu.curve_order}, "
             f"k = {cfg.mcu.k:.3g}): Avg. Gap to Retrain **{metrics['baseline_avg_gap']:.2f} → "
             f"{metrics['avg_gap']:.2f}** (gain {metrics['gain']:+.2f}; lower is better).",
             "",
-            f"t* = **{result.t_star:.2f}** (chosen by gap_cal = {metrics['gap_cal']:.2f} over [{lo:g}, {hi:g}]); "
+            f"t* = **{result.t_star:.2f}** (chosen by gap_cal = {metrics['gap_cal']:.2f} "
+            f"over [{lo:g}, {hi:g}]); "
             f"effective region {where}: {len(region)} of {len(result.path_table)} grid points beat the "
             "baseline's own endpoint.",
             "",
@@ -231,7 +223,11 @@ def describe_trial(cfg, params, metrics, result, baseline_row, retrain_row) -> s
 def _log_path(tracker, run_id, result, metrics, baseline_row, retrain_row, mask, out: Path) -> None:
     from mcu_dist.tracking import t_step
 
-    per_t = [(t_step(r["t"]), {f"path/{k}": r[k] for k in PATH_METRICS if k in r}) for r in result.path_table]
+    # t is the step (t_step): a path/t metric would only repeat it (and be a flat line in Compare)
+    per_t = [
+        (t_step(r["t"]), {f"path/{k}": r[k] for k in PATH_METRICS if k in r and k != "t"})
+        for r in result.path_table
+    ]
     epochs: dict[int, list[dict]] = {}
     for s in result.steps:
         epochs.setdefault(s["epoch"], []).append(s)

@@ -35,7 +35,7 @@ FLAGS = (
 
 def ensure_chromium() -> str | None:
     """The Chromium binary, installed from the system packages when missing and apt is available (CI runs
-    the README's test line on a bare image); None with the reason logged by the caller when it cannot be had."""
+    the README's test line on a bare image); None when it cannot be had (the caller skips, saying why)."""
     found = shutil.which("chromium") or (CHROMIUM if Path(CHROMIUM).exists() else None)
     if found:
         return found
