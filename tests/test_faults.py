@@ -70,9 +70,9 @@ def test_a_diverged_curve_ends_its_trial_failed_with_the_reason(tmp_path, digits
 
 
 def test_a_diverged_baseline_never_enters_the_cache(tmp_path, digits_lab, digits_original):
-    from mcu_dist.references import baseline_model
     from mcu_dist.lab import Lab
-    from mcu_dist.train.reference import ModelCache
+    from mcu_dist.references import baseline_model
+    from mcu_dist.store import ModelCache
 
     cfg = digits_config(tmp_path, **{"baselines.params": {"ga": {"lr": 1e9}}})
     lab = Lab(cfg, digits_lab.bundle, digits_lab.splits, digits_lab.device, ModelCache(tmp_path / "cache"))
