@@ -80,6 +80,7 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path | None = None, log
     paths: dict[str, PathResult] = {}
     for name, (endpoint, seconds) in endpoints(lab, original).items():
         rows.append({"model": name, **evaluate_model(endpoint, lab, features=FEATURES), "RTE": seconds / 60})
+        baseline_row = rows[-1]
         for schedule in cfg.mcu.beta_schedule:
             key = f"{name}+{variant_name(schedule)}"
             result = run_path(
@@ -92,6 +93,7 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path | None = None, log
                 retrain_row,
                 out / "paths" / key if out is not None else None,
                 curve_run_name(cfg, lab, key),
+                plot={"baseline_row": baseline_row},
             )
             paths[key] = result
             rows.append(
