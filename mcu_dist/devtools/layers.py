@@ -29,8 +29,14 @@ FLOORS: list[tuple[str, tuple[str, ...]]] = [
         "one path, the references, the whole check",
         ("mcu_dist.pipeline", "mcu_dist.references", "mcu_dist.validation"),
     ),
-    ("experiments", ("mcu_dist.experiment", "mcu_dist.api", "mcu_dist.tune_space", "mcu_dist.trial")),
-    ("entry points", ("mcu_dist.run", "mcu_dist.sweep", "mcu_dist.report", "mcu_dist.summarize")),
+    (
+        "experiments",
+        ("mcu_dist.experiment", "mcu_dist.api", "mcu_dist.tune_space", "mcu_dist.trial", "mcu_dist.console"),
+    ),
+    (
+        "entry points",
+        ("mcu_dist.run", "mcu_dist.sweep", "mcu_dist.report", "mcu_dist.summarize", "mcu_dist.sweep_report"),
+    ),
     ("drivers on the sweep", ("mcu_dist.ablate", "mcu_dist.bench")),
     ("the package", ("mcu_dist", "mcu_dist.devtools")),
 ]
