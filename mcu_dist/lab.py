@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from mcu_dist import accel
 from mcu_dist.config import ExperimentConfig
 from mcu_dist.data import Batch, DatasetBundle, Normalizer, Splits, iterate, load_dataset, make_splits
 from mcu_dist.data.registry import file_digest
@@ -32,6 +33,11 @@ class Lab:
 
     def __post_init__(self) -> None:
         self.normalize = Normalizer(self.bundle.mean, self.bundle.std, self.device)
+        accel.configure_process(self.cfg.accel, self.device)
+
+    def autocast(self):
+        """bf16 autocast on CUDA when ``accel.bf16`` (a no-op context on CPU)."""
+        return accel.autocast(self.cfg.accel, self.device)
 
     @classmethod
     def build(cls, cfg: ExperimentConfig) -> Lab:
@@ -45,9 +51,11 @@ class Lab:
         if seed is not None:
             torch.manual_seed(seed)
         if self.model_factory is not None:
-            return self.model_factory().to(self.device)
-        b = self.bundle
-        return create_model(self.cfg.model.name, b.num_classes, b.in_channels, b.image_size).to(self.device)
+            model = self.model_factory()
+        else:
+            b = self.bundle
+            model = create_model(self.cfg.model.name, b.num_classes, b.in_channels, b.image_size)
+        return accel.prepare_model(model.to(self.device), self.cfg.accel, self.device)
 
     def batches(
         self,

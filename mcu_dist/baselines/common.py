@@ -54,6 +54,7 @@ def train_on(
         opt,
         cosine=cosine,
         after_step=after_step,
+        autocast=lab.autocast,
     )
 
 

@@ -20,7 +20,12 @@ from mcu_dist.data.registry import ImageData
 class Batch:
     x: torch.Tensor  # float, normalised
     y: torch.Tensor
-    positions: torch.Tensor  # positions into the ImageData the batch came from
+    positions: torch.Tensor  # positions into the ImageData the batch came from (a host tensor)
+    on_device: torch.Tensor | None = None  # the same positions on x's device, when the data lives there
+
+    def device_positions(self) -> torch.Tensor:
+        """The positions on the batch's device: index per-sample tensors there without a host copy."""
+        return self.positions.to(self.x.device) if self.on_device is None else self.on_device
 
 
 def epoch_order(n: int, seed: int, epoch: int, shuffle: bool) -> torch.Tensor:
@@ -63,8 +68,8 @@ def augment_batch(
     """Random crop with zero padding and horizontal flip, vectorised over the batch."""
     n, c, h, w = x.shape
     padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
-    rows = (dy.view(n, 1) + torch.arange(h).view(1, h)).to(x.device)
-    cols = (dx.view(n, 1) + torch.arange(w).view(1, w)).to(x.device)
+    rows = (dy.view(n, 1) + torch.arange(h, device=dy.device).view(1, h)).to(x.device)
+    cols = (dx.view(n, 1) + torch.arange(w, device=dx.device).view(1, w)).to(x.device)
     cols = torch.where(flip.view(n, 1).to(x.device), cols.flip(1), cols)
     idx_n = torch.arange(n, device=x.device).view(n, 1, 1, 1)
     idx_c = torch.arange(c, device=x.device).view(1, c, 1, 1)
@@ -85,7 +90,28 @@ def iterate(
     world_size: int = 1,
     device: torch.device | str = "cpu",
 ) -> Iterator[Batch]:
-    """Batches over ``data[positions]``; ``positions`` index ``data``."""
+    """Batches over ``data[positions]``; ``positions`` index ``data``.
+
+    On a CUDA device the data is uploaded once and batches are gathered there (data/device.py).
+    """
+    if torch.device(device).type != "cpu":
+        from mcu_dist.data.device import fits, iterate_resident
+
+        if fits(data, device):
+            yield from iterate_resident(
+                data,
+                positions,
+                batch_size,
+                normalize,
+                shuffle=shuffle,
+                seed=seed,
+                epoch=epoch,
+                augment=augment,
+                rank=rank,
+                world_size=world_size,
+                device=device,
+            )
+            return
     order = positions[epoch_order(len(positions), seed, epoch, shuffle)]
     g = torch.Generator().manual_seed(seed * 7_919 + epoch + 1)
     for start in range(0, len(order), batch_size):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Iterable
 
@@ -24,8 +25,12 @@ def fit(
     *,
     cosine: bool = True,
     after_step: Callable[[], None] | None = None,
+    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
 ) -> nn.Module:
-    """Train ``model`` in place: ``epochs`` passes over ``batches(epoch)``, lr cosine-annealed per step."""
+    """Train ``model`` in place: ``epochs`` passes over ``batches(epoch)``, lr cosine-annealed per step.
+
+    ``autocast`` wraps the forward pass and loss (the lab's bf16 autocast on CUDA); backward runs outside.
+    """
     total = max(1, epochs * sum(1 for _ in batches(0))) if cosine else 0
     base = [g["lr"] for g in optimizer.param_groups]
     step = 0
@@ -37,7 +42,8 @@ def fit(
                 for g, lr in zip(optimizer.param_groups, base, strict=True):
                     g["lr"] = lr * scale
             optimizer.zero_grad(set_to_none=True)
-            loss = loss_fn(model, batch)
+            with autocast():
+                loss = loss_fn(model, batch)
             loss.backward()
             optimizer.step()
             if after_step is not None:

@@ -85,7 +85,6 @@ def train_curve(
     optimizer: torch.optim.Optimizer | None = None,
     state: CurveState | None = None,
     per_rank_t: bool = False,
-    autocast_dtype: torch.dtype | None = None,
     on_epoch_end: Callable[[CurveState, torch.optim.Optimizer], None] | None = None,
 ) -> CurveState:
     comm = comm or LocalComm()
@@ -95,6 +94,7 @@ def train_curve(
     params = BetaParams(cfg.beta, cfg.beta_low, cfg.beta_high, cfg.beta_tau)
     flags = torch.zeros(len(lab.bundle.train), dtype=torch.bool)
     flags[lab.splits.forget] = True
+    flags = flags.to(lab.device)  # indexed on the device each step: no host copy
     stream = torch.cat([lab.splits.forget, retain_sample(lab.splits.retain, cfg.retain_fraction, seed)])
     trainable = curve.trainable()
     curve.base.train()
@@ -105,10 +105,8 @@ def train_curve(
             stream, cfg.batch_size, seed=seed, epoch=epoch, rank=comm.rank, world_size=comm.world_size
         ):
             t = step_t(seed + (comm.rank * 7_777 if per_rank_t else 0), step)
-            is_f = flags[batch.positions].to(batch.y.device)
-            with torch.autocast(
-                batch.x.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None
-            ):
+            is_f = flags[batch.device_positions()]
+            with lab.autocast():  # bf16 on CUDA when accel.bf16; nothing on CPU
                 logits = curve(batch.x, t)
             ce = nn.functional.cross_entropy(logits.float(), batch.y, reduction="none")
             correct = logits.argmax(1) == batch.y

@@ -123,6 +123,7 @@ def train_supervised(lab: Lab, positions: torch.Tensor, seed: int) -> nn.Module:
         lambda e: lab.batches(positions, r.batch_size, seed=seed, epoch=e),
         cross_entropy,
         opt,
+        autocast=lab.autocast,
     )
 
 
