@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -13,7 +13,8 @@ from torch import nn
 
 from mcu_dist import accel
 from mcu_dist.config import ExperimentConfig
-from mcu_dist.data import Batch, DatasetBundle, Normalizer, Splits, iterate, load_dataset, make_splits
+from mcu_dist.data import DatasetBundle, Normalizer, Splits, iterate, load_dataset, make_splits
+from mcu_dist.data.loader import Epoch
 from mcu_dist.data.registry import file_digest
 from mcu_dist.models import create_model
 
@@ -68,21 +69,24 @@ class Lab:
         augment: bool | None = None,
         rank: int = 0,
         world_size: int = 1,
-    ) -> Iterator[Batch]:
+    ) -> Epoch:
         """Training batches over training-set positions (augmented per the dataset's default)."""
         aug = self.bundle.augment if augment is None else augment
-        return iterate(
-            self.bundle.train,
-            positions,
-            batch_size,
-            self.normalize,
-            shuffle=shuffle,
-            seed=seed,
-            epoch=epoch,
-            augment=aug,
-            rank=rank,
-            world_size=world_size,
-            device=self.device,
+        return Epoch(
+            -(-len(positions) // batch_size),
+            lambda: iterate(
+                self.bundle.train,
+                positions,
+                batch_size,
+                self.normalize,
+                shuffle=shuffle,
+                seed=seed,
+                epoch=epoch,
+                augment=aug,
+                rank=rank,
+                world_size=world_size,
+                device=self.device,
+            ),
         )
 
     @property

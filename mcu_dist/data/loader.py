@@ -8,7 +8,7 @@ last, short batch is split the same way. ``epoch`` plays the role of ``set_epoch
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -74,6 +74,19 @@ def augment_batch(
     idx_n = torch.arange(n, device=x.device).view(n, 1, 1, 1)
     idx_c = torch.arange(c, device=x.device).view(1, c, 1, 1)
     return padded[idx_n, idx_c, rows.view(n, 1, h, 1), cols.view(n, 1, 1, w)]
+
+
+class Epoch:
+    """One epoch's batches: iterable, with their count known without producing them."""
+
+    def __init__(self, count: int, make: Callable[[], Iterator[Batch]]):
+        self._count, self._make = count, make
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __iter__(self) -> Iterator[Batch]:
+        return self._make()
 
 
 def iterate(

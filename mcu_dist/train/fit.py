@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sized
 
 import torch
 from torch import nn
@@ -31,7 +31,9 @@ def fit(
 
     ``autocast`` wraps the forward pass and loss (the lab's bf16 autocast on CUDA); backward runs outside.
     """
-    total = max(1, epochs * sum(1 for _ in batches(0))) if cosine else 0
+    first = batches(0)
+    per_epoch = len(first) if isinstance(first, Sized) else sum(1 for _ in first)
+    total = max(1, epochs * per_epoch) if cosine else 0
     base = [g["lr"] for g in optimizer.param_groups]
     step = 0
     model.train()

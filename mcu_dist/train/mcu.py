@@ -10,6 +10,7 @@ in-process run and of every Ray Train worker: ``comm`` is the only thing that di
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -69,6 +70,32 @@ class CurveState:
     attempts: list[int] = field(default_factory=list)  # start epoch of each (re)start, distributed runs
 
 
+STATIC_SCHEDULES = {"fixed"}  # schedules whose β ignores the batch's accuracies
+
+
+def accuracies(values: list[float], cal: Calibration) -> tuple[float, float]:
+    """(acc_f, acc_r) of a global batch from its summed (n_f, n_r, c_f, c_r, ...)."""
+    n_f, n_r, c_f, c_r = values[:4]
+    return (100.0 * c_f / n_f if n_f else math.nan), (100.0 * c_r / n_r if n_r else cal.cal_r)
+
+
+def step_record(step: int, epoch: int, t: float, beta: float, values: list[float], cal: Calibration) -> dict:
+    n_f, n_r, _, _, s_f, s_r = values
+    acc_f, acc_r = accuracies(values, cal)
+    return {
+        "step": step,
+        "epoch": epoch,
+        "t": t,
+        "beta": beta,
+        "loss_r": s_r / max(n_r, 1.0),
+        "loss_f": s_f / max(n_f, 1.0),
+        "acc_r": acc_r,
+        "acc_f": acc_f,
+        "n_r": int(n_r),
+        "n_f": int(n_f),
+    }
+
+
 def make_optimizer(curve: BezierCurve, cfg: MCUConfig) -> torch.optim.SGD:
     return torch.optim.SGD(curve.trainable(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
@@ -92,15 +119,19 @@ def train_curve(
     optimizer = optimizer or make_optimizer(curve, cfg)
     rule = BETA_SCHEDULES[schedule]
     params = BetaParams(cfg.beta, cfg.beta_low, cfg.beta_high, cfg.beta_tau)
-    flags = torch.zeros(len(lab.bundle.train), dtype=torch.bool)
-    flags[lab.splits.forget] = True
-    flags = flags.to(lab.device)  # indexed on the device each step: no host copy
+    host_flags = torch.zeros(len(lab.bundle.train), dtype=torch.bool)
+    host_flags[lab.splits.forget] = True
+    flags = host_flags.to(lab.device)  # indexed on the device each step: no host copy
+    # β of a static schedule needs no statistic of the batch: with one process nothing waits for the
+    # device inside a step, and the step log is read back once per epoch
+    deferred = comm.world_size == 1 and schedule in STATIC_SCHEDULES
     stream = torch.cat([lab.splits.forget, retain_sample(lab.splits.retain, cfg.retain_fraction, seed)])
     trainable = curve.trainable()
     curve.base.train()
     step = len(state.steps)
     for epoch in range(state.epoch, cfg.epochs):
         start = time.perf_counter()
+        pending: list[tuple[int, float, float, torch.Tensor]] = []
         for batch in lab.batches(
             stream, cfg.batch_size, seed=seed, epoch=epoch, rank=comm.rank, world_size=comm.world_size
         ):
@@ -121,10 +152,16 @@ def train_curve(
                     (ce * r).sum().detach(),
                 ]
             ).double()
-            n_f, n_r, c_f, c_r, s_f, s_r = comm.all_reduce_sum(local).tolist()
-            acc_f = 100.0 * c_f / n_f if n_f else float("nan")
-            acc_r = 100.0 * c_r / n_r if n_r else calibration.cal_r
-            beta = rule(acc_f, acc_r, calibration, params) if n_f else 0.0
+            if deferred:
+                n_f = float(host_flags[batch.positions].sum())  # a host tensor: no device sync
+                n_r = len(batch.positions) - n_f
+                beta = rule(math.nan, math.nan, calibration, params) if n_f else 0.0
+                pending.append((step, t, beta, local))
+            else:
+                values = comm.all_reduce_sum(local).tolist()
+                n_f, n_r = values[0], values[1]
+                beta = rule(*accuracies(values, calibration), calibration, params) if n_f else 0.0
+                state.steps.append(step_record(step, epoch, t, beta, values, calibration))
             loss_r = (ce * r).sum() / max(n_r, 1.0)
             loss_f = (ce * f).sum() / max(n_f, 1.0)
             optimizer.zero_grad(set_to_none=True)
@@ -133,21 +170,13 @@ def train_curve(
                 for p in trainable:
                     comm.all_reduce_sum(p.grad)
             optimizer.step()
-            state.steps.append(
-                {
-                    "step": step,
-                    "epoch": epoch,
-                    "t": t,
-                    "beta": beta,
-                    "loss_r": s_r / max(n_r, 1.0),
-                    "loss_f": s_f / max(n_f, 1.0),
-                    "acc_r": acc_r,
-                    "acc_f": acc_f,
-                    "n_r": int(n_r),
-                    "n_f": int(n_f),
-                }
-            )
             step += 1
+        if pending:
+            values = torch.stack([p[3] for p in pending]).tolist()
+            state.steps += [
+                step_record(i, epoch, t, beta, v, calibration)
+                for (i, t, beta, _), v in zip(pending, values, strict=True)
+            ]
         state.epoch = epoch + 1
         state.seconds += time.perf_counter() - start
         if on_epoch_end is not None:
