@@ -96,7 +96,12 @@ def resolve(args: argparse.Namespace, loader=load_space) -> tuple[SearchSpace, s
         space.fixed["data.data_root"] = str(
             Path(default_root(base.data.dataset)).resolve()
         )  # workers see it too
+    if sweep.gpus_per_trial > 0 and sweep.gpu_resource == "GPU":
+        space.fixed.setdefault("device", "cuda")  # a trial holding a GPU trains and evaluates on it
     with_overrides(space.base_config(), {}).validate()
+    from mcu_dist.dispatch import check_sweep_resources
+
+    check_sweep_resources(sweep, space.base_config())
     uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     if uri is None and in_ray_job():
         uri = f"sqlite:///{Path(storage) / 'mlflow.db'}"  # a job's working directory is thrown away
@@ -127,6 +132,11 @@ def prepare_shared_models(space: SearchSpace, log=print) -> None:
     from mcu_dist.lab import Lab
     from mcu_dist.train.reference import original_model, retrained_model
 
+    if space.sweep.reference_gpus > 0:  # Ray tasks where the space's resources are (dispatch.py)
+        from mcu_dist.dispatch import prepare_remote
+
+        prepare_remote(space, reference_cells(space), log)
+        return
     trained = 0
     for cell in reference_cells(space):
         cfg = space.trial_config(cell)
@@ -158,14 +168,21 @@ def make_searcher(space: SearchSpace, sampler=None):
     return OptunaSearch(space=space.suggest, metric=metric, mode=mode, sampler=sampler)
 
 
+def with_trial_resources(trainable, space: SearchSpace):
+    """The trainable with each trial's CPUs and (fractional) GPUs from the space (dispatch.trial_resources)."""
+    from ray import tune
+
+    from mcu_dist.dispatch import trial_resources
+
+    return tune.with_resources(trainable, trial_resources(space.sweep))
+
+
 def build_tuner(space: SearchSpace, storage: str, context: dict, resume: bool):
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
     sweep = space.sweep
-    trainable = tune.with_resources(
-        tune.with_parameters(tune_trainable, context=context), {"CPU": sweep.cpus_per_trial}
-    )
+    trainable = with_trial_resources(tune.with_parameters(tune_trainable, context=context), space)
     path = f"{storage.rstrip('/')}/{sweep.name}"
     if resume:
         if not tune.Tuner.can_restore(path):
@@ -348,6 +365,13 @@ def main(argv: list[str] | None = None, *, loader=load_space, tuner_factory=None
         )
         return 2
     sweep = space.sweep
+    try:
+        from mcu_dist.dispatch import check_cluster
+
+        check_cluster(sweep, ray.cluster_resources())
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print(
         f"sweep {sweep.name}: {space.source}, {sweep.num_samples} trials, objective {sweep.objective}; "
         f"storage {storage}; MLflow {uri} experiment {experiment}",
