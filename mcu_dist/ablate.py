@@ -26,12 +26,7 @@ def build_grid_tuner(space: SearchSpace, storage: str, context: dict, resume: bo
         trainable,
         param_space={key: tune.grid_search(values) for key, values in space.grid.items()},
         tune_config=tune.TuneConfig(num_samples=1, max_concurrent_trials=space.sweep.max_concurrent),
-        run_config=tune.RunConfig(
-            name=space.sweep.name,
-            storage_path=storage,
-            verbose=1,
-            failure_config=tune.FailureConfig(max_failures=space.sweep.max_failures),
-        ),
+        run_config=sweep.run_config(space, storage, context),
     )
 
 

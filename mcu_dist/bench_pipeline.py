@@ -26,11 +26,12 @@ import torch
 from mcu_dist.baselines import BASELINES
 from mcu_dist.config import ExperimentConfig, with_overrides
 from mcu_dist.evaluate.batched import evaluate_grid
-from mcu_dist.evaluate.bn import calibration_positions
+from mcu_dist.evaluate.bn import bn_set_positions
 from mcu_dist.evaluate.path_eval import evaluate_point
 from mcu_dist.lab import Lab
+from mcu_dist.path.bezier import curve_between
 from mcu_dist.path.mask import compute_mask
-from mcu_dist.pipeline import build_curve, run_path
+from mcu_dist.pipeline import run_path
 from mcu_dist.train.fit import cross_entropy, fit, sgd
 from mcu_dist.train.mcu import calibration_targets, retain_sample, train_curve
 from mcu_dist.train.reference import train_supervised
@@ -52,7 +53,7 @@ def pipeline_lab(
         "eval.t_points": t_points,
     }
     if device != "cpu":  # the paper's setting (tune_spaces/cifar10_resnet18.yaml)
-        over.update({"reference.lr": 0.1, "eval.calibration": "train", "eval.batch_size": 1024})
+        over.update({"reference.lr": 0.1, "eval.bn_set": "train", "eval.batch_size": 1024})
     cfg = with_overrides(ExperimentConfig(), over)
     cfg.validate()
     return Lab.build(cfg)
@@ -149,14 +150,14 @@ def stage_rows(lab: Lab, rows: list[dict]) -> tuple:
         mask = compute_mask(original, lab, cfg.mcu.k, cfg.mcu.k_r)
         cal = calibration_targets(original, lab, s.classwise)
     stream = len(s.forget) + max(1, round(cfg.mcu.retain_fraction * len(s.retain)))
-    calib = len(calibration_positions(lab, cfg.eval, cfg.seeds.eval))
+    calib = len(bn_set_positions(lab, cfg.eval, cfg.seeds.eval))
     per_t = calib + len(s.retain) + len(s.forget) + len(s.test_eval)
     _sync(lab)
     if lab.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(lab.device)
     with GpuSampler() as gpu:
         start = time.perf_counter()
-        result = run_path(lab, original, endpoint, "mcu_beta", mask, cal, None)
+        result = run_path(lab, original, endpoint, "adaptive_step", mask, cal, None)
     curve_s, eval_s = result.seconds["curve"], result.seconds["path_eval"]
     peak = torch.cuda.max_memory_allocated(lab.device) / 2**30 if lab.device.type == "cuda" else None
     util = gpu.mean(start + 0.5, start + curve_s) if lab.device.type == "cuda" else None
@@ -214,7 +215,7 @@ def epoch_rows(lab: Lab, original, endpoint, rows: list[dict], k: float = 0.1) -
         )
 
     def curve_epoch(selected, schedule):
-        curve = build_curve(original, endpoint, 2, selected).to(lab.device)
+        curve = curve_between(original, endpoint, 2, selected).to(lab.device)
         return lambda seed: train_curve(curve, lab, cfg, schedule, cal, seed)
 
     names = [n for n, _ in original.named_parameters()]
@@ -240,7 +241,7 @@ def epoch_rows(lab: Lab, original, endpoint, rows: list[dict], k: float = 0.1) -
 def eval_rows(lab: Lab, curve, rows: list[dict]) -> None:
     """Per-point against batched evaluation of one curve on the same grid."""
     grid = lab.cfg.eval.grid()
-    calib = calibration_positions(lab, lab.cfg.eval, lab.cfg.seeds.eval)
+    calib = bn_set_positions(lab, lab.cfg.eval, lab.cfg.seeds.eval)
     with Stage(lab, rows, "path evaluation per point", None, t_points=len(grid)) as st:
         one = [evaluate_point(curve.materialize(t), lab, t, calib) for t in grid]
     per_point = st.rows[-1]

@@ -59,8 +59,8 @@ def check_sweep_resources(sweep, base: ExperimentConfig) -> None:
 
         if not torch.cuda.is_available():
             raise ConfigError(
-                f"sweep.reference_gpus: got 0 with device {base.device!r} on a driver without a GPU; allowed: "
-                "> 0 to train the reference models on the cluster's GPUs, or device: cpu"
+                f"sweep.reference_gpus: got 0 with device {base.device!r} on a driver without a GPU; "
+                "allowed: > 0 to train the reference models on the cluster's GPUs, or device: cpu"
             )
 
 
@@ -88,8 +88,8 @@ def train_reference(cfg: dict, what: str, after: dict | None = None) -> dict:
     import ray
 
     from mcu_dist.config import from_dict
-    from mcu_dist.experiment import baseline_model
     from mcu_dist.lab import Lab
+    from mcu_dist.references import baseline_model
     from mcu_dist.train.reference import original_model, retrained_model
 
     start = time.time()

@@ -7,25 +7,22 @@ curve training + path evaluation) with the parts beside it.
 
 from __future__ import annotations
 
-import copy
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from torch import nn
-
-from mcu_dist.baselines import BASELINES
-from mcu_dist.config import ExperimentConfig, save_yaml
+from mcu_dist.config import ExperimentConfig, to_yaml
 from mcu_dist.data import write_manifest
 from mcu_dist.evaluate.metrics import avg_gap
 from mcu_dist.evaluate.mia import FEATURES
-from mcu_dist.evaluate.path_eval import write_table
 from mcu_dist.evaluate.point import evaluate_model
 from mcu_dist.lab import Lab
-from mcu_dist.path.mask import compute_mask
+from mcu_dist.path.beta import variant_name
 from mcu_dist.pipeline import PathResult, run_path
-from mcu_dist.train.mcu import calibration_targets
-from mcu_dist.train.reference import load_checkpoint, load_into, original_model, retrained_model
+from mcu_dist.references import endpoints, prepare_references
+from mcu_dist.store import key_hash, write_table, write_text
+from mcu_dist.validation import validate
 
 
 @dataclass
@@ -36,41 +33,8 @@ class ExperimentResult:
     mask: dict | None
 
 
-def baseline_model(lab: Lab, method: str, original: nn.Module) -> tuple[nn.Module, float]:
-    """θ_p for ``method`` from the cache (trained once per key); returns the model and its RTE in seconds."""
-    unit = BASELINES[method]
-    hp = unit.resolve(lab.cfg.baselines.params.get(method))
-    fields = {
-        **lab.reference_key(),
-        "forget": lab.splits.manifest_hash,
-        "method": method,
-        "hp": hp,
-        "unlearn_seed": lab.cfg.seeds.unlearn,
-    }
-    model, meta = lab.cache.get(
-        f"baseline-{method}",
-        fields,
-        lab.new_model(),
-        lambda: unit.run(copy.deepcopy(original).train(), lab, hp, lab.cfg.seeds.unlearn),
-    )
-    return model.eval(), float(meta.get("seconds", 0.0))
-
-
-def endpoints(lab: Lab, original: nn.Module) -> dict[str, tuple[nn.Module, float]]:
-    out = {m: baseline_model(lab, m, original) for m in lab.cfg.baselines.methods}
-    if lab.cfg.baselines.endpoint:
-        state, _ = load_checkpoint(lab.cfg.baselines.endpoint, "baselines.endpoint")
-        out["endpoint"] = (
-            load_into(lab.new_model(), state, "baselines.endpoint", lab.cfg.baselines.endpoint).eval(),
-            0.0,
-        )
-    return out
-
-
 def curve_run_name(cfg: ExperimentConfig, lab: Lab, key: str) -> str:
     """A stable name per (config, path): a restarted driver finds its Ray Train checkpoints again."""
-    from mcu_dist.train.reference import key_hash
-
     fields = {
         "config": {k: v for k, v in cfg.flat().items() if not k.startswith(("scale.", "out"))},
         "dataset": lab.bundle.dataset_id,
@@ -81,39 +45,33 @@ def curve_run_name(cfg: ExperimentConfig, lab: Lab, key: str) -> str:
 
 
 def run_experiment(cfg: ExperimentConfig, out_dir: str | Path | None = None, log=print) -> ExperimentResult:
-    cfg.validate()
+    validate(cfg)
     if cfg.scale.distributed:  # placement is checked before any compute
         from mcu_dist.train.distributed import connect
 
         connect(cfg)
     lab = Lab.build(cfg)
-    out = Path(out_dir) if out_dir is not None else None
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        save_yaml(cfg, out / "config.yaml")
-        write_manifest(lab.bundle, lab.splits, out / "forget_manifest.parquet")
     log(
         f"data {lab.bundle.dataset_id}: |D_f| = {len(lab.splits.forget)}, |D_r| = {len(lab.splits.retain)}, "
         f"|D_test| = {len(lab.splits.test_eval)}; forget manifest {lab.splits.manifest_hash[:12]}"
     )
-    original, o_meta = original_model(lab, lab.cache)
-    retrained, r_meta = retrained_model(lab, lab.cache)
-    retrain_row = evaluate_model(retrained, lab, features=FEATURES)
+    # the references check the mask before θ_r is trained; the run folder exists only after that
+    refs = prepare_references(lab, mask=bool(cfg.mcu.beta_schedule))
+    out = Path(out_dir) if out_dir is not None else None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        write_text(out / "config.yaml", to_yaml(cfg))
+        write_manifest(lab.bundle, lab.splits, out / "forget_manifest.parquet")
+    original, retrain_row, cal, mask = refs.original, refs.retrain_row, refs.cal, refs.mask
     rows = [
         {
             "model": "Original",
             **evaluate_model(original, lab, features=FEATURES),
-            "RTE": o_meta.get("seconds", 0) / 60,
+            "RTE": refs.original_seconds / 60,
         },
-        {"model": "Retrain", **retrain_row, "RTE": r_meta.get("seconds", 0) / 60},
+        {"model": "Retrain", **retrain_row, "RTE": refs.retrain_seconds / 60},
     ]
-    cal = calibration_targets(original, lab, lab.splits.classwise, cfg.eval.batch_size)
     log(f"calibration targets: Cal_r = {cal.cal_r:.2f}, Cal_f = {cal.cal_f:.2f}")
-    mask = (
-        compute_mask(original, lab, cfg.mcu.k, cfg.mcu.k_r, cfg.mcu.mask, cfg.seeds.unlearn)
-        if cfg.mcu.variants
-        else None
-    )
     if mask is not None:
         log(
             f"mask {mask['sha256'][:12]}: {len(mask['selected'])} tensors, "
@@ -122,18 +80,20 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path | None = None, log
     paths: dict[str, PathResult] = {}
     for name, (endpoint, seconds) in endpoints(lab, original).items():
         rows.append({"model": name, **evaluate_model(endpoint, lab, features=FEATURES), "RTE": seconds / 60})
-        for variant in cfg.mcu.variants:
-            key = f"{name}+{variant}"
+        baseline_row = rows[-1]
+        for schedule in cfg.mcu.beta_schedule:
+            key = f"{name}+{variant_name(schedule)}"
             result = run_path(
                 lab,
                 original,
                 endpoint,
-                variant,
+                schedule,
                 mask,
                 cal,
                 retrain_row,
                 out / "paths" / key if out is not None else None,
                 curve_run_name(cfg, lab, key),
+                plot={"baseline_row": baseline_row},
             )
             paths[key] = result
             rows.append(
@@ -177,7 +137,9 @@ def format_table(rows: list[dict]) -> str:
 
 def run_folder(parent: str | Path, cfg: ExperimentConfig) -> Path:
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    base = Path(parent) / f"{stamp}-{cfg.data.dataset}-{cfg.forget.spec.replace(':', '_').replace(',', '-')}"
+    # the forget spec may hold a user's file path: one safe path component, never a way out of --out
+    scenario = re.sub(r"[^A-Za-z0-9.-]+", "_", cfg.forget.spec.replace(",", "-"))[:80]
+    base = Path(parent) / f"{stamp}-{cfg.data.dataset}-{scenario}"
     path, i = base, 1
     while path.exists():
         path, i = Path(f"{base}-{i}"), i + 1

@@ -1,9 +1,10 @@
 """``python -m mcu_dist.report --experiment NAME``: from MLflow to the paper's tables and plots.
 
-Rows per forgetting scenario: Retrain, each baseline, baseline+MCU (fixed β), baseline+MCU-β
-(adaptive schedules); columns UA, RA, TA, MIA-Efficacy, Avg. Gap, RTE as mean ± std over seeds. A
-cell is every trial that differs only in its seed; when a grid varies more than the scenario, the
-baseline and the β schedule (curve order, k, ...), those values are part of the row's name. Written
+Rows per forgetting scenario: Retrain, each baseline, and baseline+<path> per β schedule, named as in
+``python -m mcu_dist.run`` (mcu: fixed β, mcu_beta: adaptive_step, mcu_<schedule> otherwise);
+columns UA, RA, TA, MIA-Efficacy, Avg. Gap, RTE as mean ± std over seeds. A cell is every
+trial that differs only in its seed; when a grid varies more than the scenario, the baseline and
+the β schedule (curve order, k, ...), those values are part of the row's name. Written
 as Markdown, CSV and Parquet with plots (paths of each cell overlaid with their effective regions,
 Avg. Gap by curve order / k / k_r / β schedule, the Avg. Gap–RTE Pareto front), and logged to MLflow
 as artifacts of the experiment's sweep run.
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import statistics
 import sys
@@ -21,9 +23,12 @@ from pathlib import Path
 from typing import Any
 
 from mcu_dist.config import ConfigError
-from mcu_dist.evaluate.path_eval import write_table
+from mcu_dist.evaluate.names import GAP_METRICS
+from mcu_dist.path.beta import variant_name
+from mcu_dist.services import ServiceError, redact, writable_dir
+from mcu_dist.store import atomic, write_table, write_text
 
-METRICS = ("UA", "RA", "TA", "MIA", "avg_gap", "rte_min")
+METRICS = (*GAP_METRICS, "avg_gap", "rte_min")
 SWEPT = ("mcu.curve_order", "mcu.k", "mcu.k_r", "mcu.mask", "mcu.lr", "mcu.beta", "mcu.epochs")
 
 
@@ -41,22 +46,22 @@ def trial_records(runs: list) -> list[dict[str, Any]]:
         if r.info.status != "FINISHED" or "avg_gap" not in r.data.metrics:
             continue
         p, m = r.data.params, r.data.metrics
-        schedule = p.get("mcu.beta_schedule", "adaptive_step")
+        schedule = json.loads(p.get("mcu.beta_schedule", '["adaptive_step"]'))[0]
         rec = {
             "run_id": r.info.run_id,
             "scenario": p.get("forget.spec", "?"),
             "method": _method(p),
-            "variant": "MCU" if schedule == "fixed" else "MCU-β",
+            "variant": variant_name(schedule),
             "schedule": schedule,
             "seed": int(p.get("seeds.unlearn", 0)),
             "effective_region": json.loads(r.data.tags.get("mcu.effective_region", "[]")),
         }
         rec.update({k: _num(p.get(k)) for k in SWEPT if k in p})
         rec.update({k: m.get(k) for k in METRICS + ("t_star", "rte_curve_min", "rte_eval_min")})
-        rec["baseline"] = {k: m.get(f"baseline/{k}") for k in ("UA", "RA", "TA", "MIA")}
+        rec["baseline"] = {k: m.get(f"baseline/{k}") for k in GAP_METRICS}
         rec["baseline"]["avg_gap"] = m.get("baseline_avg_gap")
         rec["baseline"]["rte_min"] = m["rte_min"] - m.get("rte_curve_min", 0) - m.get("rte_eval_min", 0)
-        rec["retrain"] = {k: m.get(f"retrain/{k}") for k in ("UA", "RA", "TA", "MIA")}
+        rec["retrain"] = {k: m.get(f"retrain/{k}") for k in GAP_METRICS}
         rec["retrain"].update({"avg_gap": 0.0, "rte_min": m.get("retrain_rte_min")})
         out.append(rec)
     return out
@@ -159,8 +164,12 @@ def plots(records: list[dict], histories: dict[str, dict[str, list]], out: Path)
         if len(values) < 2:
             continue
         fig, ax = plt.subplots(figsize=(5, 3.2))
-        data = [[r["avg_gap"] for r in records if r.get(param) == v] for v in values]
-        ax.boxplot(data, tick_labels=[str(v) for v in values])
+        if len(values) > 6 and all(isinstance(v, float) for v in values):  # continuous: one dot per trial
+            have = [r for r in records if r.get(param) is not None]
+            ax.scatter([r[param] for r in have], [r["avg_gap"] for r in have], s=14)
+        else:
+            data = [[r["avg_gap"] for r in records if r.get(param) == v] for v in values]
+            ax.boxplot(data, tick_labels=[str(v) for v in values])
         ax.set_xlabel(param)
         ax.set_ylabel("Avg. Gap (lower is better)")
         fig.tight_layout()
@@ -185,9 +194,38 @@ def plots(records: list[dict], histories: dict[str, dict[str, list]], out: Path)
 def _save(fig, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
-    fig.savefig(path, dpi=100)
+    with atomic(path) as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
     return path
+
+
+def write_report(tracker, runs: list, out: Path) -> str:
+    """The tables (Markdown, CSV, Parquet) and plots of these trial runs into ``out``; returns the Markdown.
+    A path's t comes from its metrics' step (``step = round(100·t)``)."""
+    records = trial_records(runs)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = table(records)
+    text = markdown(rows)
+    write_text(out / "report.md", text)
+    write_table(rows, out / "report.parquet")
+    csv_text = io.StringIO()
+    writer = csv.DictWriter(csv_text, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(out / "report.csv", csv_text.getvalue())
+    histories = {}
+    for r in records:
+        series = {
+            k: sorted(tracker.client.get_metric_history(r["run_id"], f"path/{k}"), key=lambda m: m.step)
+            for k in ("UA", "RA")
+        }
+        histories[r["run_id"]] = {
+            "t": [m.step / 100 for m in series["UA"]],
+            **{k: [m.value for m in v] for k, v in series.items()},
+        }
+    plots(records, histories, out)
+    return text
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -199,17 +237,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="report", help="folder for report.md/.csv/.parquet and the plots")
     args = p.parse_args(argv)
     try:
+        writable_dir(args.out, "--out")
         tracker = Tracker(args.tracking_uri, args.experiment)
         runs = tracker.client.search_runs([tracker.experiment_id], max_results=50000)
+    except ServiceError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     except Exception as e:
         print(
-            f"error: --tracking-uri: cannot read {args.tracking_uri or 'sqlite:///mlflow.db'} ({type(e).__name__}); "
-            "allowed: a reachable MLflow store",
+            f"error: --tracking-uri: cannot read {redact(args.tracking_uri or 'sqlite:///mlflow.db')} "
+            f"({type(e).__name__}); allowed: a reachable MLflow store",
             file=sys.stderr,
         )
         return 2
-    records = trial_records([r for r in runs if PARENT_TAG in r.data.tags])
-    if not records:
+    records = [r for r in runs if PARENT_TAG in r.data.tags]
+    if not trial_records(records):
         print(
             f"error: --experiment: {args.experiment!r} has no finished trial runs; allowed: an experiment "
             "written by python -m mcu_dist.sweep or mcu_dist.ablate",
@@ -217,28 +259,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    rows = table(records)
-    text = markdown(rows)
-    (out / "report.md").write_text(text)
-    write_table(rows, out / "report.parquet")
-    with open(out / "report.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    histories = {}
-    for r in records:
-        h = {
-            k: [
-                m.value
-                for m in sorted(
-                    tracker.client.get_metric_history(r["run_id"], f"path/{k}"), key=lambda m: m.step
-                )
-            ]
-            for k in ("t", "UA", "RA")
-        }
-        histories[r["run_id"]] = h
-    plots(records, histories, out)
+    text = write_report(tracker, records, out)
     sweeps = [r for r in runs if r.data.tags.get(KIND_TAG) == "sweep"]
     if sweeps:
         tracker.log_artifacts(sweeps[0].info.run_id, out, "report")

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from mcu_dist.evaluate.batched import chunks, eval_model, evaluate_grid, recalibrate_many
-from mcu_dist.evaluate.bn import calibration_positions, recalibrate_bn
+from mcu_dist.evaluate.bn import bn_set_positions, recalibrate_bn
 from mcu_dist.evaluate.path_eval import evaluate_point
-from mcu_dist.pipeline import build_curve
+from mcu_dist.path.bezier import curve_between
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +22,7 @@ def bent_curve(digits_lab, digits_original):
         for p in endpoint.parameters():
             p.add_(0.05 * torch.randn(p.shape, generator=g))
     names = [n for n, _ in digits_original.named_parameters()]
-    curve = build_curve(digits_original, endpoint, 2, names)
+    curve = curve_between(digits_original, endpoint, 2, names)
     with torch.no_grad():
         for p in curve.trainable():
             p.add_(0.05 * torch.randn(p.shape, generator=g))
@@ -33,7 +33,7 @@ def test_batched_rows_equal_per_point_rows(digits_lab, bent_curve):
     lab = digits_lab
     assert lab.splits.classwise  # TA_forgotten is part of the row
     grid = lab.cfg.eval.grid()
-    calib = calibration_positions(lab, lab.cfg.eval, lab.cfg.seeds.eval)
+    calib = bn_set_positions(lab, lab.cfg.eval, lab.cfg.seeds.eval)
     per_point = [evaluate_point(bent_curve.materialize(t), lab, t, calib) for t in grid]
     batched = evaluate_grid(bent_curve, lab, grid, calib, chunk=0)
     assert [r["t"] for r in batched] == grid
@@ -49,7 +49,7 @@ def test_batched_rows_equal_per_point_rows(digits_lab, bent_curve):
 def test_chunk_size_does_not_change_rows(digits_lab, bent_curve):
     lab = digits_lab
     grid = lab.cfg.eval.grid()
-    calib = calibration_positions(lab, lab.cfg.eval, lab.cfg.seeds.eval)
+    calib = bn_set_positions(lab, lab.cfg.eval, lab.cfg.seeds.eval)
     assert [len(c) for c in chunks(grid, 2)] == [2, 2, 1]
     whole = evaluate_grid(bent_curve, lab, grid, calib, chunk=0)
     pairs = evaluate_grid(bent_curve, lab, grid, calib, chunk=2)
@@ -61,7 +61,7 @@ def test_chunk_size_does_not_change_rows(digits_lab, bent_curve):
 
 def test_each_point_gets_its_own_bn_statistics(digits_lab, bent_curve):
     lab = digits_lab
-    calib = calibration_positions(lab, lab.cfg.eval, lab.cfg.seeds.eval)
+    calib = bn_set_positions(lab, lab.cfg.eval, lab.cfg.seeds.eval)
     ts = [0.0, 0.4, 1.0]
     together = [eval_model(bent_curve.materialize(t), lab) for t in ts]
     recalibrate_many(together, lab, calib, 64)

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 
 import torch
 
+from mcu_dist.data.batching import Batch, augment_batch, crop_flip_draws, epoch_order
 from mcu_dist.data.registry import ImageData
 
 MAX_FRACTION = 0.4  # of the device's total memory; the rest is for models, activations and the evaluator
@@ -48,8 +49,6 @@ def fits(data: ImageData, device: torch.device | str) -> bool:
 
 def epoch_draws(sizes: list[int], seed: int, epoch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The loader's crop offsets and flips for an epoch of global batches of ``sizes``, concatenated."""
-    from mcu_dist.data.loader import crop_flip_draws
-
     g = torch.Generator().manual_seed(seed * 7_919 + epoch + 1)
     per_batch = [crop_flip_draws(n, g) for n in sizes]
     return tuple(torch.cat([d[i] for d in per_batch]) for i in range(3))  # type: ignore[return-value]
@@ -68,10 +67,8 @@ def iterate_resident(
     rank: int = 0,
     world_size: int = 1,
     device: torch.device | str = "cpu",
-) -> Iterator:
+) -> Iterator[Batch]:
     """``loader.iterate`` with the data on ``device``; batch positions stay host tensors."""
-    from mcu_dist.data.loader import Batch, augment_batch, epoch_order
-
     images, labels = resident(data, device)
     order = positions[epoch_order(len(positions), seed, epoch, shuffle)]
     on_device = order.to(device)

@@ -19,8 +19,9 @@ import torch
 from torch import nn
 
 from mcu_dist.config import MCUConfig
+from mcu_dist.guard import check_finite_tensors, check_loss
 from mcu_dist.lab import Lab
-from mcu_dist.path.beta import BETA_SCHEDULES, BetaParams, Calibration
+from mcu_dist.path.beta import BETA_SCHEDULES, CalTargets
 from mcu_dist.path.bezier import BezierCurve
 
 
@@ -71,29 +72,59 @@ class CurveState:
 
 
 STATIC_SCHEDULES = {"fixed"}  # schedules whose β ignores the batch's accuracies
+READBACK = 20  # steps between read-backs of a deferred step log
 
 
-def accuracies(values: list[float], cal: Calibration) -> tuple[float, float]:
+def accuracies(values: list[float], cal: CalTargets) -> tuple[float, float]:
     """(acc_f, acc_r) of a global batch from its summed (n_f, n_r, c_f, c_r, ...)."""
     n_f, n_r, c_f, c_r = values[:4]
     return (100.0 * c_f / n_f if n_f else math.nan), (100.0 * c_r / n_r if n_r else cal.cal_r)
 
 
-def step_record(step: int, epoch: int, t: float, beta: float, values: list[float], cal: Calibration) -> dict:
+def checked_record(
+    step: int,
+    epoch: int,
+    t: float,
+    values: list[float],
+    cal: CalTargets,
+    max_loss: float,
+    rule,
+    cfg,
+    beta=None,
+) -> dict:
+    """One step's log entry from its summed statistics, after the loss guard; β from ``rule`` unless given."""
     n_f, n_r, _, _, s_f, s_r = values
+    loss_r, loss_f = s_r / max(n_r, 1.0), s_f / max(n_f, 1.0)
+    check_loss(loss_r, max_loss, epoch=epoch, step=step, what="L_r", where="curve training")
+    check_loss(loss_f, max_loss, epoch=epoch, step=step, what="L_f", where="curve training")
     acc_f, acc_r = accuracies(values, cal)
+    if beta is None:
+        beta = rule(acc_f, acc_r, cal, cfg) if n_f else 0.0
     return {
         "step": step,
         "epoch": epoch,
         "t": t,
         "beta": beta,
-        "loss_r": s_r / max(n_r, 1.0),
-        "loss_f": s_f / max(n_f, 1.0),
+        "loss_r": loss_r,
+        "loss_f": loss_f,
         "acc_r": acc_r,
         "acc_f": acc_f,
         "n_r": int(n_r),
         "n_f": int(n_f),
     }
+
+
+def read_back(pending: list, epoch: int, cal: CalTargets, max_loss: float) -> list[dict]:
+    """The deferred steps' log entries (one device read for all of them); empties ``pending``."""
+    if not pending:
+        return []
+    values = torch.stack([p[3] for p in pending]).tolist()
+    out = [
+        checked_record(i, epoch, t, v, cal, max_loss, None, None, beta=beta)
+        for (i, t, beta, _), v in zip(pending, values, strict=True)
+    ]
+    pending.clear()
+    return out
 
 
 def make_optimizer(curve: BezierCurve, cfg: MCUConfig) -> torch.optim.SGD:
@@ -105,7 +136,7 @@ def train_curve(
     lab: Lab,
     cfg: MCUConfig,
     schedule: str,
-    calibration: Calibration,
+    targets: CalTargets,
     seed: int,
     *,
     comm=None,
@@ -118,15 +149,15 @@ def train_curve(
     state = state or CurveState()
     optimizer = optimizer or make_optimizer(curve, cfg)
     rule = BETA_SCHEDULES[schedule]
-    params = BetaParams(cfg.beta, cfg.beta_low, cfg.beta_high, cfg.beta_tau)
     host_flags = torch.zeros(len(lab.bundle.train), dtype=torch.bool)
     host_flags[lab.splits.forget] = True
     flags = host_flags.to(lab.device)  # indexed on the device each step: no host copy
     # β of a static schedule needs no statistic of the batch: with one process nothing waits for the
-    # device inside a step, and the step log is read back once per epoch
+    # device inside a step; the step log (and the loss guard) is read back every READBACK steps
     deferred = comm.world_size == 1 and schedule in STATIC_SCHEDULES
     stream = torch.cat([lab.splits.forget, retain_sample(lab.splits.retain, cfg.retain_fraction, seed)])
     trainable = curve.trainable()
+    max_loss = lab.cfg.max_loss
     curve.base.train()
     step = len(state.steps)
     for epoch in range(state.epoch, cfg.epochs):
@@ -155,13 +186,13 @@ def train_curve(
             if deferred:
                 n_f = float(host_flags[batch.positions].sum())  # a host tensor: no device sync
                 n_r = len(batch.positions) - n_f
-                beta = rule(math.nan, math.nan, calibration, params) if n_f else 0.0
+                beta = rule(math.nan, math.nan, targets, cfg) if n_f else 0.0
                 pending.append((step, t, beta, local))
             else:
                 values = comm.all_reduce_sum(local).tolist()
-                n_f, n_r = values[0], values[1]
-                beta = rule(*accuracies(values, calibration), calibration, params) if n_f else 0.0
-                state.steps.append(step_record(step, epoch, t, beta, values, calibration))
+                # every rank sees the same all-reduced sums, so every rank stops at the same step
+                state.steps.append(checked_record(step, epoch, t, values, targets, max_loss, rule, cfg))
+                n_f, n_r, beta = values[0], values[1], state.steps[-1]["beta"]
             loss_r = (ce * r).sum() / max(n_r, 1.0)
             loss_f = (ce * f).sum() / max(n_f, 1.0)
             optimizer.zero_grad(set_to_none=True)
@@ -171,28 +202,28 @@ def train_curve(
                     comm.all_reduce_sum(p.grad)
             optimizer.step()
             step += 1
-        if pending:
-            values = torch.stack([p[3] for p in pending]).tolist()
-            state.steps += [
-                step_record(i, epoch, t, beta, v, calibration)
-                for (i, t, beta, _), v in zip(pending, values, strict=True)
-            ]
+            if len(pending) >= READBACK:
+                state.steps += read_back(pending, epoch, targets, max_loss)
+        state.steps += read_back(pending, epoch, targets, max_loss)
         state.epoch = epoch + 1
         state.seconds += time.perf_counter() - start
         if on_epoch_end is not None:
             on_epoch_end(state, optimizer)
     curve.base.eval()
+    check_finite_tensors(dict(curve.named_parameters()), "curve training")
     return state
 
 
-def calibration_targets(original: nn.Module, lab: Lab, classwise: bool, batch_size: int = 512) -> Calibration:
+def calibration_targets(original: nn.Module, lab: Lab, classwise: bool, batch_size: int = 512) -> CalTargets:
     """Cal_r: θ_o's accuracy on its training data; Cal_f: θ_o's test accuracy (0 when class-wise)."""
-    from mcu_dist.evaluate.metrics import accuracy
+    from mcu_dist.evaluate.metrics import predict
 
-    cal_r = accuracy(original, lab.bundle.train, lab.all_train, lab.normalize, batch_size, lab.device)
+    cal_r = predict(original, lab.bundle.train, lab.all_train, lab.normalize, batch_size, lab.device).accuracy
     cal_f = (
         0.0
         if classwise
-        else accuracy(original, lab.bundle.test, lab.splits.test_eval, lab.normalize, batch_size, lab.device)
+        else predict(
+            original, lab.bundle.test, lab.splits.test_eval, lab.normalize, batch_size, lab.device
+        ).accuracy
     )
-    return Calibration(cal_f=cal_f, cal_r=cal_r)
+    return CalTargets(cal_f=cal_f, cal_r=cal_r)
