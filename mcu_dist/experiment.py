@@ -7,6 +7,7 @@ curve training + path evaluation) with the parts beside it.
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,16 +52,17 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path | None = None, log
 
         connect(cfg)
     lab = Lab.build(cfg)
+    log(
+        f"data {lab.bundle.dataset_id}: |D_f| = {len(lab.splits.forget)}, |D_r| = {len(lab.splits.retain)}, "
+        f"|D_test| = {len(lab.splits.test_eval)}; forget manifest {lab.splits.manifest_hash[:12]}"
+    )
+    # the references check the mask before θ_r is trained; the run folder exists only after that
+    refs = prepare_references(lab, mask=bool(cfg.mcu.beta_schedule))
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         write_text(out / "config.yaml", to_yaml(cfg))
         write_manifest(lab.bundle, lab.splits, out / "forget_manifest.parquet")
-    log(
-        f"data {lab.bundle.dataset_id}: |D_f| = {len(lab.splits.forget)}, |D_r| = {len(lab.splits.retain)}, "
-        f"|D_test| = {len(lab.splits.test_eval)}; forget manifest {lab.splits.manifest_hash[:12]}"
-    )
-    refs = prepare_references(lab, mask=bool(cfg.mcu.beta_schedule))
     original, retrain_row, cal, mask = refs.original, refs.retrain_row, refs.cal, refs.mask
     rows = [
         {
@@ -79,6 +81,7 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path | None = None, log
     paths: dict[str, PathResult] = {}
     for name, (endpoint, seconds) in endpoints(lab, original).items():
         rows.append({"model": name, **evaluate_model(endpoint, lab, features=FEATURES), "RTE": seconds / 60})
+        baseline_row = rows[-1]
         for schedule in cfg.mcu.beta_schedule:
             key = f"{name}+{variant_name(schedule)}"
             result = run_path(
@@ -91,6 +94,7 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path | None = None, log
                 retrain_row,
                 out / "paths" / key if out is not None else None,
                 curve_run_name(cfg, lab, key),
+                plot={"baseline_row": baseline_row},
             )
             paths[key] = result
             rows.append(
@@ -132,12 +136,13 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def run_folder(parent: str | Path, cfg: ExperimentConfig) -> str:
+def run_folder(parent: str | Path, cfg: ExperimentConfig) -> fs.Location:
     """A new folder under ``parent`` (a local path or a URI) named after the time, dataset and forget set."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    forget = cfg.forget.spec.replace(":", "_").replace(",", "-")
-    base = fs.join(parent, f"{stamp}-{cfg.data.dataset}-{forget}")
+    # the forget spec may hold a user's file path: one safe path component, never a way out of --out
+    scenario = re.sub(r"[^A-Za-z0-9.-]+", "_", cfg.forget.spec.replace(",", "-"))[:80]
+    base = fs.join(parent, f"{stamp}-{cfg.data.dataset}-{scenario}")
     path, i = base, 1
     while fs.exists(path) or fs.list_names(path):
         path, i = f"{base}-{i}", i + 1
-    return path
+    return path if fs.is_remote(path) else Path(path)

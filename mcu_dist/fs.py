@@ -16,6 +16,7 @@ leaves no object, and every checkpoint's digest is checked on read besides.
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -160,9 +161,7 @@ def staged(loc: Location) -> Iterator[Path]:
     """A local folder for a run folder at ``loc``: ``loc`` itself when local, else a temporary folder whose
     files are uploaded to ``loc`` when the body ends (also after an error, so a failed run keeps its logs)."""
     if not is_remote(loc):
-        path = local_path(loc)
-        path.mkdir(parents=True, exist_ok=True)
-        yield path
+        yield local_path(loc)  # made by the writer, once its input has been checked
         return
     tmp = Path(tempfile.mkdtemp(prefix="mcu-stage-"))
     try:
@@ -172,3 +171,34 @@ def staged(loc: Location) -> Iterator[Path]:
             put_folder(tmp, loc)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def move(src: Location, dst: Location) -> None:
+    """Rename a file (on an object store: copy, then delete)."""
+    if not is_remote(src):
+        os.replace(local_path(src), local_path(dst))
+        return
+    fs, path = resolve(src)
+    fs.move(path, resolve(dst)[1])
+
+
+def probe(loc: Location, field_name: str) -> None:
+    """One bounded request to a URI's bucket before any compute: an unreachable store or a missing bucket
+    is one error line naming ``field_name`` (a local path is checked by the writer)."""
+    if not is_remote(loc):
+        return
+    import pyarrow.fs as pafs
+
+    filesystem, path = resolve(loc)
+    bucket = path.split("/", 1)[0]
+    try:
+        found = filesystem.get_file_info(bucket).type != pafs.FileType.NotFound
+    except OSError as e:
+        raise ConfigError(
+            f"{field_name}: cannot reach {loc} ({str(e).splitlines()[0][-160:]}); allowed: a reachable store "
+            "(endpoint from AWS_ENDPOINT_URL, credentials from the environment or the cloud's chain)"
+        ) from None
+    if not found:
+        raise ConfigError(
+            f"{field_name}: bucket {bucket!r} of {loc} does not exist; allowed: an existing bucket"
+        )

@@ -13,7 +13,8 @@
   tensors (checked on load). A user's plain state dict (or ``{"state_dict": ...}``) loads too.
 - ``ModelCache``: content-addressed models (reference and baseline models) keyed by a hash of exactly
   the fields they depend on, each trained once: a file lock on a POSIX path, a lease object written
-  with conditional puts on an object store (``mcu_dist.lease``).
+  with conditional puts on an object store (``mcu_dist.lease``); a model with a non-finite tensor is
+  never written, and an entry that fails to load is moved aside and retrained.
 
 Locations are local paths or URIs (``s3://bucket/prefix``, ``gs://...``): ``mcu_dist.fs`` resolves them.
 """
@@ -26,6 +27,7 @@ import hashlib
 import io
 import json
 import os
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -38,6 +40,7 @@ from torch import nn
 
 from mcu_dist import fs
 from mcu_dist.config import ConfigError
+from mcu_dist.guard import check_finite_model
 
 FORMAT = 1  # of checkpoints and of cache keys: entries of another format are simply not hit
 
@@ -223,33 +226,66 @@ class ModelCache:
     def get(
         self, kind: str, fields: dict, template: nn.Module, build: Callable[[], nn.Module]
     ) -> tuple[nn.Module, dict]:
-        """Load ``kind`` for ``fields`` into ``template``, training it with ``build`` on a miss."""
+        """Load ``kind`` for ``fields`` into ``template``, training it with ``build`` on a miss. An entry that
+        fails to load (truncated by a full disk or a killed copy) is moved aside and trained again."""
         path = self.path(kind, fields)
-        if not fs.exists(path):
-            with self._lock(path):
-                if not fs.exists(path):
-                    start = time.perf_counter()
-                    model = build()
-                    meta = {
-                        "fields": json.dumps(fields, sort_keys=True, default=str),
-                        "seconds": time.perf_counter() - start,
-                        "cache_kind": kind,
-                    }
-                    save_model(model, path, meta)
-                    self.trained.append(fs.name(path)[: -len(".pt")])
-        model, header = load_model(template, path, f"cache entry {fs.name(path)}")
-        return model.eval(), header
+        for attempt in (1, 2):
+            if not fs.exists(path):
+                with self._lock(path):
+                    if not fs.exists(path):
+                        start = time.perf_counter()
+                        model = check_finite_model(build(), kind)  # a non-finite model is never cached
+                        meta = {
+                            "fields": json.dumps(fields, sort_keys=True, default=str),
+                            "seconds": time.perf_counter() - start,
+                            "cache_kind": kind,
+                        }
+                        save_model(model, path, meta)
+                        self.trained.append(fs.name(path)[: -len(".pt")])
+            try:
+                model, header = load_model(template, path, f"cache entry {fs.name(path)}")
+                return model.eval(), header
+            except ConfigError as e:
+                if attempt == 2:
+                    raise
+                self._quarantine(path, e)
+        raise AssertionError("unreachable")
+
+    def _quarantine(self, path: Location, error: ConfigError) -> None:
+        with self._lock(path, wait_for_entry=False):
+            with contextlib.suppress(ConfigError):  # another process may have replaced it meanwhile
+                load_checkpoint(path, fs.name(path))
+                return
+            if fs.exists(path):
+                aside = f"{str(path)[: -len('.pt')]}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}.pt"
+                fs.move(path, aside)
+                print(
+                    f"cache: {error}; moved to {fs.name(aside)}, training it again",
+                    file=sys.stderr,
+                    flush=True,
+                )
 
     @contextlib.contextmanager
-    def _lock(self, path: Location):
+    def _lock(self, path: Location, wait_for_entry: bool = True):
+        """Held by one process at a time; with ``wait_for_entry`` a waiter on an object store also stops
+        waiting once the entry exists (its holder finished)."""
         if fs.is_remote(path):
             from mcu_dist.lease import Lease
 
-            with Lease(path + ".lease", self.lease_s, done=lambda: fs.exists(path)):
+            done = (lambda: fs.exists(path)) if wait_for_entry else (lambda: False)
+            with Lease(f"{path}.lease", self.lease_s, done=done):
                 yield
             return
         with open(Path(path).with_suffix(".lock"), "w") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:  # say what we wait for: another process is training this entry
+                print(
+                    f"cache: waiting for another process to finish {fs.name(path)}",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                fcntl.flock(fh, fcntl.LOCK_EX)
             try:
                 yield
             finally:
