@@ -67,8 +67,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--max-concurrent", type=int, help="trials at once")
     p.add_argument(
         "--storage",
-        help="storage for Tune, Train checkpoints and the model cache: a local path, or an "
-        "NFS mount on multi-node clusters (default ~/mcu_dist_runs)",
+        help="storage for Tune, Train checkpoints and the model cache: a local path, an NFS mount, or a "
+        "bucket (s3://bucket/prefix) on multi-node clusters (default ~/mcu_dist_runs)",
     )
     p.add_argument("--name", help="sweep name (default: the space's sweep.name)")
     p.add_argument("--resume", action="store_true", help="continue the sweep stored under --storage/--name")
@@ -263,7 +263,7 @@ def build_tuner(space: SearchSpace, storage: str, context: dict, resume: bool):
 
     sweep = space.sweep
     trainable = with_trial_resources(tune.with_parameters(tune_trainable, context=context), space)
-    path = f"{storage.rstrip('/')}/{sweep.name}"
+    path = fs.join(storage, sweep.name)
     if resume:
         check_resumable(path)
         return tune.Tuner.restore(path, trainable=trainable, resume_errored=True, restart_errored=False)
