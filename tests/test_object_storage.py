@@ -155,3 +155,15 @@ def test_a_cache_write_killed_midway_leaves_no_object_a_reader_accepts(bucket):
         "original", {"k": 2}, torch.nn.Linear(8, 2), lambda: built.append(1) or torch.nn.Linear(8, 2)
     )
     assert built == [1]  # the reader saw a miss and trained
+
+
+def test_run_folders_on_a_bucket_are_new_each_time(bucket):
+    from mcu_dist.config import ExperimentConfig
+    from mcu_dist.experiment import run_folder
+
+    first = run_folder(f"{bucket}/runs", ExperimentConfig())
+    assert first.startswith(f"{bucket}/runs/") and not fs.exists(first)
+    with fs.staged(first) as out:
+        write_text(out / "config.yaml", "x: 1\n")
+    second = run_folder(f"{bucket}/runs", ExperimentConfig())
+    assert second != first and fs.list_names(second) == []  # never an existing run's folder
