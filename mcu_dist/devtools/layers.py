@@ -30,7 +30,10 @@ FLOORS: list[tuple[str, tuple[str, ...]]] = [
         ("mcu_dist.pipeline", "mcu_dist.references", "mcu_dist.validation"),
     ),
     ("experiments", ("mcu_dist.experiment", "mcu_dist.api", "mcu_dist.tune_space", "mcu_dist.trial")),
-    ("entry points", ("mcu_dist.run", "mcu_dist.sweep", "mcu_dist.report", "mcu_dist.summarize")),
+    (
+        "entry points",
+        ("mcu_dist.run", "mcu_dist.sweep", "mcu_dist.report", "mcu_dist.summarize", "mcu_dist.connect"),
+    ),
     ("drivers on the sweep", ("mcu_dist.ablate", "mcu_dist.bench")),
     ("the package", ("mcu_dist", "mcu_dist.devtools")),
 ]
