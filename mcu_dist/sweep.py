@@ -260,7 +260,10 @@ def summarize(results, space: SearchSpace) -> list[dict]:
 
 
 def format_best(rows: list[dict], objective: str, n: int = 5) -> str:
-    head = f"{'trial':<14}{objective:>9}{'base':>8}{'UA':>7}{'RA':>7}{'TA':>7}{'MIA':>7}{'t*':>6}  params"
+    head = (
+        f"{'trial':<14}{objective:>9}{'base':>8}{'+BN':>7}{'+line':>7}{'UA':>7}{'RA':>7}{'TA':>7}{'MIA':>7}"
+        f"{'t*':>6}  params"
+    )
     lines = [head, "-" * len(head)]
     for r in rows[:n]:
         if r.get(objective) is None:
@@ -271,9 +274,14 @@ def format_best(rows: list[dict], objective: str, n: int = 5) -> str:
             for k, v in r.items()
             if k.startswith("param.")
         )
+        controls = "".join(
+            f"{r[k]:7.2f}" if r.get(k) is not None else f"{'':>7}"
+            for k in ("baseline_bn_avg_gap", "line_avg_gap")
+        )
+        gain = "" if r.get("path_gain") in (None, 1.0) else "  (no path gain)"
         lines.append(
-            f"{r['trial_id']:<14}{r[objective]:9.3f}{r['baseline_avg_gap'] or 0:8.2f}{r['UA']:7.1f}"
-            f"{r['RA']:7.1f}{r['TA']:7.1f}{r['MIA']:7.1f}{r['t_star']:6.2f}  {params}"
+            f"{r['trial_id']:<14}{r[objective]:9.3f}{r['baseline_avg_gap'] or 0:8.2f}{controls}{r['UA']:7.1f}"
+            f"{r['RA']:7.1f}{r['TA']:7.1f}{r['MIA']:7.1f}{r['t_star']:6.2f}  {params}{gain}"
         )
     return "\n".join(lines)
 

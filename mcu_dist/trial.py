@@ -24,7 +24,7 @@ from mcu_dist.evaluate.point import evaluate_model
 from mcu_dist.evaluate.selection import gap_cal
 from mcu_dist.lab import Lab
 from mcu_dist.path.beta import CalTargets
-from mcu_dist.pipeline import run_path
+from mcu_dist.pipeline import bn_control, line_control, run_path
 from mcu_dist.references import baseline_model, prepare_references
 from mcu_dist.store import write_text
 from mcu_dist.tune_space import SearchSpace
@@ -89,6 +89,9 @@ def _compute(cfg, ctx, report, tracker, run_id, sweep) -> dict[str, float]:
     original, retrain_row, cal, mask = refs.original, refs.retrain_row, refs.cal, refs.mask
     endpoint, base_s = baseline_model(lab, cfg.baselines.methods[0], original)
     baseline_row = evaluate_model(endpoint, lab)
+    controls = {"baseline_bn": bn_control(lab, endpoint)}
+    if cfg.eval.line_control:
+        controls["line"] = line_control(lab, original, endpoint, cal, retrain_row).row
     on_epoch = None
     if report is not None and sweep.asha and not cfg.scale.distributed:
 
@@ -115,6 +118,9 @@ def _compute(cfg, ctx, report, tracker, run_id, sweep) -> dict[str, float]:
             "region_size": float(len(result.effective_region)),
             "baseline_avg_gap": avg_gap(baseline_row, retrain_row),
             "baseline_gap_cal": gap_cal(baseline_row["RA"], baseline_row["FA"], cal),
+            **{f"{name}_avg_gap": avg_gap(row, retrain_row) for name, row in controls.items()},
+            "selection_regret": row["selection_regret"],
+            "path_gain": row["path_gain"],
             "rte_min": (base_s + result.seconds["curve"] + result.seconds["path_eval"]) / 60,
             "rte_curve_min": result.seconds["curve"] / 60,
             "rte_eval_min": result.seconds["path_eval"] / 60,
@@ -124,11 +130,13 @@ def _compute(cfg, ctx, report, tracker, run_id, sweep) -> dict[str, float]:
         }
     )
     if tracker:
-        _log_path(tracker, run_id, result, metrics, baseline_row, retrain_row, mask, out)
+        _log_path(tracker, run_id, result, metrics, baseline_row, retrain_row, mask, out, controls)
     return metrics
 
 
-def _log_path(tracker, run_id, result, metrics, baseline_row, retrain_row, mask, out: Path) -> None:
+def _log_path(
+    tracker, run_id, result, metrics, baseline_row, retrain_row, mask, out: Path, controls: dict
+) -> None:
     per_t = [
         (i, {f"path/{k}": r[k] for k in PATH_METRICS if k in r}) for i, r in enumerate(result.path_table)
     ]
@@ -150,6 +158,7 @@ def _log_path(tracker, run_id, result, metrics, baseline_row, retrain_row, mask,
         **metrics,
         **{f"baseline/{k}": v for k, v in baseline_row.items()},
         **{f"retrain/{k}": v for k, v in retrain_row.items()},
+        **{f"{name}/{k}": v for name, row in controls.items() for k, v in row.items()},
     }
     tracker.log_series(run_id, per_t + per_epoch + [(0, final)])
     tracker.set_tags(

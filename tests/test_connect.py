@@ -26,5 +26,5 @@ def test_trained_curve_removes_the_lines_barrier(session_dir):
         assert r["line_acc"] >= 95 and r["curve_loss"] == pytest.approx(r["line_loss"])
     assert result.barrier["line_loss"] > 0.5, format_connectivity(result)
     assert result.worst_loss["curve"] < 0.5 * result.worst_loss["line"], format_connectivity(result)
-    assert result.barrier["curve_loss"] < 0.3 * result.barrier["line_loss"], format_connectivity(result)
+    assert result.barrier["curve_loss"] < 0.5 * result.barrier["line_loss"], format_connectivity(result)
     assert result.barrier["curve_acc"] < 0.3 * result.barrier["line_acc"], format_connectivity(result)
