@@ -87,7 +87,7 @@ def test_the_printed_url_lists_trials_by_name_best_first_with_avg_gap(browser, f
     assert sorted(ranked, key=text.index) == ranked
     best = min(children, key=lambda r: r.data.metrics["avg_gap"])
     assert f"{best.data.metrics['avg_gap']:.4f}"[:5] in text
-    assert "Model training" in text and "Runs" in text  # the model-training view, not GenAI's traces
+    assert "Observability" not in text  # the model-training view's sidebar, not GenAI's (traces, judges)
     _shot(browser, "runs.png")
 
 
