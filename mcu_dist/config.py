@@ -214,7 +214,8 @@ class MCUConfig:
             self.beta_schedule,
         )
         _check(self.curve_order >= 2, "mcu.curve_order", "an integer >= 2", self.curve_order)
-        _check(0 <= self.k <= 1, "mcu.k", "a number in [0, 1]", self.k)
+        # k = 0 selects no tensor: nothing to train (refused only when a curve is asked for)
+        _check(0 < self.k <= 1 or not self.beta_schedule, "mcu.k", "a number in (0, 1]", self.k)
         _check(0 <= self.k_r <= 1, "mcu.k_r", "a number in [0, 1]", self.k_r)
         _check(self.k + self.k_r <= 1, "mcu.k_r", f"k + k_r <= 1 (k is {self.k})", self.k_r)
         _check(self.mask in ("gradient", "random"), "mcu.mask", "gradient, random", self.mask)
@@ -307,7 +308,6 @@ class ScaleConfig:
     )
     gpu: bool = field(default=False, metadata=_cli("--gpu", "one GPU per worker (NCCL, SyncBatchNorm)"))
     cpus_per_worker: float = 1.0
-    bf16: bool = False  # bf16 autocast on GPU
     per_rank_t: bool = False  # default: the same t on every rank at each step
     storage: str | None = field(
         default=None, metadata=_cli("--storage", "Ray Train storage path (local dir or NFS mount)")
@@ -323,7 +323,22 @@ class ScaleConfig:
         _check(self.workers >= 1, "scale.workers", "an integer >= 1", self.workers)
         _check(self.cpus_per_worker > 0, "scale.cpus_per_worker", "a number > 0", self.cpus_per_worker)
         _check(self.max_failures >= 0, "scale.max_failures", "an integer >= 0", self.max_failures)
-        _check(not self.bf16 or self.gpu, "scale.bf16", "true only with scale.gpu", self.bf16)
+
+
+@dataclass
+class AccelConfig:
+    """Accelerator switches, each for CUDA devices: on CPU training stays fp32 and NCHW (the batched
+    path evaluation alone uses channels_last on CPU too, where it halves inference time)."""
+
+    bf16: bool = field(default=True, metadata=_cli("--bf16", "bf16 autocast of forward passes on CUDA"))
+    channels_last: bool = field(
+        default=True, metadata=_cli("--channels-last", "channels_last memory format for conv nets on CUDA")
+    )
+    tf32: bool = True  # TF32 matrix products and convolutions on CUDA (fp32 accumulate)
+    eval_chunk: int = 0  # t points sharing one pass over the data; 0: the whole grid, 1: per point
+
+    def validate(self) -> None:
+        _check(self.eval_chunk >= 0, "accel.eval_chunk", "an integer >= 0", self.eval_chunk)
 
 
 @dataclass
@@ -334,6 +349,11 @@ class SeedConfig:
     model: int = 0  # initialisation and reference training
     unlearn: int = 0  # baselines and curve training
     eval: int = 0  # BN re-estimation subsets and MIA shadow sets
+
+    def validate(self) -> None:
+        for name in ("split", "model", "unlearn", "eval"):
+            value = getattr(self, name)
+            _check(0 <= value < 2**31, f"seeds.{name}", "an integer in [0, 2**31)", value)
 
 
 @dataclass
@@ -347,12 +367,19 @@ class ExperimentConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     seeds: SeedConfig = field(default_factory=SeedConfig)
     scale: ScaleConfig = field(default_factory=ScaleConfig)
+    accel: AccelConfig = field(default_factory=AccelConfig)
     cache_dir: str = field(
         default_factory=lambda: default_cache_dir(),
         metadata=_cli("--cache-dir", "reference-model and dataset cache"),
     )
     out: str = field(default="runs", metadata=_cli("--out", "parent folder of run folders"))
     device: str = "cpu"
+    max_loss: float = field(
+        default=1e4,
+        metadata=_cli(
+            "--max-loss", "a training loss beyond this (or non-finite) stops the stage as diverged"
+        ),
+    )
 
     def validate(self) -> None:
         self.data.validate()
@@ -363,9 +390,12 @@ class ExperimentConfig:
         self.mcu.validate()
         self.eval.validate()
         self.scale.validate()
+        self.accel.validate()
+        self.seeds.validate()
         _check(
             self.device == "cpu" or self.device.startswith("cuda"), "device", "cpu, cuda, cuda:N", self.device
         )
+        _check(self.max_loss > 0, "max_loss", "a number > 0", self.max_loss)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -483,8 +513,18 @@ def with_overrides(cfg: Any, dotted: dict[str, Any]) -> Any:
 
 
 def load_yaml(path: str | Path, cls: type = ExperimentConfig) -> Any:
-    with open(path) as f:
-        data = yaml.safe_load(f) or {}
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f) or {}
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(
+            f"--config: cannot read {path} ({getattr(e, 'strerror', None) or type(e).__name__}); "
+            "allowed: a readable YAML file"
+        ) from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark else ""
+        raise ConfigError(f"--config: {path} is not valid YAML{where}; allowed: a YAML mapping") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: allowed: a YAML mapping of config sections")
     return from_dict(cls, data)

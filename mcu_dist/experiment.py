@@ -13,6 +13,7 @@ path evaluation) with the parts beside it.
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,16 +58,17 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path | None = None, log
 
         connect(cfg)
     lab = Lab.build(cfg)
+    log(
+        f"data {lab.bundle.dataset_id}: |D_f| = {len(lab.splits.forget)}, |D_r| = {len(lab.splits.retain)}, "
+        f"|D_test| = {len(lab.splits.test_eval)}; forget manifest {lab.splits.manifest_hash[:12]}"
+    )
+    # the references check the mask before θ_r is trained; the run folder exists only after that
+    refs = prepare_references(lab, mask=bool(cfg.mcu.beta_schedule))
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         write_text(out / "config.yaml", to_yaml(cfg))
         write_manifest(lab.bundle, lab.splits, out / "forget_manifest.parquet")
-    log(
-        f"data {lab.bundle.dataset_id}: |D_f| = {len(lab.splits.forget)}, |D_r| = {len(lab.splits.retain)}, "
-        f"|D_test| = {len(lab.splits.test_eval)}; forget manifest {lab.splits.manifest_hash[:12]}"
-    )
-    refs = prepare_references(lab, mask=bool(cfg.mcu.beta_schedule))
     original, retrain_row, cal, mask = refs.original, refs.retrain_row, refs.cal, refs.mask
     rows = [
         {
@@ -86,6 +88,7 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path | None = None, log
     lines: dict[str, Selection] = {}
     for name, (endpoint, seconds) in endpoints(lab, original).items():
         rows.append({"model": name, **evaluate_model(endpoint, lab, features=FEATURES), "RTE": seconds / 60})
+        baseline_row = rows[-1]
         rows.append({"model": f"{name}+BN", **bn_control(lab, endpoint), "RTE": seconds / 60})
         if cfg.mcu.beta_schedule and cfg.eval.line_control:
             line = lines[name] = line_control(lab, original, endpoint, cal, retrain_row)
@@ -110,6 +113,7 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path | None = None, log
                 retrain_row,
                 out / "paths" / key if out is not None else None,
                 curve_run_name(cfg, lab, key),
+                plot={"baseline_row": baseline_row},
             )
             paths[key] = result
             rows.append(
@@ -180,7 +184,9 @@ def format_table(rows: list[dict]) -> str:
 
 def run_folder(parent: str | Path, cfg: ExperimentConfig) -> Path:
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    base = Path(parent) / f"{stamp}-{cfg.data.dataset}-{cfg.forget.spec.replace(':', '_').replace(',', '-')}"
+    # the forget spec may hold a user's file path: one safe path component, never a way out of --out
+    scenario = re.sub(r"[^A-Za-z0-9.-]+", "_", cfg.forget.spec.replace(",", "-"))[:80]
+    base = Path(parent) / f"{stamp}-{cfg.data.dataset}-{scenario}"
     path, i = base, 1
     while path.exists():
         path, i = Path(f"{base}-{i}"), i + 1

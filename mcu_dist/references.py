@@ -4,7 +4,7 @@
   once on D_r) with its evaluated row, the comparison point of Avg. Gap;
 - the calibration targets Cal_r (θ_o's accuracy on its training data) and Cal_f (θ_o's test
   accuracy, 0 when class-wise) that β schedules and gap_cal compare against;
-- the tensor mask (k, k_r) on θ_o;
+- the tensor mask (k, k_r) on θ_o, refused when it selects nothing (before θ_r is trained);
 - each baseline's θ_p, trained once per (references, method, hyperparameters, seed) into the cache.
 """
 
@@ -16,8 +16,10 @@ from dataclasses import dataclass
 from torch import nn
 
 from mcu_dist.baselines import BASELINES
+from mcu_dist.config import ConfigError
 from mcu_dist.evaluate.mia import FEATURES
 from mcu_dist.evaluate.point import evaluate_model
+from mcu_dist.guard import check_finite_model, stage
 from mcu_dist.lab import Lab
 from mcu_dist.path.beta import CalTargets
 from mcu_dist.path.mask import compute_mask
@@ -49,13 +51,23 @@ def prepare_references(
     refs = References(
         original, seconds, calibration_targets(original, lab, lab.splits.classwise, cfg.eval.batch_size)
     )
+    if mask:  # before θ_r: a mask that selects nothing stops here, having trained only θ_o
+        refs.mask = compute_mask(original, lab, cfg.mcu.k, cfg.mcu.k_r, cfg.mcu.mask, cfg.seeds.unlearn)
+        require_selection(refs.mask)
     if retrain:
         refs.retrained, meta = retrained_model(lab, lab.cache)
         refs.retrain_seconds = float(meta.get("seconds", 0.0))
         refs.retrain_row = evaluate_model(refs.retrained, lab, features=FEATURES)
-    if mask:
-        refs.mask = compute_mask(original, lab, cfg.mcu.k, cfg.mcu.k_r, cfg.mcu.mask, cfg.seeds.unlearn)
     return refs
+
+
+def require_selection(mask: dict) -> None:
+    """Refuse a mask that selects no tensor (k_r excluded them all): there would be nothing to train."""
+    if not mask["selected"]:
+        raise ConfigError(
+            f"mcu.k_r: got {mask['k_r']!r}; allowed: a k_r that leaves tensors for k = {mask['k']!r} to "
+            f"select (the mask excluded every tensor of this model's {mask['total_params']} parameters)"
+        )
 
 
 def baseline_model(lab: Lab, method: str, original: nn.Module) -> tuple[nn.Module, float]:
@@ -73,9 +85,15 @@ def baseline_model(lab: Lab, method: str, original: nn.Module) -> tuple[nn.Modul
         f"baseline-{method}",
         fields,
         lab.new_model(),
-        lambda: unit.run(copy.deepcopy(original).train(), lab, hp, lab.cfg.seeds.unlearn),
+        lambda: _run_baseline(unit, method, original, lab, hp),
     )
     return model.eval(), float(meta.get("seconds", 0.0))
+
+
+def _run_baseline(unit, method: str, original: nn.Module, lab: Lab, hp: dict) -> nn.Module:
+    """One baseline's θ_p; a non-finite result (e.g. NegTV of a diverged fine-tune) stops it as diverged."""
+    with stage(f"baseline {method}"):
+        return check_finite_model(unit.run(copy.deepcopy(original).train(), lab, hp, lab.cfg.seeds.unlearn))
 
 
 def endpoints(

@@ -28,6 +28,7 @@ from typing import Any
 from mcu_dist.config import ConfigError
 from mcu_dist.evaluate.names import GAP_METRICS
 from mcu_dist.path.beta import variant_name
+from mcu_dist.services import ServiceError, redact, writable_dir
 from mcu_dist.store import atomic, write_table, write_text
 
 METRICS = (*GAP_METRICS, "avg_gap", "rte_min")
@@ -182,8 +183,12 @@ def plots(records: list[dict], histories: dict[str, dict[str, list]], out: Path)
         if len(values) < 2:
             continue
         fig, ax = plt.subplots(figsize=(5, 3.2))
-        data = [[r["avg_gap"] for r in records if r.get(param) == v] for v in values]
-        ax.boxplot(data, tick_labels=[str(v) for v in values])
+        if len(values) > 6 and all(isinstance(v, float) for v in values):  # continuous: one dot per trial
+            have = [r for r in records if r.get(param) is not None]
+            ax.scatter([r[param] for r in have], [r["avg_gap"] for r in have], s=14)
+        else:
+            data = [[r["avg_gap"] for r in records if r.get(param) == v] for v in values]
+            ax.boxplot(data, tick_labels=[str(v) for v in values])
         ax.set_xlabel(param)
         ax.set_ylabel("Avg. Gap (lower is better)")
         fig.tight_layout()
@@ -214,34 +219,10 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def main(argv: list[str] | None = None) -> int:
-    from mcu_dist.tracking import KIND_TAG, PARENT_TAG, Tracker
-
-    p = argparse.ArgumentParser(prog="python -m mcu_dist.report", description=__doc__.splitlines()[0])
-    p.add_argument("--experiment", required=True, help="MLflow experiment (the sweep or grid name)")
-    p.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///mlflow.db, made absolute)")
-    p.add_argument("--out", default="report", help="folder for report.md/.csv/.parquet and the plots")
-    args = p.parse_args(argv)
-    try:
-        tracker = Tracker(args.tracking_uri, args.experiment)
-        runs = tracker.client.search_runs([tracker.experiment_id], max_results=50000)
-    except Exception as e:
-        print(
-            f"error: --tracking-uri: cannot read {args.tracking_uri or 'sqlite:///mlflow.db'} "
-            f"({type(e).__name__}); "
-            "allowed: a reachable MLflow store",
-            file=sys.stderr,
-        )
-        return 2
-    records = trial_records([r for r in runs if PARENT_TAG in r.data.tags])
-    if not records:
-        print(
-            f"error: --experiment: {args.experiment!r} has no finished trial runs; allowed: an experiment "
-            "written by python -m mcu_dist.sweep or mcu_dist.ablate",
-            file=sys.stderr,
-        )
-        return 2
-    out = Path(args.out)
+def write_report(tracker, runs: list, out: Path) -> str:
+    """The tables (Markdown, CSV, Parquet) and plots of these trial runs into ``out``; returns the Markdown.
+    A path's t comes from its metrics' step (``step = round(100·t)``)."""
+    records = trial_records(runs)
     out.mkdir(parents=True, exist_ok=True)
     rows = table(records)
     text = markdown(rows)
@@ -254,17 +235,50 @@ def main(argv: list[str] | None = None) -> int:
     write_text(out / "report.csv", csv_text.getvalue())
     histories = {}
     for r in records:
-        h = {
-            k: [
-                m.value
-                for m in sorted(
-                    tracker.client.get_metric_history(r["run_id"], f"path/{k}"), key=lambda m: m.step
-                )
-            ]
-            for k in ("t", "UA", "RA")
+        series = {
+            k: sorted(tracker.client.get_metric_history(r["run_id"], f"path/{k}"), key=lambda m: m.step)
+            for k in ("UA", "RA")
         }
-        histories[r["run_id"]] = h
+        histories[r["run_id"]] = {
+            "t": [m.step / 100 for m in series["UA"]],
+            **{k: [m.value for m in v] for k, v in series.items()},
+        }
     plots(records, histories, out)
+    return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    from mcu_dist.tracking import KIND_TAG, PARENT_TAG, Tracker
+
+    p = argparse.ArgumentParser(prog="python -m mcu_dist.report", description=__doc__.splitlines()[0])
+    p.add_argument("--experiment", required=True, help="MLflow experiment (the sweep or grid name)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///mlflow.db, made absolute)")
+    p.add_argument("--out", default="report", help="folder for report.md/.csv/.parquet and the plots")
+    args = p.parse_args(argv)
+    try:
+        writable_dir(args.out, "--out")
+        tracker = Tracker(args.tracking_uri, args.experiment)
+        runs = tracker.client.search_runs([tracker.experiment_id], max_results=50000)
+    except ServiceError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:
+        print(
+            f"error: --tracking-uri: cannot read {redact(args.tracking_uri or 'sqlite:///mlflow.db')} "
+            f"({type(e).__name__}); allowed: a reachable MLflow store",
+            file=sys.stderr,
+        )
+        return 2
+    records = [r for r in runs if PARENT_TAG in r.data.tags]
+    if not trial_records(records):
+        print(
+            f"error: --experiment: {args.experiment!r} has no finished trial runs; allowed: an experiment "
+            "written by python -m mcu_dist.sweep or mcu_dist.ablate",
+            file=sys.stderr,
+        )
+        return 2
+    out = Path(args.out)
+    text = write_report(tracker, records, out)
     sweeps = [r for r in runs if r.data.tags.get(KIND_TAG) == "sweep"]
     if sweeps:
         tracker.log_artifacts(sweeps[0].info.run_id, out, "report")

@@ -12,11 +12,20 @@ import sys
 import typing
 
 from mcu_dist.config import SMOKE, ConfigError, ExperimentConfig, cli_fields, load_yaml, with_overrides
+from mcu_dist.guard import DivergenceError
+from mcu_dist.services import writable_dir
 from mcu_dist.validation import validate
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m mcu_dist.run", description=__doc__.splitlines()[0])
+    from mcu_dist.console import registry_epilog
+
+    p = argparse.ArgumentParser(
+        prog="python -m mcu_dist.run",
+        description=__doc__.splitlines()[0],
+        epilog=registry_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--config", help="YAML experiment config (flags override it)")
     p.add_argument("--seed", type=int, help="seed of every stage (split, model, unlearn, eval)")
     p.add_argument("--smoke-test", action="store_true", help="shrink everything so the run takes seconds")
@@ -54,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg, _ = config_from_args(args)
         validate(cfg)
+        writable_dir(cfg.out, "--out")
+        writable_dir(cfg.cache_dir, "--cache-dir")
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -65,6 +76,12 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except DivergenceError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:  # a full disk, a folder that became unwritable mid-run
+        print(f"error: cannot write {e.filename or ''} ({e.strerror or type(e).__name__})", file=sys.stderr)
+        return 1
     print()
     print(format_table(result.rows))
     print(f"\nrun folder: {out}  (results.parquet, config.yaml, forget_manifest.parquet, paths/*/)")

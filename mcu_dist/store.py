@@ -12,7 +12,8 @@
   ``architecture`` fingerprints the state's names and shapes, ``digest`` is the SHA-256 of its
   tensors (checked on load). A user's plain state dict (or ``{"state_dict": ...}``) loads too.
 - ``ModelCache``: content-addressed models (reference and baseline models) keyed by a hash of exactly
-  the fields they depend on, with a file lock so two processes never train one key twice.
+  the fields they depend on, with a file lock so two processes never train one key twice; a model with
+  a non-finite tensor is never written, and an entry that fails to load is moved aside and retrained.
 
 Locations are strings or paths on a local or shared POSIX file system.
 """
@@ -24,6 +25,7 @@ import fcntl
 import hashlib
 import json
 import os
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -35,6 +37,7 @@ import torch
 from torch import nn
 
 from mcu_dist.config import ConfigError
+from mcu_dist.guard import check_finite_model
 
 FORMAT = 1  # of checkpoints and of cache keys: entries of another format are simply not hit
 
@@ -194,27 +197,53 @@ class ModelCache:
     def get(
         self, kind: str, fields: dict, template: nn.Module, build: Callable[[], nn.Module]
     ) -> tuple[nn.Module, dict]:
-        """Load ``kind`` for ``fields`` into ``template``, training it with ``build`` on a miss."""
+        """Load ``kind`` for ``fields`` into ``template``, training it with ``build`` on a miss. An entry that
+        fails to load (truncated by a full disk or a killed copy) is moved aside and trained again."""
         path = self.path(kind, fields)
-        if not path.exists():
-            with self._lock(path):
-                if not path.exists():
-                    start = time.perf_counter()
-                    model = build()
-                    meta = {
-                        "fields": json.dumps(fields, sort_keys=True, default=str),
-                        "seconds": time.perf_counter() - start,
-                        "cache_kind": kind,
-                    }
-                    save_model(model, path, meta)
-                    self.trained.append(path.stem)
-        model, header = load_model(template, path, f"cache entry {path.name}")
-        return model.eval(), header
+        for attempt in (1, 2):
+            if not path.exists():
+                with self._lock(path):
+                    if not path.exists():
+                        start = time.perf_counter()
+                        model = check_finite_model(build(), kind)  # a non-finite model is never cached
+                        meta = {
+                            "fields": json.dumps(fields, sort_keys=True, default=str),
+                            "seconds": time.perf_counter() - start,
+                            "cache_kind": kind,
+                        }
+                        save_model(model, path, meta)
+                        self.trained.append(path.stem)
+            try:
+                model, header = load_model(template, path, f"cache entry {path.name}")
+                return model.eval(), header
+            except ConfigError as e:
+                if attempt == 2:
+                    raise
+                self._quarantine(path, e)
+        raise AssertionError("unreachable")
+
+    def _quarantine(self, path: Path, error: ConfigError) -> None:
+        with self._lock(path):
+            with contextlib.suppress(ConfigError):  # another process may have replaced it meanwhile
+                load_checkpoint(path, path.name)
+                return
+            if path.exists():
+                aside = path.with_name(f"{path.stem}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}{path.suffix}")
+                os.replace(path, aside)
+                print(
+                    f"cache: {error}; moved to {aside.name}, training it again", file=sys.stderr, flush=True
+                )
 
     @contextlib.contextmanager
     def _lock(self, path: Path):
         with open(path.with_suffix(".lock"), "w") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:  # say what we wait for: another process is training this entry
+                print(
+                    f"cache: waiting for another process to finish {path.name}", file=sys.stderr, flush=True
+                )
+                fcntl.flock(fh, fcntl.LOCK_EX)
             try:
                 yield
             finally:

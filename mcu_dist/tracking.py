@@ -2,17 +2,25 @@
 
 Child runs carry ``mlflow.parentRunId`` and ``mcu.trial_id``; a resumed or retried trial finds its
 run by that tag and continues it instead of creating a duplicate. Per-t path metrics are logged with
-``step`` = index of t on the grid (so the UI draws the path), per-epoch curve-training metrics with
-``step`` = epoch. Writes retry when a SQLite store is momentarily locked by a concurrent trial.
+``step = round(100·t)`` (so the UI draws the path against t, in hundredths), per-epoch curve-training
+metrics with ``step`` = epoch. Writes retry when a SQLite store is momentarily locked by a concurrent trial.
+
+Presentation: the experiment is tagged for MLflow's model-training view (``mlflow.experimentKind``), every
+run carries a Markdown description (``mlflow.note.content``), and the sweep stores a shared view of the runs
+table (``mlflow.sharedViewState.<key>``: sorted by the objective, its metric columns shown) that the printed
+URL opens.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
+import sys
 import time
 import traceback
+import urllib.parse
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -22,6 +30,16 @@ T = TypeVar("T")
 PARENT_TAG = "mlflow.parentRunId"
 TRIAL_TAG = "mcu.trial_id"
 KIND_TAG = "mcu.kind"
+NOTE_TAG = "mlflow.note.content"  # the run's Description in the UI (Markdown)
+# the UI's model-training view (runs, charts) instead of the GenAI one (traces) for this experiment
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+VIEW_TAG = "mlflow.sharedViewState."
+LOCAL_UI = "http://127.0.0.1:5000"  # where `mlflow ui` serves a sqlite store by default
+
+
+def t_step(t: float) -> int:
+    """The MLflow step of a point of the path: t in hundredths (charts of path/* read against t)."""
+    return round(100 * t)
 
 
 def resolve_tracking_uri(uri: str | None) -> str:
@@ -42,28 +60,74 @@ def artifact_location(uri: str, experiment: str) -> str | None:
 
 
 def retry(fn: Callable[..., T], *args: Any, attempts: int = 8, **kwargs: Any) -> T:
+    """``fn`` again after a transient failure: up to ``attempts`` tries while a sqlite store is locked
+    (seconds), 3 tries (each bounded by MLflow's own, see services.MLFLOW_HTTP_BOUNDS) while a server does not
+    answer, each such wait announced on stderr."""
     for i in range(attempts):
         try:
             return fn(*args, **kwargs)
-        except Exception as e:  # sqlite "database is locked", a server restarting
-            transient = any(
-                s in str(e).lower() for s in ("locked", "busy", "connection", "temporarily", "503")
-            )
-            if not transient or i == attempts - 1:
+        except Exception as e:
+            text = str(e).lower()
+            locked = any(s in text for s in ("locked", "busy"))
+            down = any(s in text for s in ("connection", "temporarily", "503", "max retries"))
+            if not (locked or down) or i == attempts - 1 or (down and not locked and i >= 2):
                 raise
+            if down and not locked:
+                print(
+                    f"MLflow did not answer ({type(e).__name__}); retrying in {0.2 * 2**i:.1f} s",
+                    file=sys.stderr,
+                    flush=True,
+                )
             time.sleep(0.2 * 2**i)
     raise AssertionError("unreachable")
 
 
+@contextlib.contextmanager
+def _store_init_lock(uri: str) -> Iterator[None]:
+    """Processes opening one new sqlite store at once would race on creating its schema: one at a time."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    import fcntl
+
+    with open(uri[len("sqlite:///") :] + ".init.lock", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 class Tracker:
     def __init__(self, uri: str, experiment: str):
+        from mcu_dist.services import mlflow_defaults, probe_tracking, use_credentials
+
+        mlflow_defaults()  # before mlflow is imported: bounded HTTP retries, no telemetry
         import mlflow
         from mlflow.tracking import MlflowClient
 
-        self.uri = resolve_tracking_uri(uri)
-        self.client = MlflowClient(tracking_uri=self.uri)
+        self.uri = use_credentials(resolve_tracking_uri(uri))
+        probe_tracking(self.uri)
         self._mlflow = mlflow
-        existing = retry(self.client.get_experiment_by_name, experiment)
+        with _store_init_lock(self.uri):  # the client creates (and migrates) a new store's schema
+            self.client = MlflowClient(tracking_uri=self.uri)
+            self._open_experiment(experiment)
+        self.experiment = experiment
+        retry(self.client.set_experiment_tag, self.experiment_id, *EXPERIMENT_KIND)
+
+    def _open_experiment(self, experiment: str) -> None:
+        from mcu_dist.services import ServiceError
+
+        try:
+            existing = retry(self.client.get_experiment_by_name, experiment)
+        except Exception as e:
+            if any(s in str(e) for s in ("401", "403", "Unauthorized", "PERMISSION_DENIED")):
+                raise ServiceError(
+                    f"--tracking-uri: {self.uri} refused the credentials ({type(e).__name__}); allowed: "
+                    "MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD (or user:password@ in the URI) of a "
+                    "user of that server"
+                ) from None
+            raise
         if existing is None:
             try:
                 self.experiment_id = retry(
@@ -75,7 +139,6 @@ class Tracker:
                 self.experiment_id = retry(self.client.get_experiment_by_name, experiment).experiment_id
         else:
             self.experiment_id = existing.experiment_id
-        self.experiment = experiment
 
     def check(self) -> None:
         """Fail fast on an unreachable store: one cheap read."""
@@ -98,6 +161,15 @@ class Tracker:
     def end_run(self, run_id: str, status: str = "FINISHED") -> None:
         retry(self.client.set_terminated, run_id, status)
 
+    def fail_run(self, run_id: str, reason: str, details: str | None = None) -> None:
+        """End ``run_id`` FAILED with the reason as the ``mcu.error`` tag (credentials redacted)."""
+        from mcu_dist.services import redact_text
+
+        retry(self.client.set_tag, run_id, "mcu.error", redact_text(reason)[:5000])
+        if details:
+            self.log_text(run_id, redact_text(details), "error.txt")
+        self.end_run(run_id, "FAILED")
+
     @contextlib.contextmanager
     def run(self, name: str, tags: dict[str, str]) -> Iterator[str]:
         """A run that ends FINISHED, or FAILED with the error as a tag when the body raises."""
@@ -106,11 +178,22 @@ class Tracker:
             yield run_id
         except BaseException as e:
             with contextlib.suppress(Exception):
-                retry(self.client.set_tag, run_id, "mcu.error", f"{type(e).__name__}: {e}"[:5000])
-                self.log_text(run_id, traceback.format_exc(), "error.txt")
-                self.end_run(run_id, "FAILED")
+                self.fail_run(run_id, f"{type(e).__name__}: {e}", traceback.format_exc())
             raise
         self.end_run(run_id, "FINISHED")
+
+    def close_orphans(self, parent_id: str, causes: dict[str, str]) -> int:
+        """Mark FAILED every child of ``parent_id`` still RUNNING once its sweep is over; ``causes`` maps a
+        trial's folder name (which contains its trial id) to the error Ray reported. Returns how many."""
+        closed = 0
+        for run in self.children(parent_id):
+            if run.info.status != "RUNNING":
+                continue
+            trial = run.data.tags.get(TRIAL_TAG, "")
+            cause = next((c for name, c in causes.items() if trial and trial in name), None)
+            self.fail_run(run.info.run_id, cause or "the trial's process ended without closing its run")
+            closed += 1
+        return closed
 
     # -- logging ------------------------------------------------------------------------------------------
     def log_params(self, run_id: str, params: dict[str, Any]) -> None:
@@ -152,20 +235,73 @@ class Tracker:
     def log_text(self, run_id: str, text: str, name: str) -> None:
         retry(self.client.log_text, run_id, text, name)
 
+    def describe(self, run_id: str, markdown: str) -> None:
+        self.set_tags(run_id, {NOTE_TAG: markdown})
+
+    def log_datasets(self, run_id: str, datasets: list[dict[str, Any]]) -> None:
+        """Datasets as run inputs (the runs table's Dataset column): each a dict of name, digest, source,
+        context (``train``, ``forget``, ...) and profile (a small dict, e.g. its size)."""
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+        from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+        inputs = [
+            DatasetInput(
+                Dataset(
+                    d["name"],
+                    d["digest"][:12],
+                    "local",
+                    json.dumps({"uri": d["source"]}),
+                    profile=json.dumps(d.get("profile", {})),
+                ),
+                [InputTag(MLFLOW_DATASET_CONTEXT, d["context"])],
+            )
+            for d in datasets
+        ]
+        retry(self.client.log_inputs, run_id, datasets=inputs)
+
+    def share_view(self, objective: str, metrics: list[str], params: list[str]) -> str:
+        """Store the runs table as a researcher wants it first (sorted by the objective, best first, with
+        these metric and param columns and the Dataset column) as a shared view; returns its key."""
+        metric_columns = [f"metrics.`{m}`" for m in metrics]
+        state = {
+            "orderByKey": f"metrics.`{objective}`",
+            "orderByAsc": True,
+            "selectedColumns": metric_columns + [f"params.`{p}`" for p in params] + ["attributes.`Dataset`"],
+            "columnOrder": metric_columns,  # right after the run names, before the wide Dataset column
+        }
+        text = json.dumps(state, sort_keys=True)
+        key = "mcu-" + hashlib.sha256(text.encode()).hexdigest()[:12]
+        retry(self.client.set_experiment_tag, self.experiment_id, VIEW_TAG + key, text)
+        return key
+
+    def ui_base(self) -> str:
+        from mcu_dist.services import redact
+
+        return redact(self.uri).rstrip("/") if self.uri.startswith(("http://", "https://")) else LOCAL_UI
+
+    def runs_url(self, view_key: str | None = None) -> str:
+        query = {"workflowType": "machine_learning"}
+        if view_key:
+            query["viewStateShareKey"] = view_key
+        return f"{self.ui_base()}/#/experiments/{self.experiment_id}/runs?{urllib.parse.urlencode(query)}"
+
+    def run_url(self, run_id: str) -> str:
+        return (
+            f"{self.ui_base()}/#/experiments/{self.experiment_id}/runs/{run_id}?workflowType=machine_learning"
+        )
+
+    def serve_hint(self) -> str | None:
+        """The command that serves a sqlite store's UI at :meth:`ui_base` (None for a tracking server)."""
+        if self.uri.startswith(("http://", "https://")):
+            return None
+        return f"mlflow ui --backend-store-uri {self.uri}"  # a local file path: nothing to redact
+
     def children(self, parent_id: str) -> list[Any]:
         return retry(
             self.client.search_runs,
             [self.experiment_id],
             filter_string=f"tags.`{PARENT_TAG}` = '{parent_id}'",
             max_results=10000,
-        )
-
-    def ui_hint(self, parent_id: str) -> str:
-        if self.uri.startswith(("http://", "https://")):
-            return f"{self.uri}/#/experiments/{self.experiment_id}/runs/{parent_id}"
-        return (
-            f"mlflow ui --backend-store-uri {self.uri}   then open experiment '{self.experiment}', "
-            f"parent run {parent_id}"
         )
 
 

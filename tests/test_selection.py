@@ -95,3 +95,21 @@ def test_path_gain_and_selection_regret():
     assert selection_regret(3.0, [6.0, 2.0, 4.0]) == 1.5
     assert selection_regret(2.0, [6.0, 2.0, 4.0]) == 1.0
     assert selection_regret(0.0, [0.0, 1.0]) == 1.0 and selection_regret(1.0, [0.0, 1.0]) == float("inf")
+
+
+def test_the_shaded_region_never_sits_where_the_grid_has_none():
+    """PCHIP stays within its grid neighbours' range: a t between two grid points that both miss the
+    region (gap_cal ≥ the endpoint's) is never shaded — the cubic spline rang there on flat curves."""
+    rng = np.random.default_rng(0)
+    ts = [round(float(t), 4) for t in np.linspace(0, 1, 9)]
+    for trial in range(200):
+        gaps = list(rng.choice([1.0, 2.0, 2.0, 2.0, 5.0], size=len(ts)))  # plateaus, steps, flats
+        gaps[-1] = 2.0
+        region = set(effective_region(ts, gaps))
+        for lo, hi in region_intervals(ts, gaps):
+            for t in np.arange(lo, hi + 1e-9, 0.01):
+                left = max(g for g in ts if g <= t + 1e-9)
+                right = min(g for g in ts if g >= t - 1e-9)
+                assert left in region or right in region, (trial, t, gaps)
+    # a flat tail equal to the endpoint shades nothing
+    assert region_intervals(ts, [3.0, 2.5, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0]) == []

@@ -76,4 +76,13 @@ def scrub(model: nn.Module, lab: Lab, hp: dict, seed: int) -> nn.Module:
         return hp["alpha"] * kl + hp["gamma"] * nn.functional.cross_entropy(logits, b.y)
 
     opt = sgd(model.parameters(), hp["lr"], hp["momentum"], hp["weight_decay"])
-    return fit(model, hp["epochs"], batches, loss, opt, cosine=False)
+    return fit(
+        model,
+        hp["epochs"],
+        batches,
+        loss,
+        opt,
+        cosine=False,
+        autocast=lab.autocast,
+        max_loss=lab.cfg.max_loss,
+    )

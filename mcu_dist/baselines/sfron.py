@@ -32,6 +32,7 @@ from torch import nn
 
 from mcu_dist.baselines.base import baseline
 from mcu_dist.baselines.common import SGD
+from mcu_dist.guard import LossWatch, check_finite_model
 from mcu_dist.lab import Lab
 from mcu_dist.train.fit import sgd
 
@@ -100,6 +101,7 @@ def sfron(model: nn.Module, lab: Lab, hp: dict, seed: int) -> nn.Module:
     opt = sgd(model.parameters(), hp["lr"], hp["momentum"], hp["weight_decay"])
     forget = _endless(lab, lab.splits.forget, hp["batch_size"], seed)
     retain = _endless(lab, lab.splits.retain, hp["batch_size"], seed)
+    watch = LossWatch(lab.cfg.max_loss)
     model.train()
     for step in range(total):
         decay = 0.5 * (1 + math.cos(math.pi * step / total))
@@ -108,7 +110,10 @@ def sfron(model: nn.Module, lab: Lab, hp: dict, seed: int) -> nn.Module:
         if step % hp["forget_every"] == 0:
             b = next(forget)
             opt.zero_grad(set_to_none=True)
-            (-hp["alpha"] * decay * adaptive_forget_loss(model(b.x), b.y, hp["lam"])).backward()
+            with lab.autocast():
+                loss = -hp["alpha"] * decay * adaptive_forget_loss(model(b.x), b.y, hp["lam"])
+            watch.observe(loss, epoch=0, step=step)
+            loss.backward()
             with torch.no_grad():
                 for n, p in params.items():
                     p.grad.mul_(mask[n])
@@ -116,6 +121,10 @@ def sfron(model: nn.Module, lab: Lab, hp: dict, seed: int) -> nn.Module:
             opt.step()
         b = next(retain)
         opt.zero_grad(set_to_none=True)
-        nn.functional.cross_entropy(model(b.x), b.y).backward()
+        with lab.autocast():
+            loss = nn.functional.cross_entropy(model(b.x), b.y)
+        watch.observe(loss, epoch=0, step=step)
+        loss.backward()
         opt.step()
-    return model.eval()
+    watch.flush(epoch=0, step=total)
+    return check_finite_model(model.eval())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -225,7 +226,17 @@ DATASETS.register("imagenet100")(DatasetSpec(load_imagenet100, needs_root=True))
 
 
 def load_dataset(cfg: DataConfig, split_seed: int, cache_dir: str) -> DatasetBundle:
-    bundle = DATASETS[cfg.dataset].load(cfg, split_seed, cache_dir)
+    try:
+        bundle = DATASETS[cfg.dataset].load(cfg, split_seed, cache_dir)
+    except ConfigError:
+        raise
+    except (OSError, ValueError, EOFError, KeyError, RuntimeError, pickle.UnpicklingError) as e:
+        # a damaged file under data_root (garbage bytes, an image PIL cannot decode, a truncated array)
+        first = (str(e).splitlines() or [""])[0][:160]
+        raise ConfigError(
+            f"data.data_root: cannot read {cfg.dataset} from {cfg.data_root or default_root(cfg.dataset)} "
+            f"({type(e).__name__}: {first}); allowed: an intact copy of the dataset"
+        ) from None
     if cfg.augment is not None:
         bundle.augment = cfg.augment
     return bundle

@@ -65,10 +65,10 @@ def effective_region(ts: list[float], gaps: list[float]) -> list[float]:
 
 
 def region_intervals(ts: list[float], gaps: list[float], step: float = 0.01) -> list[tuple[float, float]]:
-    """The effective region of the interpolated curve as closed intervals of t (for shading plots)."""
+    """The effective region of the PCHIP-interpolated curve as closed intervals of t (for shading plots)."""
     at_end = dict(zip(ts, gaps, strict=True))[1.0]
     fine = np.round(np.arange(0, 1 + step / 2, step), 10)
-    inside = interpolant(ts, gaps)(fine) < at_end
+    inside = interpolant(ts, gaps)(fine) < at_end  # NaN (False) outside the grid
     intervals, start = [], None
     for i, ok in enumerate(inside):
         if ok and start is None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from mcu_dist.guard import stage
 from mcu_dist.lab import Lab
 from mcu_dist.store import ModelCache, load_model
 from mcu_dist.train.fit import cross_entropy, fit, sgd
@@ -25,7 +26,15 @@ def train_supervised(lab: Lab, positions: torch.Tensor, seed: int) -> nn.Module:
         lambda e: lab.batches(positions, r.batch_size, seed=seed, epoch=e),
         cross_entropy,
         opt,
+        autocast=lab.autocast,
+        max_loss=lab.cfg.max_loss,
     )
+
+
+def _trained(name: str, positions: torch.Tensor, lab: Lab) -> nn.Module:
+    """``train_supervised`` as the named stage (the name a divergence is reported under)."""
+    with stage(name):
+        return train_supervised(lab, positions, lab.cfg.seeds.model)
 
 
 def original_model(lab: Lab, cache: ModelCache) -> tuple[nn.Module, dict]:
@@ -35,7 +44,10 @@ def original_model(lab: Lab, cache: ModelCache) -> tuple[nn.Module, dict]:
         return model.eval(), meta
     fields = lab.reference_key()
     return cache.get(
-        "original", fields, lab.new_model(), lambda: train_supervised(lab, lab.all_train, lab.cfg.seeds.model)
+        "original",
+        fields,
+        lab.new_model(),
+        lambda: _trained("reference model original", lab.all_train, lab),
     )
 
 
@@ -46,5 +58,5 @@ def retrained_model(lab: Lab, cache: ModelCache) -> tuple[nn.Module, dict]:
         "retrain",
         fields,
         lab.new_model(),
-        lambda: train_supervised(lab, lab.splits.retain, lab.cfg.seeds.model),
+        lambda: _trained("reference model retrain", lab.splits.retain, lab),
     )
