@@ -21,9 +21,7 @@ def build_grid_tuner(space: SearchSpace, storage: str, context: dict, resume: bo
 
     if resume:
         return sweep.build_tuner(space, storage, context, resume=True)
-    trainable = tune.with_resources(
-        tune.with_parameters(sweep.tune_trainable, context=context), {"CPU": space.sweep.cpus_per_trial}
-    )
+    trainable = sweep.with_trial_resources(tune.with_parameters(sweep.tune_trainable, context=context), space)
     return tune.Tuner(
         trainable,
         param_space={key: tune.grid_search(values) for key, values in space.grid.items()},

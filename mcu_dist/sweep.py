@@ -125,7 +125,12 @@ def resolve(args: argparse.Namespace, loader=load_space) -> tuple[SearchSpace, s
         space.fixed["data.data_root"] = str(
             Path(default_root(base.data.dataset)).resolve()
         )  # workers see it too
+    if sweep.gpus_per_trial > 0 and sweep.gpu_resource == "GPU":
+        space.fixed.setdefault("device", "cuda")  # a trial holding a GPU trains and evaluates on it
     validate(space.base_config())
+    from mcu_dist.dispatch import check_sweep_resources
+
+    check_sweep_resources(sweep, space.base_config())
     writable_dir(space.base_config().cache_dir, "cache_dir")
     uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     if uri is None and in_ray_job():
@@ -168,6 +173,11 @@ def prepare_shared_models(space: SearchSpace, log=print) -> None:
     from mcu_dist.references import endpoints, prepare_references
 
     cells = reference_cells(space)
+    if space.sweep.reference_gpus > 0:  # Ray tasks where the space's resources are (dispatch.py)
+        from mcu_dist.dispatch import prepare_remote
+
+        prepare_remote(space, cells, log)
+        return
     progress = Progress(len(cells) * (1 + len(space.methods())), log)
     trained = 0
     for cell in cells:
@@ -234,14 +244,21 @@ def _searched(space: SearchSpace, config: dict) -> dict:
     return {k: v for k, v in config.items() if k in keys}
 
 
+def with_trial_resources(trainable, space: SearchSpace):
+    """The trainable with each trial's CPUs and (fractional) GPUs (dispatch.trial_resources)."""
+    from ray import tune
+
+    from mcu_dist.dispatch import trial_resources
+
+    return tune.with_resources(trainable, trial_resources(space.sweep))
+
+
 def build_tuner(space: SearchSpace, storage: str, context: dict, resume: bool):
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
     sweep = space.sweep
-    trainable = tune.with_resources(
-        tune.with_parameters(tune_trainable, context=context), {"CPU": sweep.cpus_per_trial}
-    )
+    trainable = with_trial_resources(tune.with_parameters(tune_trainable, context=context), space)
     path = f"{storage.rstrip('/')}/{sweep.name}"
     if resume:
         check_resumable(path)
@@ -402,6 +419,11 @@ def _run(args: argparse.Namespace, loader, tuner_factory) -> int:
             "sqlite:/// path"
         ) from None
     _connect_ray(args.address or os.environ.get("RAY_ADDRESS"), uri, args.verbose)
+    import ray
+
+    from mcu_dist.dispatch import check_cluster
+
+    check_cluster(space.sweep, ray.cluster_resources())  # a request nothing can place fails now
     sweep = space.sweep
     print(
         f"sweep {sweep.name}: {space.source}, {sweep.num_samples} trials, objective {sweep.objective}; "
