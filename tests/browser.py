@@ -1,7 +1,7 @@
 """A headless Chromium driven over the DevTools protocol (one websocket, no driver binary).
 
 Used by ``tests/test_ui.py`` to read the MLflow UI the way a researcher sees it, and by
-``python -m tests.browser --screenshots docs/img`` to take the README's screenshots of the same pages.
+``python -m tests.browser URL --screenshots docs/img`` to take the README's screenshots of the same pages.
 The MLflow UI is a React app: every check waits for a condition in the page, never for a fixed time.
 """
 
