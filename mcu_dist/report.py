@@ -230,7 +230,8 @@ def write_report(tracker, runs: list, out: Path) -> str:
     write_text(out / "report.md", text)
     write_table(rows, out / "report.parquet")
     csv_text = io.StringIO()
-    writer = csv.DictWriter(csv_text, fieldnames=list(rows[0]))
+    # rows differ in their columns (a control that ran for some cells only): the union, in first-seen order
+    writer = csv.DictWriter(csv_text, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
     writer.writeheader()
     writer.writerows(rows)
     write_text(out / "report.csv", csv_text.getvalue())
