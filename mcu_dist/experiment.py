@@ -1,15 +1,21 @@
 """One experiment without Ray Tune: Original, Retrain, each baseline, baseline+MCU, baseline+MCU-β.
 
 Comparisons: the baseline row is θ_p as the baseline produced it (its own BN buffers); the MCU rows
-are θ(t*) with BN recalibrated at t*. RTE is in minutes; an MCU row's RTE is the total (baseline +
-curve training + path evaluation) with the parts beside it.
+are θ(t*) with BN recalibrated at t*. So that a gain is attributed honestly, two controls sit beside
+each baseline: ``<baseline>+BN`` (θ_p with BN re-estimated on the same BN set: the path's t = 1) and,
+when paths run and ``eval.line_control`` is on, ``<baseline>+line`` (the same t* selection on the
+untrained straight line θ_o -> θ_p). Each MCU row carries its Avg. Gap gain over all three
+(``gain_vs_baseline``, ``gain_vs_bn``, ``gain_vs_line``; positive: MCU is closer to θ_r), whether the
+path gained anything at all (``path_gain``: t* < 1 and a non-empty effective region) and its
+``selection_regret``. RTE is in minutes; an MCU row's RTE is the total (baseline + curve training +
+path evaluation) with the parts beside it.
 """
 
 from __future__ import annotations
 
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from mcu_dist.config import ExperimentConfig, to_yaml
@@ -19,7 +25,7 @@ from mcu_dist.evaluate.mia import FEATURES
 from mcu_dist.evaluate.point import evaluate_model
 from mcu_dist.lab import Lab
 from mcu_dist.path.beta import variant_name
-from mcu_dist.pipeline import PathResult, run_path
+from mcu_dist.pipeline import PathResult, Selection, bn_control, line_control, run_path
 from mcu_dist.references import endpoints, prepare_references
 from mcu_dist.store import key_hash, write_table, write_text
 from mcu_dist.validation import validate
@@ -31,6 +37,7 @@ class ExperimentResult:
     paths: dict[str, PathResult]
     out_dir: Path | None
     mask: dict | None
+    lines: dict[str, Selection] = field(default_factory=dict)  # <baseline>+line controls, by baseline
 
 
 def curve_run_name(cfg: ExperimentConfig, lab: Lab, key: str) -> str:
@@ -78,9 +85,22 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path | None = None, log
             f"{mask['selected_params']}/{mask['total_params']} parameters"
         )
     paths: dict[str, PathResult] = {}
+    lines: dict[str, Selection] = {}
     for name, (endpoint, seconds) in endpoints(lab, original).items():
         rows.append({"model": name, **evaluate_model(endpoint, lab, features=FEATURES), "RTE": seconds / 60})
         baseline_row = rows[-1]
+        rows.append({"model": f"{name}+BN", **bn_control(lab, endpoint), "RTE": seconds / 60})
+        if cfg.mcu.beta_schedule and cfg.eval.line_control:
+            line = lines[name] = line_control(lab, original, endpoint, cal, retrain_row)
+            rows.append(
+                {
+                    "model": f"{name}+line",
+                    **line.row,
+                    "t_star": line.t_star,
+                    "region_size": len(line.effective_region),
+                    "RTE": (seconds + line.seconds) / 60,
+                }
+            )
         for schedule in cfg.mcu.beta_schedule:
             key = f"{name}+{variant_name(schedule)}"
             result = run_path(
@@ -111,27 +131,54 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path | None = None, log
             log(
                 f"{key}: t* = {result.t_star:.2f}, effective region {len(result.effective_region)}/"
                 f"{len(result.path_table)} grid points, Avg. Gap {result.row['avg_gap']:.2f}"
+                + ("" if result.row["path_gain"] else " (no path gain)")
             )
     for row in rows:
         row["avg_gap"] = avg_gap(row, retrain_row)
+    add_gains(rows, paths)
     if out is not None:
         write_table(
             rows,
             out / "results.parquet",
             {"dataset_id": lab.bundle.dataset_id, "forget_sha256": lab.splits.manifest_hash},
         )
-    return ExperimentResult(rows, paths, out, mask)
+    return ExperimentResult(rows, paths, out, mask, lines)
+
+
+def add_gains(rows: list[dict], paths: dict[str, PathResult]) -> None:
+    """Each MCU row's Avg. Gap gain over its baseline, baseline+BN and baseline+line (when present)."""
+    by_name = {r["model"]: r for r in rows}
+    for key in paths:
+        base = key.rsplit("+", 1)[0]
+        row = by_name[key]
+        for suffix, col in (("", "gain_vs_baseline"), ("+BN", "gain_vs_bn"), ("+line", "gain_vs_line")):
+            if base + suffix in by_name:
+                row[col] = by_name[base + suffix]["avg_gap"] - row["avg_gap"]
 
 
 def format_table(rows: list[dict]) -> str:
-    head = f"{'model':<22}{'UA':>8}{'RA':>8}{'TA':>8}{'MIA':>8}{'AvgGap':>8}{'RTE(min)':>10}{'t*':>6}"
+    head = (
+        f"{'model':<22}{'UA':>8}{'RA':>8}{'TA':>8}{'MIA':>8}{'AvgGap':>8}{'RTE(min)':>10}{'t*':>6}"
+        f"{'vs base':>9}{'vs +BN':>8}{'vs +line':>9}{'regret':>8}  note"
+    )
     lines = [head, "-" * len(head)]
     for r in rows:
-        ts = f"{r['t_star']:.2f}" if "t_star" in r else ""
+        cells = [f"{r['t_star']:.2f}" if "t_star" in r else ""]
+        cells += [
+            f"{r[k]:+.2f}" if k in r else "" for k in ("gain_vs_baseline", "gain_vs_bn", "gain_vs_line")
+        ]
+        cells.append(f"{r['selection_regret']:.2f}" if "selection_regret" in r else "")
+        note = "no path gain" if r.get("path_gain") == 0.0 else ""
         lines.append(
             f"{r['model']:<22}{r['UA']:8.2f}{r['RA']:8.2f}{r['TA']:8.2f}{r['MIA']:8.2f}"
-            f"{r['avg_gap']:8.2f}{r['RTE']:10.3f}{ts:>6}"
+            f"{r['avg_gap']:8.2f}{r['RTE']:10.3f}{cells[0]:>6}{cells[1]:>9}{cells[2]:>8}{cells[3]:>9}"
+            f"{cells[4]:>8}  {note}".rstrip()
         )
+    lines.append(
+        "vs base / +BN / +line: Avg. Gap gain of the MCU row over the baseline as produced, over θ_p with BN "
+        "re-estimated (the path's t = 1), and over the same selection on the untrained line (> 0: MCU closer "
+        "to θ_r); regret: Avg. Gap at t* / best Avg. Gap on the grid; no path gain: t* = 1 or an empty region"
+    )
     return "\n".join(lines)
 
 

@@ -1,7 +1,10 @@
 """``python -m mcu_dist.report --experiment NAME``: from MLflow to the paper's tables and plots.
 
-Rows per forgetting scenario: Retrain, each baseline, and baseline+<path> per β schedule, named as in
-``python -m mcu_dist.run`` (mcu: fixed β, mcu_beta: adaptive_step, mcu_<schedule> otherwise);
+Rows per forgetting scenario: Retrain, each baseline, its controls <baseline>+BN (θ_p with BN
+re-estimated) and <baseline>+line (the same t* selection on the untrained straight line; their RTE is
+the baseline's), and baseline+<path> per β schedule, named as in ``python -m mcu_dist.run``
+(mcu: fixed β, mcu_beta: adaptive_step, mcu_<schedule> otherwise), marked "no path gain in k/n" when
+k of its n seeds chose t* = 1 or had an empty effective region (``no_path_gain``);
 columns UA, RA, TA, MIA-Efficacy, Avg. Gap, RTE as mean ± std over seeds. A cell is every
 trial that differs only in its seed; when a grid varies more than the scenario, the baseline and
 the β schedule (curve order, k, ...), those values are part of the row's name. Written
@@ -29,6 +32,7 @@ from mcu_dist.services import ServiceError, redact, writable_dir
 from mcu_dist.store import atomic, write_table, write_text
 
 METRICS = (*GAP_METRICS, "avg_gap", "rte_min")
+CONTROLS = {"baseline_bn": "+BN", "line": "+line"}  # trial metric prefix -> row suffix
 SWEPT = ("mcu.curve_order", "mcu.k", "mcu.k_r", "mcu.mask", "mcu.lr", "mcu.beta", "mcu.epochs")
 
 
@@ -57,10 +61,16 @@ def trial_records(runs: list) -> list[dict[str, Any]]:
             "effective_region": json.loads(r.data.tags.get("mcu.effective_region", "[]")),
         }
         rec.update({k: _num(p.get(k)) for k in SWEPT if k in p})
-        rec.update({k: m.get(k) for k in METRICS + ("t_star", "rte_curve_min", "rte_eval_min")})
+        rec.update({k: m.get(k) for k in METRICS + ("t_star", "rte_curve_min", "rte_eval_min", "path_gain")})
         rec["baseline"] = {k: m.get(f"baseline/{k}") for k in GAP_METRICS}
         rec["baseline"]["avg_gap"] = m.get("baseline_avg_gap")
         rec["baseline"]["rte_min"] = m["rte_min"] - m.get("rte_curve_min", 0) - m.get("rte_eval_min", 0)
+        for control in CONTROLS:  # <method>+BN, <method>+line: present when the trial evaluated them
+            if m.get(f"{control}_avg_gap") is not None:
+                rec[control] = {k: m.get(f"{control}/{k}") for k in GAP_METRICS}
+                rec[control].update(
+                    {"avg_gap": m[f"{control}_avg_gap"], "rte_min": rec["baseline"]["rte_min"]}
+                )
         rec["retrain"] = {k: m.get(f"retrain/{k}") for k in GAP_METRICS}
         rec["retrain"].update({"avg_gap": 0.0, "rte_min": m.get("retrain_rte_min")})
         out.append(rec)
@@ -97,6 +107,10 @@ def table(records: list[dict]) -> list[dict[str, Any]]:
             mine = [r for r in recs if r["method"] == method]
             base_by_seed = {r["seed"]: r["baseline"] for r in mine}
             rows.append(_row(scenario, method, list(base_by_seed.values())))
+            for control, suffix in CONTROLS.items():
+                by_seed = {r["seed"]: r[control] for r in mine if control in r}
+                if by_seed:
+                    rows.append(_row(scenario, method + suffix, list(by_seed.values())))
             cells: dict[tuple, list[dict]] = defaultdict(list)
             for r in mine:
                 cells[(r["variant"], *(r.get(k) for k in extra))].append(r)
@@ -105,7 +119,9 @@ def table(records: list[dict]) -> list[dict[str, Any]]:
                     f" {k.split('.')[-1]}={v:g}" if isinstance(v, float) else f" {k.split('.')[-1]}={v}"
                     for k, v in zip(extra, key[1:], strict=True)
                 )
-                rows.append(_row(scenario, label, cells[key]))
+                row = _row(scenario, label, cells[key])
+                row["no_path_gain"] = sum(1 for r in cells[key] if r.get("path_gain") == 0.0)
+                rows.append(row)
     return rows
 
 
@@ -123,12 +139,15 @@ def markdown(rows: list[dict]) -> str:
         lines += [
             f"### {scenario}",
             "",
-            "| model | UA | RA | TA | MIA | Avg. Gap | RTE (min) | seeds |",
-            "|---|---|---|---|---|---|---|---|",
+            "| model | UA | RA | TA | MIA | Avg. Gap | RTE (min) | seeds | note |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
         for r in (r for r in rows if r["scenario"] == scenario):
             cells = [f"{r[k]:.2f} ± {r[k + '_std']:.2f}" for k in METRICS[:-1]]
-            lines.append(f"| {r['model']} | " + " | ".join(cells) + f" | {r['rte_min']:.2f} | {r['n']} |")
+            note = f"no path gain in {r['no_path_gain']}/{r['n']} seeds" if r.get("no_path_gain") else ""
+            lines.append(
+                f"| {r['model']} | " + " | ".join(cells) + f" | {r['rte_min']:.2f} | {r['n']} | {note} |"
+            )
         lines.append("")
     return "\n".join(lines)
 

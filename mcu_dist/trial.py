@@ -24,7 +24,7 @@ from mcu_dist.evaluate.point import evaluate_model
 from mcu_dist.evaluate.selection import gap_cal
 from mcu_dist.lab import Lab
 from mcu_dist.path.beta import CalTargets, variant_name
-from mcu_dist.pipeline import run_path
+from mcu_dist.pipeline import bn_control, line_control, run_path
 from mcu_dist.references import baseline_model, prepare_references
 from mcu_dist.store import write_text
 from mcu_dist.tune_space import SearchSpace
@@ -121,6 +121,9 @@ def _compute(cfg, params, ctx, report, tracker, run_id, sweep) -> dict[str, floa
     original, retrain_row, cal, mask = refs.original, refs.retrain_row, refs.cal, refs.mask
     endpoint, base_s = baseline_model(lab, cfg.baselines.methods[0], original)
     baseline_row = evaluate_model(endpoint, lab)
+    controls = {"baseline_bn": bn_control(lab, endpoint)}
+    if cfg.eval.line_control:
+        controls["line"] = line_control(lab, original, endpoint, cal, retrain_row).row
     on_epoch = None
     if report is not None and sweep.asha and not cfg.scale.distributed:
 
@@ -150,6 +153,9 @@ def _compute(cfg, params, ctx, report, tracker, run_id, sweep) -> dict[str, floa
             "region_size": float(len(result.effective_region)),
             "baseline_avg_gap": base_gap,
             "baseline_gap_cal": gap_cal(baseline_row["RA"], baseline_row["FA"], cal),
+            **{f"{name}_avg_gap": avg_gap(r, retrain_row) for name, r in controls.items()},
+            "selection_regret": row["selection_regret"],
+            "path_gain": row["path_gain"],
             "rte_min": (base_s + result.seconds["curve"] + result.seconds["path_eval"]) / 60,
             "rte_curve_min": result.seconds["curve"] / 60,
             "rte_eval_min": result.seconds["path_eval"] / 60,
@@ -159,7 +165,7 @@ def _compute(cfg, params, ctx, report, tracker, run_id, sweep) -> dict[str, floa
         }
     )
     if tracker:
-        _log_path(tracker, run_id, result, metrics, baseline_row, retrain_row, mask, out)
+        _log_path(tracker, run_id, result, metrics, baseline_row, retrain_row, mask, out, controls)
         tracker.log_datasets(run_id, _datasets(lab, out))
         tracker.describe(run_id, describe_trial(cfg, params, metrics, result, baseline_row, retrain_row))
     return metrics
@@ -220,7 +226,9 @@ def describe_trial(cfg, params, metrics, result, baseline_row, retrain_row) -> s
     )
 
 
-def _log_path(tracker, run_id, result, metrics, baseline_row, retrain_row, mask, out: Path) -> None:
+def _log_path(
+    tracker, run_id, result, metrics, baseline_row, retrain_row, mask, out: Path, controls: dict
+) -> None:
     from mcu_dist.tracking import t_step
 
     # t is the step (t_step): a path/t metric would only repeat it (and be a flat line in Compare)
@@ -248,6 +256,7 @@ def _log_path(tracker, run_id, result, metrics, baseline_row, retrain_row, mask,
         **{k: v for k, v in metrics.items() if k != "final"},
         **{f"baseline/{k}": v for k, v in baseline_row.items()},
         **{f"retrain/{k}": v for k, v in retrain_row.items()},
+        **{f"{name}/{k}": v for name, r in controls.items() for k, v in r.items()},
     }
     tracker.log_series(run_id, [(0, final)])
     tracker.log_series(run_id, per_t + per_epoch)

@@ -105,9 +105,15 @@ def test_report_builds_the_paper_table_from_mlflow(tmp_path):
     out = tmp_path / "report"
     assert report.main(["--experiment", "grid", "--tracking-uri", uri, "--out", str(out)]) == 0
     rows = pq.read_table(out / "report.parquet").to_pylist()
-    assert [r["model"] for r in rows] == ["Retrain", "ga", "ga+mcu", "ga+mcu_beta"]
+    assert [r["model"] for r in rows] == ["Retrain", "ga", "ga+BN", "ga+line", "ga+mcu", "ga+mcu_beta"]
     assert rows[0]["avg_gap"] == 0.0 and rows[0]["n"] == 2
-    mcu = rows[2]
+    for i, control in ((2, "baseline_bn_avg_gap"), (3, "line_avg_gap")):  # one value per seed, not per cell
+        assert rows[i]["n"] == 2
+        assert rows[i]["avg_gap"] == pytest.approx(
+            statistics.fmean(metrics[("fixed", s)][control] for s in (0, 1))
+        )
+    mcu = rows[4]
+    assert mcu["no_path_gain"] == sum(metrics[("fixed", s)]["path_gain"] == 0.0 for s in (0, 1))
     gaps = [metrics[("fixed", s)]["avg_gap"] for s in (0, 1)]
     assert mcu["avg_gap"] == pytest.approx(statistics.fmean(gaps))
     assert mcu["avg_gap_std"] == pytest.approx(statistics.stdev(gaps))

@@ -31,7 +31,7 @@ def test_smoke_run_prints_the_table_and_writes_every_artifact(tmp_path):
         cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr
-    for model in ("Original", "Retrain", "ft", "ft+mcu", "ft+mcu_beta", "ga+mcu_beta"):
+    for model in ("Original", "Retrain", "ft", "ft+BN", "ft+line", "ft+mcu", "ft+mcu_beta", "ga+mcu_beta"):
         assert f"\n{model} " in proc.stdout
     (run,) = (tmp_path / "runs").iterdir()
     results = pq.read_table(run / "results.parquet").to_pylist()
@@ -39,16 +39,21 @@ def test_smoke_run_prints_the_table_and_writes_every_artifact(tmp_path):
         "Original",
         "Retrain",
         "ft",
+        "ft+BN",
+        "ft+line",
         "ft+mcu",
         "ft+mcu_beta",
         "ga",
+        "ga+BN",
+        "ga+line",
         "ga+mcu",
         "ga+mcu_beta",
     ]
     assert results[1]["avg_gap"] == 0.0
     for r in results:
-        if "+" in r["model"]:
+        if "+mcu" in r["model"] or "+line" in r["model"]:
             assert 0.75 <= r["t_star"] <= 1.0
+        if "+mcu" in r["model"]:
             assert r["RTE"] == pytest.approx(r["RTE_base"] + r["RTE_curve"] + r["RTE_eval"])
     assert (run / "config.yaml").is_file() and (run / "forget_manifest.parquet").is_file()
     path = run / "paths" / "ga+mcu_beta"
@@ -119,7 +124,14 @@ def test_user_endpoint_checkpoint_is_wrapped(tmp_path, digits_lab, digits_origin
         },
     )
     result = run_experiment(cfg, tmp_path / "run", log=lambda *_: None)
-    assert [r["model"] for r in result.rows] == ["Original", "Retrain", "endpoint", "endpoint+mcu"]
+    assert [r["model"] for r in result.rows] == [
+        "Original",
+        "Retrain",
+        "endpoint",
+        "endpoint+BN",
+        "endpoint+line",
+        "endpoint+mcu",
+    ]
 
 
 def test_python_api_on_tensors(digits_lab, digits_original, tmp_path):

@@ -31,9 +31,26 @@ FLOORS: list[tuple[str, tuple[str, ...]]] = [
     ),
     (
         "experiments",
-        ("mcu_dist.experiment", "mcu_dist.api", "mcu_dist.tune_space", "mcu_dist.trial", "mcu_dist.dispatch"),
+        (
+            "mcu_dist.experiment",
+            "mcu_dist.api",
+            "mcu_dist.tune_space",
+            "mcu_dist.trial",
+            "mcu_dist.console",
+            "mcu_dist.dispatch",
+        ),
     ),
-    ("entry points", ("mcu_dist.run", "mcu_dist.sweep", "mcu_dist.report", "mcu_dist.summarize")),
+    (
+        "entry points",
+        (
+            "mcu_dist.run",
+            "mcu_dist.sweep",
+            "mcu_dist.report",
+            "mcu_dist.summarize",
+            "mcu_dist.sweep_report",
+            "mcu_dist.connect",
+        ),
+    ),
     ("drivers on the sweep", ("mcu_dist.ablate", "mcu_dist.bench", "mcu_dist.bench_pipeline")),
     ("the package", ("mcu_dist", "mcu_dist.devtools")),
 ]
