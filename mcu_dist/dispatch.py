@@ -7,7 +7,7 @@ at once, so Ray runs as many side by side as the cluster's resources allow. A ta
 ``sweep.reference_cpus`` CPUs and ``sweep.reference_gpus`` of ``sweep.gpu_resource`` ("GPU"; on a
 machine without one a custom resource stands in) and trains on CUDA when that resource is a real
 GPU. It writes into the shared model cache exactly as the driver would — the same keys, the same
-file lock — so the cache must be on storage every node mounts.
+file lock or lease — so the cache must be on storage every node reaches (a shared mount or a bucket).
 
 A trial asks ``sweep.cpus_per_trial`` CPUs and ``sweep.gpus_per_trial`` of ``sweep.gpu_resource``;
 fractions pack trials (0.25: four trials share a GPU). A trial whose curve runs on Ray Train DDP
