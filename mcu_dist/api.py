@@ -21,7 +21,7 @@ from mcu_dist.config import ExperimentConfig, with_overrides
 from mcu_dist.data.forget import Splits, manifest_hash
 from mcu_dist.data.registry import DatasetBundle, ImageData
 from mcu_dist.lab import Lab
-from mcu_dist.path.mask import compute_mask
+from mcu_dist.path.mask import mask_for
 from mcu_dist.pipeline import PathResult, run_path
 from mcu_dist.train.mcu import calibration_targets
 
@@ -86,5 +86,5 @@ def unlearn(
     original = copy.deepcopy(original).to(lab.device).eval()
     endpoint = copy.deepcopy(endpoint).to(lab.device).eval()
     cal = calibration_targets(original, lab, classwise, cfg.eval.batch_size)
-    mask = compute_mask(original, lab, cfg.mcu.k, cfg.mcu.k_r, cfg.mcu.mask, cfg.seeds.unlearn)
+    mask = mask_for(original, lab)
     return run_path(lab, original, endpoint, variant, mask, cal, None, Path(out_dir) if out_dir else None)

@@ -196,6 +196,10 @@ class BaselineConfig:
             )
 
 
+MASK_KINDS = ("gradient", "random", "random_matched")
+MASK_MODES = ("paper", "budget")
+
+
 @dataclass
 class MCUConfig:
     """Curve training (MCU_METHOD.md sections 2-5); defaults are the paper's."""
@@ -207,7 +211,16 @@ class MCUConfig:
     curve_order: int = field(default=2, metadata=_cli("--curve-order", "Bezier degree n >= 2"))
     k: float = field(default=0.5, metadata=_cli("--k", "fraction of parameters selected (1 = no mask)"))
     k_r: float = field(default=0.0, metadata=_cli("--k-r", "fraction excluded first by retain saliency"))
-    mask: str = "gradient"  # gradient | random
+    mask: str = field(
+        default="gradient",
+        metadata=_cli(
+            "--mask", "gradient | random | random_matched (random, same size as the gradient mask)"
+        ),
+    )
+    mask_mode: str = field(
+        default="paper",
+        metadata=_cli("--mask-mode", "paper (select while below k, may overshoot) | budget (nearest to k)"),
+    )
     beta: float = field(default=0.2, metadata=_cli("--beta", "fixed beta of the mcu variant"))
     beta_schedule: str = field(
         default="adaptive_step", metadata=_cli("--beta-schedule", "schedule of the mcu_beta variant")
@@ -231,7 +244,8 @@ class MCUConfig:
         _check(0 <= self.k <= 1, "mcu.k", "a number in [0, 1]", self.k)
         _check(0 <= self.k_r <= 1, "mcu.k_r", "a number in [0, 1]", self.k_r)
         _check(self.k + self.k_r <= 1, "mcu.k_r", f"k + k_r <= 1 (k is {self.k})", self.k_r)
-        _check(self.mask in ("gradient", "random"), "mcu.mask", "gradient, random", self.mask)
+        _check(self.mask in MASK_KINDS, "mcu.mask", ", ".join(MASK_KINDS), self.mask)
+        _check(self.mask_mode in MASK_MODES, "mcu.mask_mode", ", ".join(MASK_MODES), self.mask_mode)
         _check(
             self.beta_schedule in BETA_SCHEDULES,
             "mcu.beta_schedule",

@@ -22,7 +22,7 @@ from mcu_dist.evaluate.mia import FEATURES
 from mcu_dist.evaluate.path_eval import write_table
 from mcu_dist.evaluate.point import evaluate_model
 from mcu_dist.lab import Lab
-from mcu_dist.path.mask import compute_mask
+from mcu_dist.path.mask import Mask, mask_for
 from mcu_dist.pipeline import PathResult, run_path
 from mcu_dist.train.mcu import calibration_targets
 from mcu_dist.train.reference import load_checkpoint, load_into, original_model, retrained_model
@@ -33,7 +33,7 @@ class ExperimentResult:
     rows: list[dict]
     paths: dict[str, PathResult]
     out_dir: Path | None
-    mask: dict | None
+    mask: Mask | None
 
 
 def baseline_model(lab: Lab, method: str, original: nn.Module) -> tuple[nn.Module, float]:
@@ -109,15 +109,11 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path | None = None, log
     ]
     cal = calibration_targets(original, lab, lab.splits.classwise, cfg.eval.batch_size)
     log(f"calibration targets: Cal_r = {cal.cal_r:.2f}, Cal_f = {cal.cal_f:.2f}")
-    mask = (
-        compute_mask(original, lab, cfg.mcu.k, cfg.mcu.k_r, cfg.mcu.mask, cfg.seeds.unlearn)
-        if cfg.mcu.variants
-        else None
-    )
+    mask = mask_for(original, lab) if cfg.mcu.variants else None
     if mask is not None:
         log(
-            f"mask {mask['sha256'][:12]}: {len(mask['selected'])} tensors, "
-            f"{mask['selected_params']}/{mask['total_params']} parameters"
+            f"mask {mask.sha256[:12]} ({mask.kind}, {mask.mode}, k = {mask.k}): {len(mask.selected)} tensors, "
+            f"{mask.selected_params}/{mask.total_params} parameters = {100 * mask.fraction:.1f}% selected"
         )
     paths: dict[str, PathResult] = {}
     for name, (endpoint, seconds) in endpoints(lab, original).items():
@@ -142,6 +138,7 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path | None = None, log
                     **result.row,
                     "t_star": result.t_star,
                     "region_size": len(result.effective_region),
+                    **mask.summary(),
                     "RTE": (seconds + result.seconds["curve"] + result.seconds["path_eval"]) / 60,
                     "RTE_base": seconds / 60,
                     "RTE_curve": result.seconds["curve"] / 60,
@@ -164,13 +161,14 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path | None = None, log
 
 
 def format_table(rows: list[dict]) -> str:
-    head = f"{'model':<22}{'UA':>8}{'RA':>8}{'TA':>8}{'MIA':>8}{'AvgGap':>8}{'RTE(min)':>10}{'t*':>6}"
+    head = f"{'model':<22}{'UA':>8}{'RA':>8}{'TA':>8}{'MIA':>8}{'AvgGap':>8}{'RTE(min)':>10}{'t*':>6}{'mask%':>7}"
     lines = [head, "-" * len(head)]
     for r in rows:
         ts = f"{r['t_star']:.2f}" if "t_star" in r else ""
+        sel = f"{100 * r['mask_fraction']:.1f}" if "mask_fraction" in r else ""
         lines.append(
             f"{r['model']:<22}{r['UA']:8.2f}{r['RA']:8.2f}{r['TA']:8.2f}{r['MIA']:8.2f}"
-            f"{r['avg_gap']:8.2f}{r['RTE']:10.3f}{ts:>6}"
+            f"{r['avg_gap']:8.2f}{r['RTE']:10.3f}{ts:>6}{sel:>7}"
         )
     return "\n".join(lines)
 

@@ -23,6 +23,7 @@ from mcu_dist.evaluate.selection import effective_region, gap_cal, region_interv
 from mcu_dist.lab import Lab
 from mcu_dist.path.beta import Calibration
 from mcu_dist.path.bezier import BezierCurve, params_of
+from mcu_dist.path.mask import Mask
 from mcu_dist.train.mcu import CurveState, train_curve
 from mcu_dist.train.reference import save_checkpoint
 
@@ -61,7 +62,7 @@ def run_path(
     original: nn.Module,
     endpoint: nn.Module,
     variant: str,
-    mask: dict,
+    mask: Mask,
     cal: Calibration,
     retrain_row: dict | None,
     out_dir: Path | None = None,
@@ -71,7 +72,7 @@ def run_path(
     """Train, evaluate and select one path; ``on_epoch_end(state, curve)`` sees in-process training epochs."""
     cfg = lab.cfg
     schedule = schedule_of(variant, lab)
-    curve = build_curve(original, endpoint, cfg.mcu.curve_order, mask["selected"]).to(lab.device)
+    curve = build_curve(original, endpoint, cfg.mcu.curve_order, mask.selected).to(lab.device)
     start = time.perf_counter()
     if cfg.scale.distributed:
         from mcu_dist.train.distributed import fit_distributed
@@ -109,7 +110,7 @@ def run_path(
     return result
 
 
-def save_path(result: PathResult, mask: dict, out_dir: Path, retrain_row: dict | None) -> None:
+def save_path(result: PathResult, mask: Mask, out_dir: Path, retrain_row: dict | None) -> None:
     """Path table + step table (Parquet), plot (PNG), mask (JSON), θ(t*) checkpoint."""
     from mcu_dist.plots import plot_path
 
@@ -119,15 +120,15 @@ def save_path(result: PathResult, mask: dict, out_dir: Path, retrain_row: dict |
         "schedule": result.schedule,
         "t_star": result.t_star,
         "effective_region": json.dumps(result.effective_region),
-        "mask_sha256": mask["sha256"],
+        "mask_sha256": mask.sha256,
     }
     write_table(result.path_table, out_dir / "path_table.parquet", meta)
     write_table(result.steps, out_dir / "steps.parquet", meta)
-    (out_dir / "mask.json").write_text(json.dumps({k: v for k, v in mask.items()}, indent=1, sort_keys=True))
+    (out_dir / "mask.json").write_text(json.dumps(mask.to_json(), indent=1, sort_keys=True))
     save_checkpoint(
         result.model,
         out_dir / "unlearned_t_star.pt",
-        {"t": result.t_star, "variant": result.variant, "mask_sha256": mask["sha256"]},
+        {"t": result.t_star, "variant": result.variant, "mask_sha256": mask.sha256},
     )
     torch.save(
         {

@@ -25,7 +25,7 @@ from mcu_dist.evaluate.selection import gap_cal
 from mcu_dist.experiment import baseline_model
 from mcu_dist.lab import Lab
 from mcu_dist.path.beta import Calibration
-from mcu_dist.path.mask import compute_mask
+from mcu_dist.path.mask import mask_for
 from mcu_dist.pipeline import run_path
 from mcu_dist.train.mcu import calibration_targets
 from mcu_dist.train.reference import original_model, retrained_model
@@ -98,7 +98,7 @@ def _compute(cfg, params, ctx, report, tracker, run_id, sweep) -> dict[str, floa
     endpoint, base_s = baseline_model(lab, method, original)
     baseline_row = evaluate_model(endpoint, lab)
     cal = calibration_targets(original, lab, lab.splits.classwise, cfg.eval.batch_size)
-    mask = compute_mask(original, lab, cfg.mcu.k, cfg.mcu.k_r, cfg.mcu.mask, cfg.seeds.unlearn)
+    mask = mask_for(original, lab)
     on_epoch = None
     if report is not None and sweep.asha and not cfg.scale.distributed:
 
@@ -123,6 +123,7 @@ def _compute(cfg, params, ctx, report, tracker, run_id, sweep) -> dict[str, floa
     metrics.update(
         {
             "region_size": float(len(result.effective_region)),
+            **mask.summary(),
             "baseline_avg_gap": avg_gap(baseline_row, retrain_row),
             "baseline_gap_cal": gap_cal(baseline_row["RA"], baseline_row["FA"], cal),
             "rte_min": (base_s + result.seconds["curve"] + result.seconds["path_eval"]) / 60,
@@ -159,6 +160,7 @@ def _log_path(tracker, run_id, result, metrics, baseline_row, retrain_row, mask,
     ]
     final = {
         **metrics,
+        **{f"mask/layer/{k}": v for k, v in mask.layer_fractions().items()},
         **{f"baseline/{k}": v for k, v in baseline_row.items()},
         **{f"retrain/{k}": v for k, v in retrain_row.items()},
     }
@@ -167,7 +169,7 @@ def _log_path(tracker, run_id, result, metrics, baseline_row, retrain_row, mask,
         run_id,
         {
             "mcu.effective_region": result.effective_region,
-            "mcu.mask_sha256": mask["sha256"],
+            "mcu.mask_sha256": mask.sha256,
             "mcu.t_star": result.t_star,
             "mcu.node_id": _node_id(),
         },
