@@ -176,6 +176,13 @@ class BaselineConfig:
     endpoint: str | None = field(
         default=None, metadata=_cli("--endpoint", "checkpoint of the user's own pre-unlearned model")
     )
+    budget_control: bool = field(
+        default=True,
+        metadata=_cli(
+            "--budget-control",
+            "add <baseline>+budget: the baseline's own update continued from θ_p for mcu.epochs epochs",
+        ),
+    )
 
     def validate(self) -> None:
         from mcu_dist.baselines import BASELINES
@@ -274,6 +281,15 @@ class EvalConfig:
     )
     calibration_size: int = 2000
     mia_cap: int = 2000
+    bootstrap: int = field(
+        default=1000,
+        metadata=_cli("--bootstrap", "bootstrap replicates of the final rows' intervals (0: none)"),
+    )
+    shadow_draws: int = field(
+        default=5,
+        metadata=_cli("--shadow-draws", "MIA shadow-set draws of the final rows (1: the headline's only)"),
+    )
+    ci_level: float = 0.95  # percentile bootstrap interval
     batch_size: int = 512
     workers: int = 1  # processes evaluating t points in parallel; 0 = one per core
 
@@ -316,6 +332,14 @@ class EvalConfig:
         )
         _check(self.calibration_size >= 1, "eval.calibration_size", "an integer >= 1", self.calibration_size)
         _check(self.mia_cap >= 10, "eval.mia_cap", "an integer >= 10", self.mia_cap)
+        _check(
+            self.bootstrap == 0 or self.bootstrap >= 100,
+            "eval.bootstrap",
+            "0 or an integer >= 100",
+            self.bootstrap,
+        )
+        _check(self.shadow_draws >= 1, "eval.shadow_draws", "an integer >= 1", self.shadow_draws)
+        _check(0 < self.ci_level < 1, "eval.ci_level", "a number in (0, 1)", self.ci_level)
         _check(self.workers >= 0, "eval.workers", "an integer >= 0", self.workers)
 
 

@@ -17,14 +17,15 @@ from torch import nn
 from mcu_dist.baselines import BASELINES
 from mcu_dist.config import ExperimentConfig, save_yaml
 from mcu_dist.data import write_manifest
+from mcu_dist.evaluate.bootstrap import Outcomes, intervals
 from mcu_dist.evaluate.metrics import avg_gap
 from mcu_dist.evaluate.mia import FEATURES
 from mcu_dist.evaluate.path_eval import write_table
-from mcu_dist.evaluate.point import evaluate_model
+from mcu_dist.evaluate.point import evaluate_outcomes
 from mcu_dist.lab import Lab
 from mcu_dist.path.mask import Mask, mask_for
 from mcu_dist.pipeline import PathResult, run_path
-from mcu_dist.train.mcu import calibration_targets
+from mcu_dist.train.mcu import calibration_targets, retain_prime_record
 from mcu_dist.train.reference import load_checkpoint, load_into, original_model, retrained_model
 
 
@@ -36,8 +37,14 @@ class ExperimentResult:
     mask: Mask | None
 
 
-def baseline_model(lab: Lab, method: str, original: nn.Module) -> tuple[nn.Module, float]:
-    """θ_p for ``method`` from the cache (trained once per key); returns the model and its RTE in seconds."""
+def baseline_model(
+    lab: Lab, method: str, original: nn.Module, more_epochs: int = 0
+) -> tuple[nn.Module, float]:
+    """θ_p for ``method`` from the cache (trained once per key); returns the model and its RTE in seconds.
+
+    ``more_epochs > 0`` gives the compute-matched control instead: the baseline's own update (its loss,
+    data stream and optimiser settings) run again from θ_p for that many epochs; its RTE includes θ_p's.
+    """
     unit = BASELINES[method]
     hp = unit.resolve(lab.cfg.baselines.params.get(method))
     fields = {
@@ -47,13 +54,26 @@ def baseline_model(lab: Lab, method: str, original: nn.Module) -> tuple[nn.Modul
         "hp": hp,
         "unlearn_seed": lab.cfg.seeds.unlearn,
     }
+    start, kind, before = original, f"baseline-{method}", 0.0
+    if more_epochs:
+        start, before = baseline_model(lab, method, original)
+        fields, kind, hp = (
+            {**fields, "more_epochs": more_epochs},
+            f"budget-{method}",
+            {**hp, "epochs": more_epochs},
+        )
     model, meta = lab.cache.get(
-        f"baseline-{method}",
+        kind,
         fields,
         lab.new_model(),
-        lambda: unit.run(copy.deepcopy(original).train(), lab, hp, lab.cfg.seeds.unlearn),
+        lambda: unit.run(copy.deepcopy(start).train(), lab, hp, lab.cfg.seeds.unlearn),
     )
-    return model.eval(), float(meta.get("seconds", 0.0))
+    return model.eval(), before + float(meta.get("seconds", 0.0))
+
+
+def has_budget_control(method: str) -> bool:
+    """Baselines with an iterative update (an ``epochs`` setting) can be continued for MCU's budget."""
+    return method in BASELINES and "epochs" in BASELINES[method].defaults
 
 
 def endpoints(lab: Lab, original: nn.Module) -> dict[str, tuple[nn.Module, float]]:
@@ -91,21 +111,35 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path | None = None, log
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         save_yaml(cfg, out / "config.yaml")
-        write_manifest(lab.bundle, lab.splits, out / "forget_manifest.parquet")
+        write_manifest(lab.bundle, lab.splits, out / "forget_manifest.parquet", retain_prime_record(lab))
     log(
         f"data {lab.bundle.dataset_id}: |D_f| = {len(lab.splits.forget)}, |D_r| = {len(lab.splits.retain)}, "
         f"|D_test| = {len(lab.splits.test_eval)}; forget manifest {lab.splits.manifest_hash[:12]}"
     )
     original, o_meta = original_model(lab, lab.cache)
     retrained, r_meta = retrained_model(lab, lab.cache)
-    retrain_row = evaluate_model(retrained, lab, features=FEATURES)
+    retrain_row, retrain_outcomes = evaluate_outcomes(
+        retrained, lab, features=FEATURES, shadow_draws=cfg.eval.shadow_draws
+    )
+
+    def with_intervals(row: dict, outcomes: Outcomes) -> dict:
+        return {
+            **row,
+            **intervals(outcomes, retrain_outcomes, cfg.eval.bootstrap, cfg.eval.ci_level, cfg.seeds.eval),
+        }
+
+    def scored(model: nn.Module) -> dict:
+        return with_intervals(
+            *evaluate_outcomes(model, lab, features=FEATURES, shadow_draws=cfg.eval.shadow_draws)
+        )
+
     rows = [
+        {"model": "Original", **scored(original), "RTE": o_meta.get("seconds", 0) / 60},
         {
-            "model": "Original",
-            **evaluate_model(original, lab, features=FEATURES),
-            "RTE": o_meta.get("seconds", 0) / 60,
+            "model": "Retrain",
+            **with_intervals(retrain_row, retrain_outcomes),
+            "RTE": r_meta.get("seconds", 0) / 60,
         },
-        {"model": "Retrain", **retrain_row, "RTE": r_meta.get("seconds", 0) / 60},
     ]
     cal = calibration_targets(original, lab, lab.splits.classwise, cfg.eval.batch_size)
     log(f"calibration targets: Cal_r = {cal.cal_r:.2f}, Cal_f = {cal.cal_f:.2f}")
@@ -117,7 +151,13 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path | None = None, log
         )
     paths: dict[str, PathResult] = {}
     for name, (endpoint, seconds) in endpoints(lab, original).items():
-        rows.append({"model": name, **evaluate_model(endpoint, lab, features=FEATURES), "RTE": seconds / 60})
+        rows.append({"model": name, **scored(endpoint), "RTE": seconds / 60})
+        if cfg.baselines.budget_control and cfg.mcu.variants and has_budget_control(name):
+            continued, total = baseline_model(lab, name, original, more_epochs=cfg.mcu.epochs)
+            rows.append(
+                {"model": f"{name}+budget", **scored(continued), "RTE": total / 60, "RTE_base": seconds / 60}
+            )
+            log(f"{name}+budget: {name} continued from θ_p for {cfg.mcu.epochs} epochs (MCU's curve budget)")
         for variant in cfg.mcu.variants:
             key = f"{name}+{variant}"
             result = run_path(
@@ -135,7 +175,7 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path | None = None, log
             rows.append(
                 {
                     "model": key,
-                    **result.row,
+                    **with_intervals(result.row, result.outcomes),
                     "t_star": result.t_star,
                     "region_size": len(result.effective_region),
                     **mask.summary(),
@@ -161,14 +201,18 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path | None = None, log
 
 
 def format_table(rows: list[dict]) -> str:
-    head = f"{'model':<22}{'UA':>8}{'RA':>8}{'TA':>8}{'MIA':>8}{'AvgGap':>8}{'RTE(min)':>10}{'t*':>6}{'mask%':>7}"
+    head = (
+        f"{'model':<24}{'UA':>8}{'RA':>8}{'TA':>8}{'MIA':>8}{'AvgGap':>8}{'95% interval':>16}"
+        f"{'RTE(min)':>10}{'t*':>6}{'mask%':>7}"
+    )
     lines = [head, "-" * len(head)]
     for r in rows:
         ts = f"{r['t_star']:.2f}" if "t_star" in r else ""
         sel = f"{100 * r['mask_fraction']:.1f}" if "mask_fraction" in r else ""
+        ci = f"[{r['avg_gap_lo']:.2f}, {r['avg_gap_hi']:.2f}]" if "avg_gap_lo" in r else ""
         lines.append(
-            f"{r['model']:<22}{r['UA']:8.2f}{r['RA']:8.2f}{r['TA']:8.2f}{r['MIA']:8.2f}"
-            f"{r['avg_gap']:8.2f}{r['RTE']:10.3f}{ts:>6}{sel:>7}"
+            f"{r['model']:<24}{r['UA']:8.2f}{r['RA']:8.2f}{r['TA']:8.2f}{r['MIA']:8.2f}"
+            f"{r['avg_gap']:8.2f}{ci:>16}{r['RTE']:10.3f}{ts:>6}{sel:>7}"
         )
     return "\n".join(lines)
 

@@ -15,14 +15,16 @@ import torch
 from torch import nn
 
 from mcu_dist.evaluate.bn import calibration_positions
+from mcu_dist.evaluate.bootstrap import Outcomes
 from mcu_dist.evaluate.metrics import avg_gap
 from mcu_dist.evaluate.mia import FEATURES
 from mcu_dist.evaluate.path_eval import evaluate_path, model_at, write_table
-from mcu_dist.evaluate.point import evaluate_model
+from mcu_dist.evaluate.point import evaluate_outcomes
 from mcu_dist.evaluate.selection import effective_region, gap_cal, region_intervals, t_star
 from mcu_dist.lab import Lab
-from mcu_dist.path.beta import Calibration
+from mcu_dist.path.beta import BetaParams, Calibration, beta_shares
 from mcu_dist.path.bezier import BezierCurve, params_of
+from mcu_dist.path.checkpoint import curve_payload
 from mcu_dist.path.mask import Mask
 from mcu_dist.train.mcu import CurveState, train_curve
 from mcu_dist.train.reference import save_checkpoint
@@ -43,6 +45,7 @@ class PathResult:
     row: dict  # θ(t*) evaluated, every MIA feature included
     model: nn.Module  # θ(t*), BN recalibrated
     seconds: dict = field(default_factory=dict)  # curve training, path evaluation
+    outcomes: Outcomes | None = None  # θ(t*)'s per-sample results, for intervals against θ_r
 
 
 def schedule_of(variant: str, lab: Lab) -> str:
@@ -87,10 +90,18 @@ def run_path(
     ts, gaps = [r["t"] for r in table], [r["gap_cal"] for r in table]
     chosen = t_star(ts, gaps, *cfg.eval.t_star_range)
     model = model_at(curve, chosen, lab, calibration_positions(lab, cfg.eval, cfg.seeds.eval))
-    row = evaluate_model(model, lab, features=FEATURES)
+    row, outcomes = evaluate_outcomes(model, lab, features=FEATURES, shadow_draws=cfg.eval.shadow_draws)
     row["gap_cal"] = gap_cal(row["RA"], row["FA"], cal)
     if retrain_row is not None:
         row["avg_gap"] = avg_gap(row, retrain_row)
+    m = cfg.mcu
+    row.update(
+        beta_shares(
+            [s["beta"] for s in state.steps],
+            schedule,
+            BetaParams(m.beta, m.beta_low, m.beta_high, m.beta_tau),
+        )
+    )
     eval_s = time.perf_counter() - start
     result = PathResult(
         variant,
@@ -104,6 +115,7 @@ def run_path(
         row,
         model,
         {"curve": train_s, "path_eval": eval_s},
+        outcomes,
     )
     if out_dir is not None:
         save_path(result, mask, out_dir, retrain_row)
@@ -121,6 +133,8 @@ def save_path(result: PathResult, mask: Mask, out_dir: Path, retrain_row: dict |
         "t_star": result.t_star,
         "effective_region": json.dumps(result.effective_region),
         "mask_sha256": mask.sha256,
+        "mask_fraction": mask.fraction,
+        **{k: v for k, v in result.row.items() if k.startswith("beta_")},
     }
     write_table(result.path_table, out_dir / "path_table.parquet", meta)
     write_table(result.steps, out_dir / "steps.parquet", meta)
@@ -130,14 +144,7 @@ def save_path(result: PathResult, mask: Mask, out_dir: Path, retrain_row: dict |
         out_dir / "unlearned_t_star.pt",
         {"t": result.t_star, "variant": result.variant, "mask_sha256": mask.sha256},
     )
-    torch.save(
-        {
-            "control_state": result.curve.control_state(),
-            "order": result.curve.order,
-            "selected": sorted(result.curve.selected),
-        },
-        out_dir / "curve.pt",
-    )
+    torch.save(curve_payload(result.curve), out_dir / "curve.pt")
     plot_path(
         result.path_table,
         result.t_star,

@@ -27,7 +27,7 @@ from mcu_dist.lab import Lab
 from mcu_dist.path.beta import Calibration
 from mcu_dist.path.mask import mask_for
 from mcu_dist.pipeline import run_path
-from mcu_dist.train.mcu import calibration_targets
+from mcu_dist.train.mcu import calibration_targets, retain_prime_record
 from mcu_dist.train.reference import original_model, retrained_model
 from mcu_dist.tune_space import SearchSpace
 
@@ -90,7 +90,7 @@ def _compute(cfg, params, ctx, report, tracker, run_id, sweep) -> dict[str, floa
     out = ctx.out_dir
     out.mkdir(parents=True, exist_ok=True)
     save_yaml(cfg, out / "config.yaml")
-    write_manifest(lab.bundle, lab.splits, out / "forget_manifest.parquet")
+    write_manifest(lab.bundle, lab.splits, out / "forget_manifest.parquet", retain_prime_record(lab))
     original, _ = original_model(lab, lab.cache)
     retrained, retrain_meta = retrained_model(lab, lab.cache)
     retrain_row = evaluate_model(retrained, lab, features=FEATURES)

@@ -1,17 +1,24 @@
-"""Every metric of one model from one pass per set: RA, FA/UA, TA, forgotten-class TA, MIA-Efficacy."""
+"""Every metric of one model from one pass per set: RA, FA/UA, TA, forgotten-class TA, MIA-Efficacy.
+
+``evaluate_outcomes`` also keeps the per-sample results the metrics are means of (correctness on
+D_r, D_f, D_test; the attack's verdict on each D_f sample for each of ``shadow_draws`` shadow-set
+draws, the first being the headline's), so confidence intervals resample them without running the
+network again (``mcu_dist.evaluate.bootstrap``).
+"""
 
 from __future__ import annotations
 
 from torch import nn
 
+from mcu_dist.evaluate.bootstrap import Outcomes
 from mcu_dist.evaluate.metrics import predict
-from mcu_dist.evaluate.mia import mia_efficacy
+from mcu_dist.evaluate.mia import attack_verdicts, mia_efficacy, shadow_seeds
 from mcu_dist.lab import Lab
 
 
-def evaluate_model(
-    model: nn.Module, lab: Lab, *, features: tuple[str, ...] = ("confidence",)
-) -> dict[str, float]:
+def evaluate_outcomes(
+    model: nn.Module, lab: Lab, *, features: tuple[str, ...] = ("confidence",), shadow_draws: int = 1
+) -> tuple[dict[str, float], Outcomes]:
     cfg, s, b = lab.cfg.eval, lab.splits, lab.bundle
     kw = {"normalize": lab.normalize, "batch_size": cfg.batch_size, "device": lab.device}
     retain = predict(model, b.train, s.retain, **kw)
@@ -20,5 +27,22 @@ def evaluate_model(
     row = {"RA": retain.accuracy, "FA": forget.accuracy, "UA": 100.0 - forget.accuracy, "TA": test.accuracy}
     if s.classwise:
         row["TA_forgotten"] = predict(model, b.test, s.test_forgotten, **kw).accuracy
-    row.update(mia_efficacy(retain, test, forget, cfg.mia_cap, lab.cfg.seeds.eval, features))
-    return row
+    seed = lab.cfg.seeds.eval
+    verdicts = [
+        attack_verdicts(retain, test, forget, "confidence", cfg.mia_cap, sd)
+        for sd in shadow_seeds(seed, shadow_draws)
+    ]
+    row.update(
+        mia_efficacy(retain, test, forget, cfg.mia_cap, seed, tuple(f for f in features if f != "confidence"))
+    )
+    row["MIA"] = row["MIA_confidence"] = 100.0 * verdicts[0].double().mean().item()
+    if shadow_draws > 1:
+        draws = [100.0 * v.double().mean().item() for v in verdicts]
+        row["MIA_shadow_min"], row["MIA_shadow_max"] = min(draws), max(draws)
+    return row, Outcomes(retain.correct, forget.correct, test.correct, verdicts)
+
+
+def evaluate_model(
+    model: nn.Module, lab: Lab, *, features: tuple[str, ...] = ("confidence",)
+) -> dict[str, float]:
+    return evaluate_outcomes(model, lab, features=features)[0]

@@ -25,6 +25,7 @@ from mcu_dist.config import ConfigError, ExperimentConfig, from_dict
 from mcu_dist.lab import Lab
 from mcu_dist.path.beta import Calibration
 from mcu_dist.path.bezier import BezierCurve, has_batchnorm
+from mcu_dist.path.checkpoint import check_endpoints, curve_payload
 from mcu_dist.train.mcu import CurveState, TorchDistComm, make_optimizer, train_curve
 from mcu_dist.train.reference import load_checkpoint, save_checkpoint
 
@@ -35,7 +36,7 @@ def _payload(
     curve: BezierCurve, optimizer: torch.optim.Optimizer, state: CurveState, attempts: list[int]
 ) -> dict:
     return {
-        "control_state": curve.control_state(),
+        **curve_payload(curve),
         "optimizer": optimizer.state_dict(),
         "epoch": state.epoch,
         "steps": json.dumps(state.steps),
@@ -48,6 +49,7 @@ def _payload(
 def restore(
     curve: BezierCurve, optimizer: torch.optim.Optimizer | None, payload: dict
 ) -> tuple[CurveState, list[int]]:
+    check_endpoints(curve, payload, "Ray Train checkpoint")
     curve.load_control_state(payload["control_state"])
     if optimizer is not None:
         optimizer.load_state_dict(payload["optimizer"])
