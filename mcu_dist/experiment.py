@@ -123,10 +123,9 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path | None = None, log
     )
 
     def with_intervals(row: dict, outcomes: Outcomes) -> dict:
-        return {
-            **row,
-            **intervals(outcomes, retrain_outcomes, cfg.eval.bootstrap, cfg.eval.ci_level, cfg.seeds.eval),
-        }
+        start = time.perf_counter()
+        bounds = intervals(outcomes, retrain_outcomes, cfg.eval.bootstrap, cfg.eval.ci_level, cfg.seeds.eval)
+        return {**row, **bounds, "ci_s": row.get("ci_s", 0.0) + time.perf_counter() - start}
 
     def scored(model: nn.Module) -> dict:
         return with_intervals(
@@ -191,6 +190,11 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path | None = None, log
             )
     for row in rows:
         row["avg_gap"] = avg_gap(row, retrain_row)
+    ci_s, eval_s = sum(r["ci_s"] for r in rows), sum(r.get("RTE_eval", 0.0) * 60 for r in rows)
+    log(
+        f"intervals ({cfg.eval.bootstrap} replicates, {cfg.eval.shadow_draws} shadow draws) cost {ci_s:.1f} s "
+        f"for {len(rows)} rows; path evaluation took {eval_s:.1f} s"
+    )
     if out is not None:
         write_table(
             rows,

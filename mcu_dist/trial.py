@@ -18,11 +18,12 @@ import torch
 from mcu_dist.config import ExperimentConfig, save_yaml
 from mcu_dist.data import write_manifest
 from mcu_dist.evaluate.bn import recalibrate_bn
+from mcu_dist.evaluate.bootstrap import intervals
 from mcu_dist.evaluate.metrics import avg_gap, predict
 from mcu_dist.evaluate.mia import FEATURES
-from mcu_dist.evaluate.point import evaluate_model
+from mcu_dist.evaluate.point import evaluate_outcomes
 from mcu_dist.evaluate.selection import gap_cal
-from mcu_dist.experiment import baseline_model
+from mcu_dist.experiment import baseline_model, has_budget_control
 from mcu_dist.lab import Lab
 from mcu_dist.path.beta import Calibration
 from mcu_dist.path.mask import mask_for
@@ -32,6 +33,7 @@ from mcu_dist.train.reference import original_model, retrained_model
 from mcu_dist.tune_space import SearchSpace
 
 REPORTED = ("UA", "RA", "TA", "MIA", "avg_gap", "gap_cal", "t_star")
+INTERVAL_KEYS = ("UA_", "RA_", "TA_", "MIA_shadow", "MIA_lo", "MIA_hi", "avg_gap_", "beta_")
 
 
 @dataclass
@@ -93,10 +95,23 @@ def _compute(cfg, params, ctx, report, tracker, run_id, sweep) -> dict[str, floa
     write_manifest(lab.bundle, lab.splits, out / "forget_manifest.parquet", retain_prime_record(lab))
     original, _ = original_model(lab, lab.cache)
     retrained, retrain_meta = retrained_model(lab, lab.cache)
-    retrain_row = evaluate_model(retrained, lab, features=FEATURES)
+    draws, boot = cfg.eval.shadow_draws, (cfg.eval.bootstrap, cfg.eval.ci_level, cfg.seeds.eval)
+    retrain_row, retrain_oc = evaluate_outcomes(retrained, lab, features=FEATURES, shadow_draws=draws)
+    retrain_row.update(intervals(retrain_oc, retrain_oc, *boot))
     method = cfg.baselines.methods[0]
     endpoint, base_s = baseline_model(lab, method, original)
-    baseline_row = evaluate_model(endpoint, lab)
+
+    def scored(model) -> dict[str, float]:
+        row, oc = evaluate_outcomes(model, lab, shadow_draws=draws)
+        return {**row, "avg_gap": avg_gap(row, retrain_row), **intervals(oc, retrain_oc, *boot)}
+
+    baseline_row = scored(endpoint)
+    controls = {}
+    if cfg.baselines.budget_control and has_budget_control(method):
+        continued, budget_s = baseline_model(lab, method, original, more_epochs=cfg.mcu.epochs)
+        controls = {f"budget/{k}": v for k, v in scored(continued).items()} | {
+            "budget/rte_min": budget_s / 60
+        }
     cal = calibration_targets(original, lab, lab.splits.classwise, cfg.eval.batch_size)
     mask = mask_for(original, lab)
     on_epoch = None
@@ -118,10 +133,11 @@ def _compute(cfg, params, ctx, report, tracker, run_id, sweep) -> dict[str, floa
         run_name=f"curve-{ctx.trial_id}",
         on_epoch_end=on_epoch,
     )
-    row = result.row
-    metrics = {k: float(row[k]) for k in REPORTED if k in row} | {"t_star": result.t_star}
+    row = {**result.row, **intervals(result.outcomes, retrain_oc, *boot)}
+    metrics = {k: float(v) for k, v in row.items() if k in REPORTED or k.startswith(INTERVAL_KEYS)}
     metrics.update(
         {
+            "t_star": result.t_star,
             "region_size": float(len(result.effective_region)),
             **mask.summary(),
             "baseline_avg_gap": avg_gap(baseline_row, retrain_row),
@@ -132,6 +148,7 @@ def _compute(cfg, params, ctx, report, tracker, run_id, sweep) -> dict[str, floa
             "retrain_rte_min": float(retrain_meta.get("seconds", 0.0)) / 60,
             "trial_s": time.perf_counter() - start,
             "final": 1,
+            **controls,
         }
     )
     if tracker:

@@ -105,9 +105,19 @@ def test_report_builds_the_paper_table_from_mlflow(tmp_path):
     out = tmp_path / "report"
     assert report.main(["--experiment", "grid", "--tracking-uri", uri, "--out", str(out)]) == 0
     rows = pq.read_table(out / "report.parquet").to_pylist()
-    assert [r["model"] for r in rows] == ["Retrain", "ga", "ga+MCU", "ga+MCU-β"]
+    assert [r["model"] for r in rows] == ["Retrain", "ga", "ga+budget", "ga+MCU", "ga+MCU-β"]
     assert rows[0]["avg_gap"] == 0.0 and rows[0]["n"] == 2
-    mcu = rows[2]
+    budget = rows[2]
+    assert budget["avg_gap"] == pytest.approx(
+        statistics.fmean(metrics[("fixed", s)]["budget/avg_gap"] for s in (0, 1))
+    )
+    for r in rows:
+        for m in ("UA", "RA", "TA", "MIA", "avg_gap"):
+            assert r[f"{m}_lo"] <= r[m] <= r[f"{m}_hi"], (r["model"], m)
+    assert rows[4]["beta_0"] + rows[4]["beta_low"] + rows[4]["beta_high"] + rows[4][
+        "beta_other"
+    ] == pytest.approx(1)
+    mcu = rows[3]
     gaps = [metrics[("fixed", s)]["avg_gap"] for s in (0, 1)]
     assert mcu["avg_gap"] == pytest.approx(statistics.fmean(gaps))
     assert mcu["avg_gap_std"] == pytest.approx(statistics.stdev(gaps))

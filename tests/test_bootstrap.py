@@ -95,3 +95,35 @@ def test_evaluated_outcomes_reproduce_the_row_and_its_headline_mia(digits_lab, d
     ci = intervals(o, n=500)
     for m in GAP_METRICS:
         assert ci[f"{m}_lo"] <= row[m] <= ci[f"{m}_hi"], m
+
+
+def test_seed_pooled_interval_is_one_seeds_own_and_narrows_with_more_seeds():
+    from mcu_dist.report import pooled_interval
+
+    one = {"UA": 40.0, "UA_lo": 36.0, "UA_hi": 45.0}
+    assert pooled_interval([one], "UA") == pytest.approx((36.0, 45.0))
+    lo, hi = pooled_interval([one] * 4, "UA")
+    assert (lo, hi) == pytest.approx((40.0 - 4.0 / 2, 40.0 + 5.0 / 2))  # same seeds: half-widths / √S
+    assert pooled_interval([one, {"UA": 41.0}], "UA") != pooled_interval([one], "UA")
+
+
+def test_ablation_rows_name_the_fraction_the_mask_selected():
+    from mcu_dist.report import table
+
+    def rec(k, frac, seed):
+        base = {"UA": 1.0, "RA": 2.0, "TA": 3.0, "MIA": 4.0, "avg_gap": 5.0, "rte_min": 0.1}
+        return {
+            "scenario": "random:0.1",
+            "method": "ga",
+            "variant": "MCU",
+            "seed": seed,
+            "mcu.k": k,
+            "mask_fraction": frac,
+            **base,
+            "baseline": dict(base),
+            "retrain": dict(base),
+        }
+
+    rows = table([rec(0.1, 0.24, 0), rec(0.1, 0.26, 1), rec(0.5, 1.0, 0)])
+    names = [r["model"] for r in rows]
+    assert "ga+MCU k=0.1 (sel 25%)" in names and "ga+MCU k=0.5 (sel 100%)" in names
