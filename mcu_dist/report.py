@@ -35,7 +35,17 @@ from mcu_dist.evaluate.path_eval import write_table
 METRICS = ("UA", "RA", "TA", "MIA", "avg_gap", "rte_min")
 WITH_INTERVALS = ("UA", "RA", "TA", "MIA", "avg_gap")
 EXTRAS = ("mask_fraction", "beta_0", "beta_low", "beta_high", "beta_fixed", "beta_other")
-SWEPT = ("mcu.curve_order", "mcu.k", "mcu.k_r", "mcu.mask", "mcu.lr", "mcu.beta", "mcu.epochs")
+SWEPT = (
+    "mcu.curve_order",
+    "mcu.k",
+    "mcu.k_r",
+    "mcu.mask",
+    "mcu.mask_mode",
+    "mcu.lr",
+    "mcu.beta",
+    "mcu.epochs",
+)
+MASK_KEYS = ("mcu.k", "mcu.k_r", "mcu.mask", "mcu.mask_mode")
 
 
 def _method(params: dict) -> str:
@@ -114,19 +124,20 @@ def table(records: list[dict]) -> list[dict[str, Any]]:
             for r in mine:
                 cells[(r["variant"], *(r.get(k) for k in extra))].append(r)
             for key in sorted(cells, key=str):
-                label = f"{method}+{key[0]}" + "".join(
-                    _label(k, v, cells[key]) for k, v in zip(extra, key[1:], strict=True)
-                )
+                label = f"{method}+{key[0]}" + _label(dict(zip(extra, key[1:], strict=True)), cells[key])
                 rows.append(_row(scenario, label, cells[key]))
     return rows
 
 
-def _label(key: str, value: Any, recs: list[dict]) -> str:
-    """``k=0.1 (sel 24%)``: a mask's k with the fraction it actually selected (mean over the cell)."""
-    name = key.split(".")[-1]
-    text = f" {name}={value:g}" if isinstance(value, float) else f" {name}={value}"
+def _label(values: dict[str, Any], recs: list[dict]) -> str:
+    """`` k=0.1 mask=random_matched (sel 24%)``: the varying values, and when the mask varies, the
+    fraction it actually selected (mean over the cell's seeds)."""
+    text = "".join(
+        f" {k.split('.')[-1]}={v:g}" if isinstance(v, float) else f" {k.split('.')[-1]}={v}"
+        for k, v in values.items()
+    )
     selected = [r["mask_fraction"] for r in recs if r.get("mask_fraction") is not None]
-    if key in ("mcu.k", "mcu.k_r", "mcu.mask") and selected:
+    if any(k in MASK_KEYS for k in values) and selected:
         text += f" (sel {100 * statistics.fmean(selected):.0f}%)"
     return text
 

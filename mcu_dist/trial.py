@@ -33,7 +33,16 @@ from mcu_dist.train.reference import original_model, retrained_model
 from mcu_dist.tune_space import SearchSpace
 
 REPORTED = ("UA", "RA", "TA", "MIA", "avg_gap", "gap_cal", "t_star")
-INTERVAL_KEYS = ("UA_", "RA_", "TA_", "MIA_shadow", "MIA_lo", "MIA_hi", "avg_gap_", "beta_")
+ROW_PREFIXES = (  # intervals, MIA shadow-draw range, β shares
+    "UA_",
+    "RA_",
+    "TA_",
+    "MIA_shadow",
+    "MIA_lo",
+    "MIA_hi",
+    "avg_gap_",
+    "beta_",
+)
 
 
 @dataclass
@@ -134,7 +143,7 @@ def _compute(cfg, params, ctx, report, tracker, run_id, sweep) -> dict[str, floa
         on_epoch_end=on_epoch,
     )
     row = {**result.row, **intervals(result.outcomes, retrain_oc, *boot)}
-    metrics = {k: float(v) for k, v in row.items() if k in REPORTED or k.startswith(INTERVAL_KEYS)}
+    metrics = {k: float(v) for k, v in row.items() if k in REPORTED or k.startswith(ROW_PREFIXES)}
     metrics.update(
         {
             "t_star": result.t_star,

@@ -141,11 +141,12 @@ def test_report_on_an_empty_experiment_is_a_clear_error(tmp_path, capsys):
     assert "--experiment" in capsys.readouterr().err
 
 
-def test_shipped_smoke_grid_parses():
+@pytest.mark.parametrize("name,references", [("ablation_smoke.yaml", 4), ("ablation_mask_smoke.yaml", 2)])
+def test_shipped_smoke_grid_parses(name, references):
     from pathlib import Path
 
-    space = load_space(Path(__file__).resolve().parents[1] / "tune_spaces" / "ablation_smoke.yaml")
-    assert space.grid and space.sweep.num_samples == 16 and len(reference_cells(space)) == 4
+    space = load_space(Path(__file__).resolve().parents[1] / "tune_spaces" / name)
+    assert space.grid and space.sweep.num_samples == 16 and len(reference_cells(space)) == references
 
 
 def test_asha_trials_report_a_gap_cal_proxy_every_epoch(tmp_path):
