@@ -26,12 +26,13 @@ from torch import nn
 from mcu_dist.config import ConfigError, ExperimentConfig, with_overrides
 from mcu_dist.data.forget import make_splits
 from mcu_dist.data.registry import DatasetBundle, ImageData
-from mcu_dist.evaluate.path_eval import write_table
 from mcu_dist.lab import Lab
-from mcu_dist.path.beta import Calibration
+from mcu_dist.path.beta import CalTargets
+from mcu_dist.path.bezier import curve_between
 from mcu_dist.path.mask import compute_mask
-from mcu_dist.pipeline import build_curve
+from mcu_dist.store import write_table, write_text
 from mcu_dist.train.mcu import train_curve
+from mcu_dist.validation import validate
 
 
 def synthetic_bundle(
@@ -64,8 +65,7 @@ def make_lab(model: str, data: str, n_train: int, device: str, cache_dir: str) -
         cfg = with_overrides(
             ExperimentConfig(), {**over, "data.dataset": "cifar10", "data.subset": max(1, n_train // 10)}
         )
-        cfg.validate()
-        return Lab.build(cfg)
+        return Lab.build(validate(cfg))
     cfg = with_overrides(ExperimentConfig(), over)
     bundle = synthetic_bundle(n_train)
     return Lab(cfg, bundle, make_splits(bundle, cfg.forget, 0), torch.device(device))
@@ -104,7 +104,7 @@ def curve_vs_ft(lab: Lab, batch_size: int, steps: int) -> dict:
         nn.functional.cross_entropy(ft_model(x), y).backward()
         ft_opt.step()
 
-    curve = build_curve(original, endpoint, 2, [n for n, _ in original.named_parameters()]).to(lab.device)
+    curve = curve_between(original, endpoint, 2, [n for n, _ in original.named_parameters()]).to(lab.device)
     curve.base.train()
     opt = torch.optim.SGD(curve.trainable(), lr=0.01, momentum=0.9)
     gen = torch.Generator().manual_seed(0)
@@ -156,7 +156,7 @@ def layer_macs(model: nn.Module, x: torch.Tensor) -> list[tuple[str, int, list[s
 
 
 def mask_bound(records: list[tuple[str, int, list[str]]], selected: set[str]) -> float:
-    """Estimated masked step cost ÷ unmasked step cost (forward F; backward input-grad ≈ weight-grad ≈ F)."""
+    """Estimated masked ÷ unmasked step cost (forward F; backward input-grad ≈ weight-grad ≈ F)."""
     forward = sum(m for _, m, _ in records)
     full = forward + 2 * forward
     first = next((i for i, (_, _, p) in enumerate(records) if selected & set(p)), len(records))
@@ -171,14 +171,14 @@ def masked_epoch(lab: Lab, k: float, batch_size: int, epochs: int) -> dict:
     with torch.no_grad():
         for p in endpoint.parameters():
             p.add_(0.01 * torch.randn_like(p))
-    cal = Calibration(cal_f=50.0, cal_r=90.0)
+    cal = CalTargets(cal_f=50.0, cal_r=90.0)
     cfg = copy.deepcopy(lab.cfg.mcu)
     cfg.epochs, cfg.batch_size = epochs, batch_size
     out = {}
     selected_at_k = []
     for kk in (1.0, k):
         mask = compute_mask(original, lab, kk, 0.0)
-        curve = build_curve(original, endpoint, 2, mask.selected).to(lab.device)
+        curve = curve_between(original, endpoint, 2, mask.selected).to(lab.device)
         train_curve(curve, lab, cfg, "fixed", cal, seed=0)  # warm-up epoch(s)
         _sync(lab.device)
         start = time.perf_counter()
@@ -208,9 +208,9 @@ def scaling(lab: Lab, workers: int, batch_size: int, epochs: int) -> dict:
     original = lab.new_model(0)
     endpoint = copy.deepcopy(original)
     names = [n for n, _ in original.named_parameters()]
-    cal = Calibration(cal_f=50.0, cal_r=90.0)
+    cal = CalTargets(cal_f=50.0, cal_r=90.0)
     lab.cfg.mcu.epochs, lab.cfg.mcu.batch_size = epochs, batch_size
-    local = train_curve(build_curve(original, endpoint, 2, names), lab, lab.cfg.mcu, "fixed", cal, seed=0)
+    local = train_curve(curve_between(original, endpoint, 2, names), lab, lab.cfg.mcu, "fixed", cal, seed=0)
     lab.cfg.scale.workers = workers
     lab.cfg.scale.cpus_per_worker = min(1.0, (torch.get_num_threads() or 1) / workers)
     start = time.perf_counter()
@@ -218,7 +218,7 @@ def scaling(lab: Lab, workers: int, batch_size: int, epochs: int) -> dict:
         lab,
         original,
         endpoint,
-        build_curve(original, endpoint, 2, names),
+        curve_between(original, endpoint, 2, names),
         "fixed",
         cal,
         f"bench-scaling-{time.strftime('%Y%m%d-%H%M%S')}",
@@ -282,14 +282,14 @@ def _workers_space(storage: str, workers: int) -> Path:
     )
     data["sweep"].update({"max_concurrent": 1, "cpus_per_trial": 0.2})
     path = Path(storage) / f"space-{workers}w.yaml"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    write_text(path, yaml.safe_dump(data, sort_keys=False))
     return path
 
 
 def format_rows(rows: list[dict]) -> str:
     lines = [
-        f"{'bench':<14}{'model':<12}{'batch':>6}{'base_s':>10}{'test_s':>10}{'ratio':>8}{'bound':>8}{'target':>8}"
+        f"{'bench':<14}{'model':<12}{'batch':>6}{'base_s':>10}{'test_s':>10}"
+        f"{'ratio':>8}{'bound':>8}{'target':>8}"
     ]
     for r in rows:
         base = r.get("ft_s", r.get("unmasked_epoch_s", r.get("one_worker_epoch_s", r.get("trial_compute_s"))))
@@ -335,6 +335,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="bench.parquet")
     p.add_argument("--cache-dir", default=ExperimentConfig().cache_dir)
     args = p.parse_args(argv)
+    bad = next(
+        (
+            (flag, value, allowed)
+            for flag, value, ok, allowed in (
+                ("--steps", args.steps, args.steps >= 1, "an integer >= 1"),
+                ("--batch-size", args.batch_size, args.batch_size >= 1, "an integer >= 1"),
+                ("--n-train", args.n_train, args.n_train >= 1, "an integer >= 1"),
+                ("--mask-k", args.mask_k, 0 < args.mask_k <= 1, "a number in (0, 1]"),
+                ("--scaling-workers", args.scaling_workers, args.scaling_workers >= 0, "an integer >= 0"),
+                ("--sweep-trials", args.sweep_trials, args.sweep_trials >= 0, "an integer >= 0"),
+            )
+            if not ok
+        ),
+        None,
+    )
+    if bad:
+        print(f"error: {bad[0]}: got {bad[1]!r}; allowed: {bad[2]}", file=sys.stderr)
+        return 2
     device = "cuda" if args.gpu else "cpu"
     if args.gpu and not torch.cuda.is_available():
         print(

@@ -7,26 +7,25 @@ curve training + path evaluation) with the parts beside it.
 
 from __future__ import annotations
 
-import copy
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from torch import nn
-
-from mcu_dist.baselines import BASELINES
-from mcu_dist.config import ExperimentConfig, save_yaml
+from mcu_dist.config import ExperimentConfig, to_yaml
 from mcu_dist.data import write_manifest
 from mcu_dist.evaluate.bootstrap import Outcomes, intervals
 from mcu_dist.evaluate.metrics import avg_gap
 from mcu_dist.evaluate.mia import FEATURES
-from mcu_dist.evaluate.path_eval import write_table
 from mcu_dist.evaluate.point import evaluate_outcomes
 from mcu_dist.lab import Lab
-from mcu_dist.path.mask import Mask, mask_for
+from mcu_dist.path.beta import variant_name
+from mcu_dist.path.mask import Mask
 from mcu_dist.pipeline import PathResult, run_path
-from mcu_dist.train.mcu import calibration_targets, retain_prime_record
-from mcu_dist.train.reference import load_checkpoint, load_into, original_model, retrained_model
+from mcu_dist.references import baseline_model, endpoints, has_budget_control, prepare_references
+from mcu_dist.store import key_hash, write_table, write_text
+from mcu_dist.train.mcu import retain_prime_record
+from mcu_dist.validation import validate
 
 
 @dataclass
@@ -37,60 +36,8 @@ class ExperimentResult:
     mask: Mask | None
 
 
-def baseline_model(
-    lab: Lab, method: str, original: nn.Module, more_epochs: int = 0
-) -> tuple[nn.Module, float]:
-    """θ_p for ``method`` from the cache (trained once per key); returns the model and its RTE in seconds.
-
-    ``more_epochs > 0`` gives the compute-matched control instead: the baseline's own update (its loss,
-    data stream and optimiser settings) run again from θ_p for that many epochs; its RTE includes θ_p's.
-    """
-    unit = BASELINES[method]
-    hp = unit.resolve(lab.cfg.baselines.params.get(method))
-    fields = {
-        **lab.reference_key(),
-        "forget": lab.splits.manifest_hash,
-        "method": method,
-        "hp": hp,
-        "unlearn_seed": lab.cfg.seeds.unlearn,
-    }
-    start, kind, before = original, f"baseline-{method}", 0.0
-    if more_epochs:
-        start, before = baseline_model(lab, method, original)
-        fields, kind, hp = (
-            {**fields, "more_epochs": more_epochs},
-            f"budget-{method}",
-            {**hp, "epochs": more_epochs},
-        )
-    model, meta = lab.cache.get(
-        kind,
-        fields,
-        lab.new_model(),
-        lambda: unit.run(copy.deepcopy(start).train(), lab, hp, lab.cfg.seeds.unlearn),
-    )
-    return model.eval(), before + float(meta.get("seconds", 0.0))
-
-
-def has_budget_control(method: str) -> bool:
-    """Baselines with an iterative update (an ``epochs`` setting) can be continued for MCU's budget."""
-    return method in BASELINES and "epochs" in BASELINES[method].defaults
-
-
-def endpoints(lab: Lab, original: nn.Module) -> dict[str, tuple[nn.Module, float]]:
-    out = {m: baseline_model(lab, m, original) for m in lab.cfg.baselines.methods}
-    if lab.cfg.baselines.endpoint:
-        state, _ = load_checkpoint(lab.cfg.baselines.endpoint, "baselines.endpoint")
-        out["endpoint"] = (
-            load_into(lab.new_model(), state, "baselines.endpoint", lab.cfg.baselines.endpoint).eval(),
-            0.0,
-        )
-    return out
-
-
 def curve_run_name(cfg: ExperimentConfig, lab: Lab, key: str) -> str:
     """A stable name per (config, path): a restarted driver finds its Ray Train checkpoints again."""
-    from mcu_dist.train.reference import key_hash
-
     fields = {
         "config": {k: v for k, v in cfg.flat().items() if not k.startswith(("scale.", "out"))},
         "dataset": lab.bundle.dataset_id,
@@ -101,69 +48,68 @@ def curve_run_name(cfg: ExperimentConfig, lab: Lab, key: str) -> str:
 
 
 def run_experiment(cfg: ExperimentConfig, out_dir: str | Path | None = None, log=print) -> ExperimentResult:
-    cfg.validate()
+    validate(cfg)
     if cfg.scale.distributed:  # placement is checked before any compute
         from mcu_dist.train.distributed import connect
 
         connect(cfg)
     lab = Lab.build(cfg)
-    out = Path(out_dir) if out_dir is not None else None
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        save_yaml(cfg, out / "config.yaml")
-        write_manifest(lab.bundle, lab.splits, out / "forget_manifest.parquet", retain_prime_record(lab))
     log(
         f"data {lab.bundle.dataset_id}: |D_f| = {len(lab.splits.forget)}, |D_r| = {len(lab.splits.retain)}, "
         f"|D_test| = {len(lab.splits.test_eval)}; forget manifest {lab.splits.manifest_hash[:12]}"
     )
-    original, o_meta = original_model(lab, lab.cache)
-    retrained, r_meta = retrained_model(lab, lab.cache)
-    retrain_row, retrain_outcomes = evaluate_outcomes(
-        retrained, lab, features=FEATURES, shadow_draws=cfg.eval.shadow_draws
-    )
+    # the references check the mask before θ_r is trained; the run folder exists only after that
+    refs = prepare_references(lab, mask=bool(cfg.mcu.beta_schedule))
+    out = Path(out_dir) if out_dir is not None else None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        write_text(out / "config.yaml", to_yaml(cfg))
+        write_manifest(lab.bundle, lab.splits, out / "forget_manifest.parquet", retain_prime_record(lab))
+    original, retrain_row, cal, mask = refs.original, refs.retrain_row, refs.cal, refs.mask
 
     def with_intervals(row: dict, outcomes: Outcomes) -> dict:
         start = time.perf_counter()
-        bounds = intervals(outcomes, retrain_outcomes, cfg.eval.bootstrap, cfg.eval.ci_level, cfg.seeds.eval)
+        bounds = intervals(
+            outcomes, refs.retrain_outcomes, cfg.eval.bootstrap, cfg.eval.ci_level, cfg.seeds.eval
+        )
         return {**row, **bounds, "ci_s": row.get("ci_s", 0.0) + time.perf_counter() - start}
 
-    def scored(model: nn.Module) -> dict:
+    def scored(model) -> dict:
         return with_intervals(
             *evaluate_outcomes(model, lab, features=FEATURES, shadow_draws=cfg.eval.shadow_draws)
         )
 
     rows = [
-        {"model": "Original", **scored(original), "RTE": o_meta.get("seconds", 0) / 60},
+        {"model": "Original", **scored(original), "RTE": refs.original_seconds / 60},
         {
             "model": "Retrain",
-            **with_intervals(retrain_row, retrain_outcomes),
-            "RTE": r_meta.get("seconds", 0) / 60,
+            **with_intervals(retrain_row, refs.retrain_outcomes),
+            "RTE": refs.retrain_seconds / 60,
         },
     ]
-    cal = calibration_targets(original, lab, lab.splits.classwise, cfg.eval.batch_size)
     log(f"calibration targets: Cal_r = {cal.cal_r:.2f}, Cal_f = {cal.cal_f:.2f}")
-    mask = mask_for(original, lab) if cfg.mcu.variants else None
     if mask is not None:
         log(
-            f"mask {mask.sha256[:12]} ({mask.kind}, {mask.mode}, k = {mask.k}): {len(mask.selected)} tensors, "
-            f"{mask.selected_params}/{mask.total_params} parameters = {100 * mask.fraction:.1f}% selected"
+            f"mask {mask.sha256[:12]} ({mask.kind}, {mask.mode}, k = {mask.k}): "
+            f"{len(mask.selected)} tensors, {mask.selected_params}/{mask.total_params} parameters = "
+            f"{100 * mask.fraction:.1f}% selected"
         )
     paths: dict[str, PathResult] = {}
     for name, (endpoint, seconds) in endpoints(lab, original).items():
         rows.append({"model": name, **scored(endpoint), "RTE": seconds / 60})
-        if cfg.baselines.budget_control and cfg.mcu.variants and has_budget_control(name):
+        if cfg.baselines.budget_control and cfg.mcu.beta_schedule and has_budget_control(name):
             continued, total = baseline_model(lab, name, original, more_epochs=cfg.mcu.epochs)
             rows.append(
                 {"model": f"{name}+budget", **scored(continued), "RTE": total / 60, "RTE_base": seconds / 60}
             )
             log(f"{name}+budget: {name} continued from θ_p for {cfg.mcu.epochs} epochs (MCU's curve budget)")
-        for variant in cfg.mcu.variants:
-            key = f"{name}+{variant}"
+        for schedule in cfg.mcu.beta_schedule:
+            key = f"{name}+{variant_name(schedule)}"
             result = run_path(
                 lab,
                 original,
                 endpoint,
-                variant,
+                schedule,
                 mask,
                 cal,
                 retrain_row,
@@ -192,8 +138,8 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path | None = None, log
         row["avg_gap"] = avg_gap(row, retrain_row)
     ci_s, eval_s = sum(r["ci_s"] for r in rows), sum(r.get("RTE_eval", 0.0) * 60 for r in rows)
     log(
-        f"intervals ({cfg.eval.bootstrap} replicates, {cfg.eval.shadow_draws} shadow draws) cost {ci_s:.1f} s "
-        f"for {len(rows)} rows; path evaluation took {eval_s:.1f} s"
+        f"intervals ({cfg.eval.bootstrap} replicates, {cfg.eval.shadow_draws} shadow draws) cost "
+        f"{ci_s:.1f} s for {len(rows)} rows; path evaluation took {eval_s:.1f} s"
     )
     if out is not None:
         write_table(
@@ -223,7 +169,9 @@ def format_table(rows: list[dict]) -> str:
 
 def run_folder(parent: str | Path, cfg: ExperimentConfig) -> Path:
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    base = Path(parent) / f"{stamp}-{cfg.data.dataset}-{cfg.forget.spec.replace(':', '_').replace(',', '-')}"
+    # the forget spec may hold a user's file path: one safe path component, never a way out of --out
+    scenario = re.sub(r"[^A-Za-z0-9.-]+", "_", cfg.forget.spec.replace(",", "-"))[:80]
+    base = Path(parent) / f"{stamp}-{cfg.data.dataset}-{scenario}"
     path, i = base, 1
     while path.exists():
         path, i = Path(f"{base}-{i}"), i + 1

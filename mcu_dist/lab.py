@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from mcu_dist.config import ExperimentConfig
 from mcu_dist.data import Batch, DatasetBundle, Normalizer, Splits, iterate, load_dataset, make_splits
-from mcu_dist.data.registry import file_digest
 from mcu_dist.models import create_model
-
-if TYPE_CHECKING:
-    from mcu_dist.train.reference import ModelCache
+from mcu_dist.store import ModelCache, architecture_of, file_digest
 
 
 @dataclass
@@ -35,8 +29,6 @@ class Lab:
 
     @classmethod
     def build(cls, cfg: ExperimentConfig) -> Lab:
-        from mcu_dist.train.reference import ModelCache
-
         bundle = load_dataset(cfg.data, cfg.seeds.split, cfg.cache_dir)
         splits = make_splits(bundle, cfg.forget, cfg.seeds.split)
         return cls(cfg, bundle, splits, torch.device(cfg.device), ModelCache(cfg.cache_dir))
@@ -91,10 +83,9 @@ class Lab:
             "augment": self.bundle.augment,
             "recipe": vars(cfg.reference).copy(),
             "seed": cfg.seeds.model,
-            "original": file_digest(Path(cfg.model.original)) if cfg.model.original else None,
+            "original": file_digest(cfg.model.original) if cfg.model.original else None,
         }
 
     def architecture(self) -> str:
         """A fingerprint of the model's parameter and buffer names and shapes (a user factory included)."""
-        shapes = [(n, tuple(v.shape)) for n, v in self.new_model(0).state_dict().items()]
-        return hashlib.sha256(repr(shapes).encode()).hexdigest()[:16]
+        return architecture_of(self.new_model(0).state_dict())

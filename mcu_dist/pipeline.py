@@ -11,25 +11,23 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 from torch import nn
 
-from mcu_dist.evaluate.bn import calibration_positions
+from mcu_dist.evaluate.bn import bn_set_positions
 from mcu_dist.evaluate.bootstrap import Outcomes
 from mcu_dist.evaluate.metrics import avg_gap
 from mcu_dist.evaluate.mia import FEATURES
-from mcu_dist.evaluate.path_eval import evaluate_path, model_at, write_table
+from mcu_dist.evaluate.path_eval import evaluate_path, model_at
 from mcu_dist.evaluate.point import evaluate_outcomes
 from mcu_dist.evaluate.selection import effective_region, gap_cal, region_intervals, t_star
 from mcu_dist.lab import Lab
-from mcu_dist.path.beta import BetaParams, Calibration, beta_shares
-from mcu_dist.path.bezier import BezierCurve, params_of
-from mcu_dist.path.checkpoint import curve_payload
+from mcu_dist.path.beta import CalTargets, beta_shares, variant_name
+from mcu_dist.path.bezier import BezierCurve, curve_between
+from mcu_dist.path.checkpoint import save_curve
 from mcu_dist.path.mask import Mask
+from mcu_dist.store import save_model, write_table, write_text
+from mcu_dist.train.distributed import fit_distributed
 from mcu_dist.train.mcu import CurveState, train_curve
-from mcu_dist.train.reference import save_checkpoint
-
-VARIANT_SCHEDULE = {"mcu": "fixed"}  # mcu_beta uses the configured adaptive schedule
 
 
 @dataclass
@@ -44,29 +42,29 @@ class PathResult:
     region_intervals: list[tuple[float, float]]
     row: dict  # θ(t*) evaluated, every MIA feature included
     model: nn.Module  # θ(t*), BN recalibrated
+    lab: Lab  # the data the path was trained and evaluated on
     seconds: dict = field(default_factory=dict)  # curve training, path evaluation
     outcomes: Outcomes | None = None  # θ(t*)'s per-sample results, for intervals against θ_r
 
-
-def schedule_of(variant: str, lab: Lab) -> str:
-    return VARIANT_SCHEDULE.get(variant, lab.cfg.mcu.beta_schedule)
-
-
-def build_curve(original: nn.Module, endpoint: nn.Module, order: int, selected: list[str]) -> BezierCurve:
-    import copy
-
-    return BezierCurve(
-        copy.deepcopy(original), params_of(original), params_of(endpoint), order, set(selected)
-    )
+    def export(self, t: float, path: str | Path) -> nn.Module:
+        """θ(t), BN recalibrated as θ(t*) was, saved as a model checkpoint: any point of the region."""
+        model = model_at(
+            self.curve,
+            t,
+            self.lab,
+            bn_set_positions(self.lab, self.lab.cfg.eval, self.lab.cfg.seeds.eval),
+        )
+        save_model(model, path, {"t": float(t), "variant": self.variant})
+        return model
 
 
 def run_path(
     lab: Lab,
     original: nn.Module,
     endpoint: nn.Module,
-    variant: str,
+    schedule: str,
     mask: Mask,
-    cal: Calibration,
+    cal: CalTargets,
     retrain_row: dict | None,
     out_dir: Path | None = None,
     run_name: str | None = None,
@@ -74,12 +72,10 @@ def run_path(
 ) -> PathResult:
     """Train, evaluate and select one path; ``on_epoch_end(state, curve)`` sees in-process training epochs."""
     cfg = lab.cfg
-    schedule = schedule_of(variant, lab)
-    curve = build_curve(original, endpoint, cfg.mcu.curve_order, mask.selected).to(lab.device)
+    variant = variant_name(schedule)
+    curve = curve_between(original, endpoint, cfg.mcu.curve_order, mask.selected).to(lab.device)
     start = time.perf_counter()
     if cfg.scale.distributed:
-        from mcu_dist.train.distributed import fit_distributed
-
         state = fit_distributed(lab, original, endpoint, curve, schedule, cal, run_name or f"curve-{variant}")
     else:
         hook = (lambda st, _opt: on_epoch_end(st, curve)) if on_epoch_end else None
@@ -89,19 +85,12 @@ def run_path(
     table = evaluate_path(curve, lab, cfg.eval.grid(), cal, retrain_row)
     ts, gaps = [r["t"] for r in table], [r["gap_cal"] for r in table]
     chosen = t_star(ts, gaps, *cfg.eval.t_star_range)
-    model = model_at(curve, chosen, lab, calibration_positions(lab, cfg.eval, cfg.seeds.eval))
+    model = model_at(curve, chosen, lab, bn_set_positions(lab, cfg.eval, cfg.seeds.eval))
     row, outcomes = evaluate_outcomes(model, lab, features=FEATURES, shadow_draws=cfg.eval.shadow_draws)
     row["gap_cal"] = gap_cal(row["RA"], row["FA"], cal)
     if retrain_row is not None:
         row["avg_gap"] = avg_gap(row, retrain_row)
-    m = cfg.mcu
-    row.update(
-        beta_shares(
-            [s["beta"] for s in state.steps],
-            schedule,
-            BetaParams(m.beta, m.beta_low, m.beta_high, m.beta_tau),
-        )
-    )
+    row.update(beta_shares([s["beta"] for s in state.steps], schedule, cfg.mcu))
     eval_s = time.perf_counter() - start
     result = PathResult(
         variant,
@@ -114,6 +103,7 @@ def run_path(
         region_intervals(ts, gaps),
         row,
         model,
+        lab,
         {"curve": train_s, "path_eval": eval_s},
         outcomes,
     )
@@ -126,7 +116,6 @@ def save_path(result: PathResult, mask: Mask, out_dir: Path, retrain_row: dict |
     """Path table + step table (Parquet), plot (PNG), mask (JSON), θ(t*) checkpoint."""
     from mcu_dist.plots import plot_path
 
-    out_dir.mkdir(parents=True, exist_ok=True)
     meta = {
         "variant": result.variant,
         "schedule": result.schedule,
@@ -138,13 +127,13 @@ def save_path(result: PathResult, mask: Mask, out_dir: Path, retrain_row: dict |
     }
     write_table(result.path_table, out_dir / "path_table.parquet", meta)
     write_table(result.steps, out_dir / "steps.parquet", meta)
-    (out_dir / "mask.json").write_text(json.dumps(mask.to_json(), indent=1, sort_keys=True))
-    save_checkpoint(
+    write_text(out_dir / "mask.json", json.dumps(mask.to_json(), indent=1, sort_keys=True))
+    save_model(
         result.model,
         out_dir / "unlearned_t_star.pt",
         {"t": result.t_star, "variant": result.variant, "mask_sha256": mask.sha256},
     )
-    torch.save(curve_payload(result.curve), out_dir / "curve.pt")
+    save_curve(result.curve, out_dir / "curve.pt")
     plot_path(
         result.path_table,
         result.t_star,
@@ -153,10 +142,3 @@ def save_path(result: PathResult, mask: Mask, out_dir: Path, retrain_row: dict |
         out_dir / "path.png",
         title=f"{out_dir.name}: t* = {result.t_star:.2f}",
     )
-
-
-def export_point(curve: BezierCurve, lab: Lab, t: float, path: str | Path) -> nn.Module:
-    """Materialise θ(t) (BN recalibrated) as a plain checkpoint: any point of the effective region."""
-    model = model_at(curve, t, lab, calibration_positions(lab, lab.cfg.eval, lab.cfg.seeds.eval))
-    save_checkpoint(model, path, {"t": float(t)})
-    return model

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from mcu_dist.evaluate.names import GAP_METRICS
+from mcu_dist.store import atomic
+
 
 def plot_path(
     rows: list[dict],
@@ -22,7 +25,7 @@ def plot_path(
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for lo, hi in intervals:
         ax.axvspan(lo, hi, color="tab:green", alpha=0.12, lw=0)
-    for i, metric in enumerate(("UA", "RA", "TA", "MIA")):
+    for i, metric in enumerate(GAP_METRICS):
         color = f"C{i}"
         ax.plot(ts, [r[metric] for r in rows], "o-", ms=3, color=color, label=metric)
         if retrain_row is not None:
@@ -34,7 +37,6 @@ def plot_path(
     ax.set_title(title + ("  (dotted: Retrain; shaded: effective region)" if retrain_row else ""), fontsize=9)
     ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
-    tmp = Path(str(path) + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
+    with atomic(path) as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
-    tmp.replace(path)

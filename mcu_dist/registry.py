@@ -1,9 +1,15 @@
-"""A name -> object registry; importing it costs nothing (pure stdlib)."""
+"""A name -> object registry (ground floor: imports only ``mcu_dist.config``, for its error type).
+
+A registry is named after the config field that picks from it, so a bad name fails as
+``field: got X; allowed: the registered names``.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
+
+from mcu_dist.config import ConfigError
 
 T = TypeVar("T")
 
@@ -24,8 +30,6 @@ class Registry(Generic[T]):
 
     def __getitem__(self, name: str) -> T:
         if name not in self._items:
-            from mcu_dist.config import ConfigError
-
             raise ConfigError(f"{self.kind}: got {name!r}; allowed: {', '.join(sorted(self._items))}")
         return self._items[name]
 

@@ -1,10 +1,11 @@
 """``python -m mcu_dist.report --experiment NAME``: from MLflow to the paper's tables and plots.
 
 Rows per forgetting scenario: Retrain, each baseline, baseline+budget (the compute-matched control:
-the baseline continued from θ_p for the curve's epochs), baseline+MCU (fixed β), baseline+MCU-β
-(adaptive schedules); columns UA, RA, TA, MIA-Efficacy, Avg. Gap, RTE as mean ± std over seeds with
-a 95% interval of the seed mean, the mask's selected fraction and the β actually used. The interval
-combines each seed's bootstrap interval (forget/test samples, MIA shadow draws) in quadrature:
+the baseline continued from θ_p for the curve's epochs), and baseline+<path> per β schedule, named as
+in ``python -m mcu_dist.run`` (mcu: fixed β, mcu_beta: adaptive_step, mcu_<schedule> otherwise);
+columns UA, RA, TA, MIA-Efficacy, Avg. Gap, RTE as mean ± std over seeds with a 95% interval of the
+seed mean, the mask's selected fraction and the β actually used. The interval combines each seed's
+bootstrap interval (forget/test samples, MIA shadow draws) in quadrature:
 
     lo = mean − √(Σ_s (x_s − lo_s)²) / S,   hi = mean + √(Σ_s (hi_s − x_s)²) / S
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import math
 import statistics
@@ -30,10 +32,13 @@ from pathlib import Path
 from typing import Any
 
 from mcu_dist.config import ConfigError
-from mcu_dist.evaluate.path_eval import write_table
+from mcu_dist.evaluate.names import GAP_METRICS
+from mcu_dist.path.beta import variant_name
+from mcu_dist.services import ServiceError, redact, writable_dir
+from mcu_dist.store import atomic, write_table, write_text
 
-METRICS = ("UA", "RA", "TA", "MIA", "avg_gap", "rte_min")
-WITH_INTERVALS = ("UA", "RA", "TA", "MIA", "avg_gap")
+METRICS = (*GAP_METRICS, "avg_gap", "rte_min")
+WITH_INTERVALS = (*GAP_METRICS, "avg_gap")
 EXTRAS = ("mask_fraction", "beta_0", "beta_low", "beta_high", "beta_fixed", "beta_other")
 SWEPT = (
     "mcu.curve_order",
@@ -62,12 +67,12 @@ def trial_records(runs: list) -> list[dict[str, Any]]:
         if r.info.status != "FINISHED" or "avg_gap" not in r.data.metrics:
             continue
         p, m = r.data.params, r.data.metrics
-        schedule = p.get("mcu.beta_schedule", "adaptive_step")
+        schedule = json.loads(p.get("mcu.beta_schedule", '["adaptive_step"]'))[0]
         rec = {
             "run_id": r.info.run_id,
             "scenario": p.get("forget.spec", "?"),
             "method": _method(p),
-            "variant": "MCU" if schedule == "fixed" else "MCU-β",
+            "variant": variant_name(schedule),
             "schedule": schedule,
             "seed": int(p.get("seeds.unlearn", 0)),
             "effective_region": json.loads(r.data.tags.get("mcu.effective_region", "[]")),
@@ -76,10 +81,10 @@ def trial_records(runs: list) -> list[dict[str, Any]]:
         bounds = [f"{k}_{side}" for k in WITH_INTERVALS for side in ("lo", "hi")]
         rec.update({k: m.get(k) for k in METRICS + EXTRAS + ("t_star", "rte_curve_min", "rte_eval_min")})
         rec.update({k: m.get(k) for k in bounds})
-        rec["baseline"] = {k: m.get(f"baseline/{k}") for k in ("UA", "RA", "TA", "MIA", *bounds)}
+        rec["baseline"] = {k: m.get(f"baseline/{k}") for k in (*GAP_METRICS, *bounds)}
         rec["baseline"]["avg_gap"] = m.get("baseline_avg_gap")
         rec["baseline"]["rte_min"] = m["rte_min"] - m.get("rte_curve_min", 0) - m.get("rte_eval_min", 0)
-        rec["retrain"] = {k: m.get(f"retrain/{k}") for k in ("UA", "RA", "TA", "MIA", *bounds)}
+        rec["retrain"] = {k: m.get(f"retrain/{k}") for k in (*GAP_METRICS, *bounds)}
         rec["retrain"].update({"avg_gap": 0.0, "rte_min": m.get("retrain_rte_min")})
         if "budget/avg_gap" in m:
             rec["budget"] = {k: m.get(f"budget/{k}") for k in (*METRICS, *bounds)}
@@ -171,7 +176,8 @@ def markdown(rows: list[dict]) -> str:
         lines += [
             f"### {scenario}",
             "",
-            "| model | UA | RA | TA | MIA | Avg. Gap | RTE (min) | mask % | β = 0 / low / high (% steps) | seeds |",
+            "| model | UA | RA | TA | MIA | Avg. Gap | RTE (min) | mask % | β = 0 / low / high (% steps) "
+            "| seeds |",
             "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in (r for r in rows if r["scenario"] == scenario):
@@ -283,7 +289,8 @@ def _by_selected_fraction(records: list[dict], param: str, out: Path) -> Path:
 def _save(fig, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
-    fig.savefig(path, dpi=100)
+    with atomic(path) as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
     return path
 
@@ -297,12 +304,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="report", help="folder for report.md/.csv/.parquet and the plots")
     args = p.parse_args(argv)
     try:
+        writable_dir(args.out, "--out")
         tracker = Tracker(args.tracking_uri, args.experiment)
         runs = tracker.client.search_runs([tracker.experiment_id], max_results=50000)
+    except ServiceError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     except Exception as e:
         print(
-            f"error: --tracking-uri: cannot read {args.tracking_uri or 'sqlite:///mlflow.db'} ({type(e).__name__}); "
-            "allowed: a reachable MLflow store",
+            f"error: --tracking-uri: cannot read {redact(args.tracking_uri or 'sqlite:///mlflow.db')} "
+            f"({type(e).__name__}); allowed: a reachable MLflow store",
             file=sys.stderr,
         )
         return 2
@@ -318,12 +329,13 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     rows = table(records)
     text = markdown(rows)
-    (out / "report.md").write_text(text)
+    write_text(out / "report.md", text)
     write_table(rows, out / "report.parquet")
-    with open(out / "report.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    csv_text = io.StringIO()
+    writer = csv.DictWriter(csv_text, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(out / "report.csv", csv_text.getvalue())
     histories = {}
     for r in records:
         h = {

@@ -11,7 +11,10 @@ import dataclasses
 import sys
 import typing
 
-from mcu_dist.config import ConfigError, ExperimentConfig, cli_fields, load_yaml, with_overrides
+from mcu_dist.config import SMOKE, ConfigError, ExperimentConfig, cli_fields, load_yaml, with_overrides
+from mcu_dist.guard import DivergenceError
+from mcu_dist.services import writable_dir
+from mcu_dist.validation import validate
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,15 +40,6 @@ def _metavar(tp) -> str:
     )
 
 
-SMOKE = {
-    "reference.epochs": 2,
-    "mcu.epochs": 1,
-    "eval.t_points": 5,
-    "eval.mia_cap": 200,
-    "eval.calibration_size": 256,
-}
-
-
 def config_from_args(args: argparse.Namespace) -> tuple[ExperimentConfig, bool]:
     cfg = load_yaml(args.config) if args.config else ExperimentConfig()
     flags = {dotted for dotted, _, _ in cli_fields()}
@@ -61,7 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         cfg, _ = config_from_args(args)
-        cfg.validate()
+        validate(cfg)
+        writable_dir(cfg.out, "--out")
+        writable_dir(cfg.cache_dir, "--cache-dir")
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -73,6 +69,12 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except DivergenceError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:  # a full disk, a folder that became unwritable mid-run
+        print(f"error: cannot write {e.filename or ''} ({e.strerror or type(e).__name__})", file=sys.stderr)
+        return 1
     print()
     print(format_table(result.rows))
     print(f"\nrun folder: {out}  (results.parquet, config.yaml, forget_manifest.parquet, paths/*/)")

@@ -1,4 +1,4 @@
-"""``python -m mcu_dist.summarize RUN_DIR...``: mean ± std over seeds of runs' ``results.parquet``, as Markdown.
+"""``python -m mcu_dist.summarize RUN_DIR...``: mean ± std over seeds of ``results.parquet``, as Markdown.
 
 Rows keep the first run's order; a run folder is one seed of one scenario. Each cell also shows the
 seed mean's 95% interval (each run's bootstrap interval, combined as ``mcu_dist.report`` does), and
@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from mcu_dist.evaluate.names import GAP_METRICS
 from mcu_dist.report import pooled_interval
 
-METRICS = ("UA", "RA", "TA", "MIA", "avg_gap", "RTE")
+METRICS = (*GAP_METRICS, "avg_gap", "RTE")
 
 
 def summarize(run_dirs: list[Path]) -> list[dict]:
@@ -61,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     missing = [str(d) for d in args.runs if not (d / "results.parquet").is_file()]
     if missing:
         print(
-            f"error: runs: {missing[0]} has no results.parquet; allowed: run folders of python -m mcu_dist.run",
+            f"error: runs: {missing[0]} has no results.parquet; "
+            "allowed: run folders of python -m mcu_dist.run",
             file=sys.stderr,
         )
         return 2

@@ -10,6 +10,7 @@ recorded (Tune: ERROR, MLflow: FAILED) and the sweep goes on.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -17,9 +18,21 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mcu_dist.config import ConfigError, with_overrides
-from mcu_dist.run import SMOKE
+from mcu_dist.config import SMOKE, ConfigError
+from mcu_dist.evaluate.names import SUMMARY_METRICS
+from mcu_dist.guard import DivergenceError
+from mcu_dist.services import (
+    ServiceError,
+    hold_sweep_lock,
+    probe_tracking,
+    redact,
+    redact_text,
+    safe_name,
+    use_credentials,
+    writable_dir,
+)
 from mcu_dist.tune_space import SearchSpace, load_space
+from mcu_dist.validation import validate
 
 DEFAULT_SPACE = Path(__file__).resolve().parent.parent / "tune_spaces" / "default.yaml"
 
@@ -58,7 +71,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def resolve(args: argparse.Namespace, loader=load_space) -> tuple[SearchSpace, str, str, str]:
-    """Space (with flag overrides), storage path, tracking URI, experiment — all checked before Ray starts."""
+    """Space (flag overrides applied), storage path, tracking URI, experiment; checked before Ray starts."""
     from mcu_dist.tracking import resolve_tracking_uri
 
     space = loader(args.space)
@@ -69,6 +82,9 @@ def resolve(args: argparse.Namespace, loader=load_space) -> tuple[SearchSpace, s
         sweep.max_concurrent = args.max_concurrent
     if args.name:
         sweep.name = args.name
+    safe_name(sweep.name, "--name")  # a folder under --storage and an MLflow filter value
+    if args.experiment:
+        safe_name(args.experiment, "--experiment")
     if args.smoke_test:
         space.fixed.update({**SMOKE, "data.dataset": "digits"})
         space.fixed.setdefault("model.name", "small_cnn")
@@ -82,7 +98,9 @@ def resolve(args: argparse.Namespace, loader=load_space) -> tuple[SearchSpace, s
             f"--storage: got {storage!r}; allowed: a local path or a shared (NFS) mount, since the "
             "model cache and the curve checkpoints live under it"
         )
-    storage = str(Path(storage).resolve())
+    storage = str(writable_dir(Path(storage).resolve(), "--storage"))
+    if args.resume:
+        check_resumable(f"{storage.rstrip('/')}/{sweep.name}")
     space.fixed.setdefault("cache_dir", str(Path(storage) / "cache"))
     space.fixed.setdefault("scale.storage", str(Path(storage) / "train"))
     base = space.base_config()
@@ -96,7 +114,8 @@ def resolve(args: argparse.Namespace, loader=load_space) -> tuple[SearchSpace, s
         space.fixed["data.data_root"] = str(
             Path(default_root(base.data.dataset)).resolve()
         )  # workers see it too
-    with_overrides(space.base_config(), {}).validate()
+    validate(space.base_config())
+    writable_dir(space.base_config().cache_dir, "cache_dir")
     uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     if uri is None and in_ray_job():
         uri = f"sqlite:///{Path(storage) / 'mlflow.db'}"  # a job's working directory is thrown away
@@ -105,6 +124,16 @@ def resolve(args: argparse.Namespace, loader=load_space) -> tuple[SearchSpace, s
 
 REFERENCE_KEYS = ("forget.spec", "seed")
 REFERENCE_PREFIXES = ("data.", "model.", "reference.", "seeds.")
+
+
+def check_resumable(path: str) -> None:
+    """``--resume`` is checked before anything is trained or opened in MLflow."""
+    from ray import tune
+
+    if not tune.Tuner.can_restore(path):
+        raise ConfigError(
+            f"--resume: no sweep to resume at {path}; allowed: the --storage and --name of an earlier sweep"
+        )
 
 
 def reference_cells(space: SearchSpace) -> list[dict[str, Any]]:
@@ -123,21 +152,17 @@ def reference_cells(space: SearchSpace) -> list[dict[str, Any]]:
 def prepare_shared_models(space: SearchSpace, log=print) -> None:
     """Original, retrained, and every offered baseline at its default settings, per reference cell: trained
     once, before trials fan out, into the shared cache."""
-    from mcu_dist.experiment import baseline_model
     from mcu_dist.lab import Lab
-    from mcu_dist.train.reference import original_model, retrained_model
+    from mcu_dist.references import endpoints, prepare_references
 
     trained = 0
     for cell in reference_cells(space):
-        cfg = space.trial_config(cell)
-        lab = Lab.build(cfg)
-        original, _ = original_model(lab, lab.cache)
-        retrained_model(lab, lab.cache)
-        for method in space.methods():
-            baseline_model(lab, method, original)
+        lab = Lab.build(space.trial_config(cell))
+        endpoints(lab, prepare_references(lab, mask=False).original, space.methods())
         trained += len(lab.cache.trained)
     log(
-        f"shared models ready ({trained} trained now, the rest from the cache {space.base_config().cache_dir})"
+        f"shared models ready ({trained} trained now, "
+        f"the rest from the cache {space.base_config().cache_dir})"
     )
 
 
@@ -168,11 +193,7 @@ def build_tuner(space: SearchSpace, storage: str, context: dict, resume: bool):
     )
     path = f"{storage.rstrip('/')}/{sweep.name}"
     if resume:
-        if not tune.Tuner.can_restore(path):
-            raise ConfigError(
-                f"--resume: no sweep to resume at {path}; allowed: the --storage and --name of an "
-                "earlier sweep"
-            )
+        check_resumable(path)
         return tune.Tuner.restore(path, trainable=trainable, resume_errored=True, restart_errored=False)
     searcher = make_searcher(space)
     scheduler = None
@@ -206,10 +227,9 @@ def tune_trainable(config: dict, context: dict) -> None:
     from ray import tune
 
     from mcu_dist.trial import TrialContext, run_trial
-    from mcu_dist.tune_space import space_from_dict
 
     trial_id = tune.get_context().get_trial_id()
-    space = space_from_dict(context["space"], context["space_source"])
+    space: SearchSpace = context["space"]  # parsed and checked once, by the driver
     ctx = TrialContext(
         space,
         context["tracking_uri"],
@@ -257,30 +277,17 @@ def summarize(results, space: SearchSpace) -> list[dict]:
         }
         row.update({f"param.{k}": v for k, v in (r.config or {}).items()})
         if m.get("final") == 1:
-            row.update(
-                {
-                    k: m.get(k)
-                    for k in (
-                        "avg_gap",
-                        "gap_cal",
-                        "UA",
-                        "RA",
-                        "TA",
-                        "MIA",
-                        "t_star",
-                        "region_size",
-                        "baseline_avg_gap",
-                        "rte_min",
-                    )
-                }
-            )
+            row.update({k: m.get(k) for k in SUMMARY_METRICS})
         rows.append(row)
     key = space.sweep.objective
     return sorted(rows, key=lambda r: (r.get(key) is None, r.get(key) if r.get(key) is not None else 0))
 
 
 def format_best(rows: list[dict], objective: str, n: int = 5) -> str:
-    head = f"{'trial':<14}{objective:>9}{'base':>8}{'UA':>7}{'RA':>7}{'TA':>7}{'MIA':>7}{'t*':>6}  params"
+    head = (
+        f"{'trial':<14}{objective:>9}{'base':>8}{'budget':>8}{'UA':>7}{'RA':>7}{'TA':>7}{'MIA':>7}{'t*':>6}"
+        f"{'mask%':>7}  params"
+    )
     lines = [head, "-" * len(head)]
     for r in rows[:n]:
         if r.get(objective) is None:
@@ -291,70 +298,81 @@ def format_best(rows: list[dict], objective: str, n: int = 5) -> str:
             for k, v in r.items()
             if k.startswith("param.")
         )
+        budget = f"{r['budget/avg_gap']:8.2f}" if r.get("budget/avg_gap") is not None else f"{'':8}"
+        sel = f"{100 * r['mask_fraction']:7.1f}" if r.get("mask_fraction") is not None else f"{'':7}"
         lines.append(
-            f"{r['trial_id']:<14}{r[objective]:9.3f}{r['baseline_avg_gap'] or 0:8.2f}{r['UA']:7.1f}"
-            f"{r['RA']:7.1f}{r['TA']:7.1f}{r['MIA']:7.1f}{r['t_star']:6.2f}  {params}"
+            f"{r['trial_id']:<14}{r[objective]:9.3f}{r['baseline_avg_gap'] or 0:8.2f}{budget}{r['UA']:7.1f}"
+            f"{r['RA']:7.1f}{r['TA']:7.1f}{r['MIA']:7.1f}{r['t_star']:6.2f}{sel}  {params}"
         )
     return "\n".join(lines)
 
 
+class _Refused(Exception):
+    """A sweep refused before its first trial; the message is the one error line."""
+
+
 def main(argv: list[str] | None = None, *, loader=load_space, tuner_factory=None) -> int:
     """The sweep (and, with a grid loader and tuner, the ablation grid of ``mcu_dist.ablate``)."""
-    args = parse_args(argv)
-    tuner_factory = tuner_factory or build_tuner
     try:
-        space, storage, uri, experiment = resolve(args, loader)
-    except ConfigError as e:
+        return _run(parse_args(argv), loader, tuner_factory or build_tuner)
+    except (ConfigError, _Refused) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    from mcu_dist.tracking import KIND_TAG, Tracker
 
-    try:
-        tracker = Tracker(uri, experiment)
-        tracker.check()
-    except Exception as e:  # an unreachable tracking server
-        print(
-            f"error: --tracking-uri: cannot reach {uri} ({type(e).__name__}); allowed: a reachable MLflow "
-            "tracking server or a sqlite:/// path",
-            file=sys.stderr,
-        )
-        return 2
+
+def _connect_ray(address: str | None, uri: str) -> None:
     import ray
-    import yaml
 
-    address = args.address or os.environ.get("RAY_ADDRESS")
     if not ray.is_initialized():
         if address and not reachable(address):
-            print(
-                f"error: --address: nothing answers at {address}; allowed: the address of a running Ray cluster "
-                "(ray start --head), or none for a local instance",
-                file=sys.stderr,
+            raise _Refused(
+                f"--address: nothing answers at {address}; allowed: the address of a running Ray cluster "
+                "(ray start --head), or none for a local instance"
             )
-            return 2
         try:
             ray.init(address=address, log_to_driver=False) if address else ray.init(log_to_driver=False)
         except (ConnectionError, RuntimeError, ValueError) as e:
-            print(
-                f"error: --address: cannot reach the Ray cluster at {address} ({type(e).__name__}); allowed: the "
-                "address of a running cluster (ray start --head), or none for a local instance",
-                file=sys.stderr,
-            )
-            return 2
+            raise _Refused(
+                f"--address: cannot reach the Ray cluster at {address} ({type(e).__name__}); allowed: the "
+                "address of a running cluster (ray start --head), or none for a local instance"
+            ) from None
     if uri.startswith("sqlite:") and sum(n["Alive"] for n in ray.nodes()) > 1:
-        print(
-            f"error: --tracking-uri: {uri} is a file on one node, and this cluster has several; allowed: an MLflow "
-            "tracking server every node reaches (http://...)",
-            file=sys.stderr,
+        raise _Refused(
+            f"--tracking-uri: {uri} is a file on one node, and this cluster has several; allowed: an MLflow "
+            "tracking server every node reaches (http://...)"
         )
-        return 2
+
+
+def _run(args: argparse.Namespace, loader, tuner_factory) -> int:
+    space, storage, uri, experiment = resolve(args, loader)
+    from mcu_dist.tracking import KIND_TAG, Tracker
+
+    try:
+        probe_tracking(use_credentials(uri))  # bounded, before anything is written
+        _lock = hold_sweep_lock(f"{storage.rstrip('/')}/{space.sweep.name}")  # held until the process ends
+        tracker = Tracker(uri, experiment)
+        tracker.check()
+    except ServiceError:
+        raise
+    except Exception as e:  # the store answered the probe, then failed
+        raise _Refused(
+            f"--tracking-uri: cannot use {redact(uri)} ({type(e).__name__}: "
+            f"{redact_text(str(e)).splitlines()[0][:200]}); allowed: a reachable MLflow tracking server or a "
+            "sqlite:/// path"
+        ) from None
+    _connect_ray(args.address or os.environ.get("RAY_ADDRESS"), uri)
     sweep = space.sweep
     print(
         f"sweep {sweep.name}: {space.source}, {sweep.num_samples} trials, objective {sweep.objective}; "
-        f"storage {storage}; MLflow {uri} experiment {experiment}",
+        f"storage {storage}; MLflow {redact(uri)} experiment {experiment}",
         flush=True,
     )
     start = time.perf_counter()
-    prepare_shared_models(space)
+    try:
+        prepare_shared_models(space)
+    except DivergenceError as e:  # before the parent run: nothing to close in MLflow
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     storage_dir = f"{storage.rstrip('/')}/{sweep.name}"
     parent = tracker.start_run(
         sweep.name, {KIND_TAG: "sweep", "mcu.sweep_path": storage_dir}, reuse=args.resume
@@ -362,12 +380,9 @@ def main(argv: list[str] | None = None, *, loader=load_space, tuner_factory=None
     tracker.log_params(
         parent, {**space.base_config().flat(), **{f"sweep.{k}": v for k, v in vars(sweep).items()}}
     )
-    raw = yaml.safe_load(Path(args.space).read_text())
-    raw.setdefault("fixed", {}).update(space.fixed)
-    tracker.log_text(parent, yaml.safe_dump(raw, sort_keys=False), "space.yaml")
+    tracker.log_text(parent, space.to_yaml(), "space.yaml")
     context = {
-        "space": raw,
-        "space_source": space.source,
+        "space": space,
         "tracking_uri": uri,
         "experiment": experiment,
         "parent_run_id": parent,
@@ -378,16 +393,17 @@ def main(argv: list[str] | None = None, *, loader=load_space, tuner_factory=None
         fit_start = time.perf_counter()
         results = tuner.fit()
         fit_s = time.perf_counter() - fit_start
-    except ConfigError as e:
-        tracker.end_run(parent, "FAILED")
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except BaseException as e:  # a refusal, Ctrl-C, a Tune failure: the parent run still ends, with the cause
+        with contextlib.suppress(Exception):
+            tracker.fail_run(parent, f"{type(e).__name__}: {e}")
+        raise
     rows = summarize(results, space)
     ok = [r for r in rows if r["status"] == "OK" and r.get(sweep.objective) is not None]
-    from mcu_dist.evaluate.path_eval import write_table
+    # a trial whose process died (OOM, a lost node) could not close its own MLflow run
+    tracker.close_orphans(parent, {Path(r.path).name: str(r.error) for r in results if r.error})
+    from mcu_dist.store import write_table, write_text
 
-    table = Path(storage_dir) / "trials.parquet" if "://" not in storage_dir else Path("trials.parquet")
-    table.parent.mkdir(parents=True, exist_ok=True)
+    table = Path(storage_dir) / "trials.parquet"
     write_table(rows or [{"trial_id": None}], table)
     tracker.log_artifact(parent, table)
     compute = sum(float((r.metrics or {}).get("trial_s") or 0) for r in results)
@@ -402,7 +418,7 @@ def main(argv: list[str] | None = None, *, loader=load_space, tuner_factory=None
         "overhead_per_trial_s": max(0.0, fit_s * min(sweep.max_concurrent, len(rows) or 1) - compute)
         / max(len(rows), 1),
     }
-    (Path(storage_dir) / "summary.json").write_text(json.dumps(summary, indent=1))
+    write_text(Path(storage_dir) / "summary.json", json.dumps(summary, indent=1))
     if ok:
         summary["best_" + sweep.objective] = ok[0][sweep.objective]
         tracker.set_tags(parent, {"mcu.best_trial": ok[0]["trial_id"]})
@@ -419,6 +435,13 @@ def main(argv: list[str] | None = None, *, loader=load_space, tuner_factory=None
         f"(trials {summary['fit_s']:.0f} s, their own compute {summary['trial_compute_s']:.0f} s). "
         f"MLflow: {tracker.ui_hint(parent)}"
     )
+    if summary["failed"]:
+        print(
+            f"error: {summary['failed']} of {summary['trials']} trials failed (their MLflow runs are FAILED "
+            "with the cause in the mcu.error tag)",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import sys
 import time
 import traceback
 from collections.abc import Callable, Iterator
@@ -42,28 +43,73 @@ def artifact_location(uri: str, experiment: str) -> str | None:
 
 
 def retry(fn: Callable[..., T], *args: Any, attempts: int = 8, **kwargs: Any) -> T:
+    """``fn`` again after a transient failure: up to ``attempts`` tries while a sqlite store is locked
+    (seconds), 3 tries (each bounded by MLflow's own, see services.MLFLOW_HTTP_BOUNDS) while a server does not
+    answer, each such wait announced on stderr."""
     for i in range(attempts):
         try:
             return fn(*args, **kwargs)
-        except Exception as e:  # sqlite "database is locked", a server restarting
-            transient = any(
-                s in str(e).lower() for s in ("locked", "busy", "connection", "temporarily", "503")
-            )
-            if not transient or i == attempts - 1:
+        except Exception as e:
+            text = str(e).lower()
+            locked = any(s in text for s in ("locked", "busy"))
+            down = any(s in text for s in ("connection", "temporarily", "503", "max retries"))
+            if not (locked or down) or i == attempts - 1 or (down and not locked and i >= 2):
                 raise
+            if down and not locked:
+                print(
+                    f"MLflow did not answer ({type(e).__name__}); retrying in {0.2 * 2**i:.1f} s",
+                    file=sys.stderr,
+                    flush=True,
+                )
             time.sleep(0.2 * 2**i)
     raise AssertionError("unreachable")
 
 
+@contextlib.contextmanager
+def _store_init_lock(uri: str) -> Iterator[None]:
+    """Processes opening one new sqlite store at once would race on creating its schema: one at a time."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    import fcntl
+
+    with open(uri[len("sqlite:///") :] + ".init.lock", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 class Tracker:
     def __init__(self, uri: str, experiment: str):
+        from mcu_dist.services import mlflow_defaults, probe_tracking, use_credentials
+
+        mlflow_defaults()  # before mlflow is imported: bounded HTTP retries, no telemetry
         import mlflow
         from mlflow.tracking import MlflowClient
 
-        self.uri = resolve_tracking_uri(uri)
-        self.client = MlflowClient(tracking_uri=self.uri)
+        self.uri = use_credentials(resolve_tracking_uri(uri))
+        probe_tracking(self.uri)
         self._mlflow = mlflow
-        existing = retry(self.client.get_experiment_by_name, experiment)
+        with _store_init_lock(self.uri):  # the client creates (and migrates) a new store's schema
+            self.client = MlflowClient(tracking_uri=self.uri)
+            self._open_experiment(experiment)
+        self.experiment = experiment
+
+    def _open_experiment(self, experiment: str) -> None:
+        from mcu_dist.services import ServiceError
+
+        try:
+            existing = retry(self.client.get_experiment_by_name, experiment)
+        except Exception as e:
+            if any(s in str(e) for s in ("401", "403", "Unauthorized", "PERMISSION_DENIED")):
+                raise ServiceError(
+                    f"--tracking-uri: {self.uri} refused the credentials ({type(e).__name__}); allowed: "
+                    "MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD (or user:password@ in the URI) of a "
+                    "user of that server"
+                ) from None
+            raise
         if existing is None:
             try:
                 self.experiment_id = retry(
@@ -75,7 +121,6 @@ class Tracker:
                 self.experiment_id = retry(self.client.get_experiment_by_name, experiment).experiment_id
         else:
             self.experiment_id = existing.experiment_id
-        self.experiment = experiment
 
     def check(self) -> None:
         """Fail fast on an unreachable store: one cheap read."""
@@ -98,6 +143,15 @@ class Tracker:
     def end_run(self, run_id: str, status: str = "FINISHED") -> None:
         retry(self.client.set_terminated, run_id, status)
 
+    def fail_run(self, run_id: str, reason: str, details: str | None = None) -> None:
+        """End ``run_id`` FAILED with the reason as the ``mcu.error`` tag (credentials redacted)."""
+        from mcu_dist.services import redact_text
+
+        retry(self.client.set_tag, run_id, "mcu.error", redact_text(reason)[:5000])
+        if details:
+            self.log_text(run_id, redact_text(details), "error.txt")
+        self.end_run(run_id, "FAILED")
+
     @contextlib.contextmanager
     def run(self, name: str, tags: dict[str, str]) -> Iterator[str]:
         """A run that ends FINISHED, or FAILED with the error as a tag when the body raises."""
@@ -106,11 +160,22 @@ class Tracker:
             yield run_id
         except BaseException as e:
             with contextlib.suppress(Exception):
-                retry(self.client.set_tag, run_id, "mcu.error", f"{type(e).__name__}: {e}"[:5000])
-                self.log_text(run_id, traceback.format_exc(), "error.txt")
-                self.end_run(run_id, "FAILED")
+                self.fail_run(run_id, f"{type(e).__name__}: {e}", traceback.format_exc())
             raise
         self.end_run(run_id, "FINISHED")
+
+    def close_orphans(self, parent_id: str, causes: dict[str, str]) -> int:
+        """Mark FAILED every child of ``parent_id`` still RUNNING once its sweep is over; ``causes`` maps a
+        trial's folder name (which contains its trial id) to the error Ray reported. Returns how many."""
+        closed = 0
+        for run in self.children(parent_id):
+            if run.info.status != "RUNNING":
+                continue
+            trial = run.data.tags.get(TRIAL_TAG, "")
+            cause = next((c for name, c in causes.items() if trial and trial in name), None)
+            self.fail_run(run.info.run_id, cause or "the trial's process ended without closing its run")
+            closed += 1
+        return closed
 
     # -- logging ------------------------------------------------------------------------------------------
     def log_params(self, run_id: str, params: dict[str, Any]) -> None:
@@ -161,10 +226,12 @@ class Tracker:
         )
 
     def ui_hint(self, parent_id: str) -> str:
+        from mcu_dist.services import redact
+
         if self.uri.startswith(("http://", "https://")):
-            return f"{self.uri}/#/experiments/{self.experiment_id}/runs/{parent_id}"
+            return f"{redact(self.uri)}/#/experiments/{self.experiment_id}/runs/{parent_id}"
         return (
-            f"mlflow ui --backend-store-uri {self.uri}   then open experiment '{self.experiment}', "
+            f"mlflow ui --backend-store-uri {redact(self.uri)}   then open experiment '{self.experiment}', "
             f"parent run {parent_id}"
         )
 

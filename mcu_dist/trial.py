@@ -15,34 +15,22 @@ from typing import Any
 
 import torch
 
-from mcu_dist.config import ExperimentConfig, save_yaml
+from mcu_dist.config import ExperimentConfig, to_yaml
 from mcu_dist.data import write_manifest
 from mcu_dist.evaluate.bn import recalibrate_bn
 from mcu_dist.evaluate.bootstrap import intervals
 from mcu_dist.evaluate.metrics import avg_gap, predict
-from mcu_dist.evaluate.mia import FEATURES
+from mcu_dist.evaluate.names import PATH_METRICS, ROW_PREFIXES, TRIAL_METRICS
 from mcu_dist.evaluate.point import evaluate_outcomes
 from mcu_dist.evaluate.selection import gap_cal
-from mcu_dist.experiment import baseline_model, has_budget_control
 from mcu_dist.lab import Lab
-from mcu_dist.path.beta import Calibration
-from mcu_dist.path.mask import mask_for
+from mcu_dist.path.beta import CalTargets
 from mcu_dist.pipeline import run_path
-from mcu_dist.train.mcu import calibration_targets, retain_prime_record
-from mcu_dist.train.reference import original_model, retrained_model
+from mcu_dist.references import baseline_model, has_budget_control, prepare_references
+from mcu_dist.store import write_text
+from mcu_dist.train.mcu import retain_prime_record
 from mcu_dist.tune_space import SearchSpace
-
-REPORTED = ("UA", "RA", "TA", "MIA", "avg_gap", "gap_cal", "t_star")
-ROW_PREFIXES = (  # intervals, MIA shadow-draw range, β shares
-    "UA_",
-    "RA_",
-    "TA_",
-    "MIA_shadow",
-    "MIA_lo",
-    "MIA_hi",
-    "avg_gap_",
-    "beta_",
-)
+from mcu_dist.validation import validate
 
 
 @dataclass
@@ -55,10 +43,8 @@ class TrialContext:
     out_dir: Path
 
 
-def proxy_gap_cal(
-    curve, lab: Lab, cal: Calibration, ts=(0.8, 0.9, 1.0), n: int = 256, seed: int = 0
-) -> float:
-    """A cheap stand-in for the path's best gap_cal: a few t in [0.75, 1], BN and accuracies on small subsets."""
+def proxy_gap_cal(curve, lab: Lab, cal: CalTargets, ts=(0.8, 0.9, 1.0), n: int = 256, seed: int = 0) -> float:
+    """A cheap stand-in for the path's best gap_cal: a few t in [0.75, 1], BN and accuracies on subsets."""
     g = torch.Generator().manual_seed(seed)
     sub = lambda pos: pos[torch.randperm(len(pos), generator=g)[:n]]  # noqa: E731
     calib, retain, forget = sub(lab.all_train), sub(lab.splits.retain), sub(lab.splits.forget)
@@ -74,8 +60,7 @@ def proxy_gap_cal(
 
 def run_trial(params: dict[str, Any], ctx: TrialContext, report=None) -> dict[str, float]:
     """Run one trial; ``report(metrics)`` (Tune's) receives per-epoch proxies when ASHA is on."""
-    cfg: ExperimentConfig = ctx.space.trial_config(params)
-    cfg.validate()
+    cfg: ExperimentConfig = validate(ctx.space.trial_config(params))
     sweep = ctx.space.sweep
     tracker = None
     if ctx.tracking_uri:
@@ -91,22 +76,22 @@ def run_trial(params: dict[str, Any], ctx: TrialContext, report=None) -> dict[st
     with run_cm as run_id:
         if tracker:
             tracker.log_params(run_id, {**cfg.flat(), **{f"search.{k}": v for k, v in params.items()}})
-        metrics = _compute(cfg, params, ctx, report, tracker, run_id, sweep)
+        metrics = _compute(cfg, ctx, report, tracker, run_id, sweep)
     return metrics
 
 
-def _compute(cfg, params, ctx, report, tracker, run_id, sweep) -> dict[str, float]:
+def _compute(cfg, ctx, report, tracker, run_id, sweep) -> dict[str, float]:
     start = time.perf_counter()
     lab = Lab.build(cfg)
+    refs = prepare_references(lab)  # refuses a mask that selects nothing, before the trial writes anything
     out = ctx.out_dir
     out.mkdir(parents=True, exist_ok=True)
-    save_yaml(cfg, out / "config.yaml")
+    write_text(out / "config.yaml", to_yaml(cfg))
     write_manifest(lab.bundle, lab.splits, out / "forget_manifest.parquet", retain_prime_record(lab))
-    original, _ = original_model(lab, lab.cache)
-    retrained, retrain_meta = retrained_model(lab, lab.cache)
-    draws, boot = cfg.eval.shadow_draws, (cfg.eval.bootstrap, cfg.eval.ci_level, cfg.seeds.eval)
-    retrain_row, retrain_oc = evaluate_outcomes(retrained, lab, features=FEATURES, shadow_draws=draws)
-    retrain_row.update(intervals(retrain_oc, retrain_oc, *boot))
+    original, retrain_row, cal, mask = refs.original, refs.retrain_row, refs.cal, refs.mask
+    retrain_oc, draws = refs.retrain_outcomes, cfg.eval.shadow_draws
+    boot = (cfg.eval.bootstrap, cfg.eval.ci_level, cfg.seeds.eval)
+    retrain_row = {**retrain_row, **intervals(retrain_oc, retrain_oc, *boot)}
     method = cfg.baselines.methods[0]
     endpoint, base_s = baseline_model(lab, method, original)
 
@@ -121,8 +106,6 @@ def _compute(cfg, params, ctx, report, tracker, run_id, sweep) -> dict[str, floa
         controls = {f"budget/{k}": v for k, v in scored(continued).items()} | {
             "budget/rte_min": budget_s / 60
         }
-    cal = calibration_targets(original, lab, lab.splits.classwise, cfg.eval.batch_size)
-    mask = mask_for(original, lab)
     on_epoch = None
     if report is not None and sweep.asha and not cfg.scale.distributed:
 
@@ -134,7 +117,7 @@ def _compute(cfg, params, ctx, report, tracker, run_id, sweep) -> dict[str, floa
         lab,
         original,
         endpoint,
-        "mcu_beta",
+        cfg.mcu.beta_schedule[0],
         mask,
         cal,
         retrain_row,
@@ -143,7 +126,7 @@ def _compute(cfg, params, ctx, report, tracker, run_id, sweep) -> dict[str, floa
         on_epoch_end=on_epoch,
     )
     row = {**result.row, **intervals(result.outcomes, retrain_oc, *boot)}
-    metrics = {k: float(v) for k, v in row.items() if k in REPORTED or k.startswith(ROW_PREFIXES)}
+    metrics = {k: float(v) for k, v in row.items() if k in TRIAL_METRICS or k.startswith(ROW_PREFIXES)}
     metrics.update(
         {
             "t_star": result.t_star,
@@ -154,7 +137,7 @@ def _compute(cfg, params, ctx, report, tracker, run_id, sweep) -> dict[str, floa
             "rte_min": (base_s + result.seconds["curve"] + result.seconds["path_eval"]) / 60,
             "rte_curve_min": result.seconds["curve"] / 60,
             "rte_eval_min": result.seconds["path_eval"] / 60,
-            "retrain_rte_min": float(retrain_meta.get("seconds", 0.0)) / 60,
+            "retrain_rte_min": refs.retrain_seconds / 60,
             "trial_s": time.perf_counter() - start,
             "final": 1,
             **controls,
@@ -167,8 +150,7 @@ def _compute(cfg, params, ctx, report, tracker, run_id, sweep) -> dict[str, floa
 
 def _log_path(tracker, run_id, result, metrics, baseline_row, retrain_row, mask, out: Path) -> None:
     per_t = [
-        (i, {f"path/{k}": r[k] for k in ("t", "UA", "RA", "TA", "MIA", "gap_cal", "avg_gap") if k in r})
-        for i, r in enumerate(result.path_table)
+        (i, {f"path/{k}": r[k] for k in PATH_METRICS if k in r}) for i, r in enumerate(result.path_table)
     ]
     epochs: dict[int, list[dict]] = {}
     for s in result.steps:

@@ -30,7 +30,9 @@ from typing import Any
 
 import yaml
 
-from mcu_dist.config import ConfigError, ExperimentConfig, _coerce, flatten, with_overrides
+from mcu_dist.baselines import BASELINES
+from mcu_dist.config import ConfigError, ExperimentConfig, _coerce, flatten, from_dict, with_overrides
+from mcu_dist.validation import validate
 
 KINDS = ("float", "logfloat", "int", "categorical")
 
@@ -104,8 +106,24 @@ class SearchSpace:
                 chosen[d.key] = trial.suggest_categorical(d.key, d.choices)
         return chosen
 
+    def to_yaml(self) -> str:
+        """The resolved space (flag overrides and defaults applied), as a grid file when it is one."""
+        dims = {
+            d.key: {
+                k: v
+                for k, v in (("type", d.kind), ("low", d.low), ("high", d.high), ("choices", d.choices))
+                if v is not None
+            }
+            | ({"when": d.when} if d.when else {})
+            for d in self.dims
+        }
+        body = {"grid": self.grid} if self.grid else {"search": dims}
+        return yaml.safe_dump(
+            {"fixed": dict(self.fixed), **body, "sweep": dataclasses.asdict(self.sweep)}, sort_keys=False
+        )
+
     def trial_config(self, params: dict[str, Any]) -> ExperimentConfig:
-        """The experiment one trial runs: one baseline, one path (variant mcu_beta under the chosen schedule)."""
+        """What a trial runs: one baseline, one path under one β schedule (default adaptive_step)."""
         over = dict(self.fixed)
         method = params.get("baseline", (self.base_config().baselines.methods or [None])[0])
         hp = {k.split(".", 1)[1]: v for k, v in params.items() if k.startswith("baseline.")}
@@ -123,8 +141,14 @@ class SearchSpace:
             params_fixed = copy.deepcopy(over.get("baselines.params") or {})
             params_fixed.setdefault(method, {}).update(hp)
             over["baselines.params"] = params_fixed
-        over["mcu.variants"] = ["mcu_beta"]
-        return with_overrides(ExperimentConfig(), over)
+        over.setdefault("mcu.beta_schedule", ["adaptive_step"])
+        cfg = with_overrides(ExperimentConfig(), over)
+        if len(cfg.mcu.beta_schedule) != 1:
+            raise ConfigError(
+                f"mcu.beta_schedule: got {cfg.mcu.beta_schedule!r}; allowed: one schedule per trial "
+                "(search mcu.beta_schedule to compare several)"
+            )
+        return cfg
 
 
 def _leaf_types(cls: type = ExperimentConfig, prefix: str = "") -> dict[str, Any]:
@@ -149,7 +173,7 @@ def _dimension(key: str, spec: Any, leaves: dict[str, Any], methods: list[str]) 
     kind = spec.get("type")
     if kind not in KINDS:
         raise ConfigError(f"{where}.type: got {kind!r}; allowed: {', '.join(KINDS)}")
-    if key in ("mcu.variants", "baselines.methods", "baselines.params"):
+    if key in ("baselines.methods", "baselines.params"):
         raise ConfigError(
             f"{where}: set per trial by the sweep; allowed: search 'baseline' and 'baseline.<hp>' instead"
         )
@@ -179,16 +203,12 @@ def _dimension(key: str, spec: Any, leaves: dict[str, Any], methods: list[str]) 
         for v in _extremes(dim):
             _coerce(int, v, where)
     elif key == "baseline":
-        from mcu_dist.baselines import BASELINES
-
         bad = [c for c in dim.choices or [] if c not in BASELINES]
         if kind != "categorical" or bad:
             raise ConfigError(
                 f"{where}: got {bad or kind!r}; allowed: categorical over {', '.join(BASELINES.names())}"
             )
     elif key.startswith("baseline."):
-        from mcu_dist.baselines import BASELINES
-
         hp = key.split(".", 1)[1]
         lacking = [m for m in methods if hp not in BASELINES[m].defaults]
         if lacking:
@@ -236,14 +256,12 @@ def parse_space(data: dict, source: str = "<dict>") -> SearchSpace:
             raise ConfigError(f"{section}: got {type(data[section]).__name__}; allowed: a mapping")
     fixed = flatten(data.get("fixed") or {})
     base = with_overrides(ExperimentConfig(), fixed)  # names a bad fixed key, checks its type
-    base.validate()
+    validate(base)
     sweep_data = data.get("sweep") or {}
     names = {f.name for f in dataclasses.fields(SweepConfig)}
     for key in sweep_data:
         if key not in names:
             raise ConfigError(f"sweep.{key}: unknown field; allowed: {', '.join(sorted(names))}")
-    from mcu_dist.config import from_dict
-
     sweep = from_dict(SweepConfig, sweep_data, "sweep.")
     sweep.validate()
     leaves = _leaf_types()
@@ -273,7 +291,7 @@ def parse_space(data: dict, source: str = "<dict>") -> SearchSpace:
     space = SearchSpace(fixed, dims, sweep, source)
     for culprit, params in _probe_points(dims):
         try:
-            space.trial_config(params).validate()
+            validate(space.trial_config(params))
         except ConfigError as e:
             raise ConfigError(f"search.{culprit}: the point {params} gives an invalid trial ({e})") from None
     return space

@@ -32,7 +32,7 @@ def digits_config(tmp: Path, **overrides) -> ExperimentConfig:
         "mcu.epochs": 2,
         "eval.t_points": 5,
         "eval.mia_cap": 300,
-        "eval.calibration_size": 300,
+        "eval.bn_set_size": 300,
     }
     return with_overrides(ExperimentConfig(), {**base, **overrides})
 

@@ -22,7 +22,7 @@ SMALL = {
     "mcu.epochs": 1,
     "eval.t_points": 5,
     "eval.mia_cap": 200,
-    "eval.calibration_size": 256,
+    "eval.bn_set_size": 256,
 }
 
 
@@ -105,7 +105,7 @@ def test_report_builds_the_paper_table_from_mlflow(tmp_path):
     out = tmp_path / "report"
     assert report.main(["--experiment", "grid", "--tracking-uri", uri, "--out", str(out)]) == 0
     rows = pq.read_table(out / "report.parquet").to_pylist()
-    assert [r["model"] for r in rows] == ["Retrain", "ga", "ga+budget", "ga+MCU", "ga+MCU-β"]
+    assert [r["model"] for r in rows] == ["Retrain", "ga", "ga+budget", "ga+mcu", "ga+mcu_beta"]
     assert rows[0]["avg_gap"] == 0.0 and rows[0]["n"] == 2
     budget = rows[2]
     assert budget["avg_gap"] == pytest.approx(
@@ -126,7 +126,7 @@ def test_report_builds_the_paper_table_from_mlflow(tmp_path):
     )
     for name in ("report.md", "report.csv", "paths.png", "pareto.png", "avg_gap_by_schedule.png"):
         assert (out / name).is_file(), name
-    assert "| ga+MCU-β |" in (out / "report.md").read_text()
+    assert "| ga+mcu_beta |" in (out / "report.md").read_text()
     client = MlflowClient(uri)
     logged = {a.path for a in client.list_artifacts(parent, "report")}
     assert "report/report.md" in logged and "report/paths.png" in logged

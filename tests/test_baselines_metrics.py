@@ -18,7 +18,7 @@ import pytest
 import torch
 from torch import nn
 
-from mcu_dist.baselines import BASELINES
+from mcu_dist.baselines import BASELINES, check_baselines
 from mcu_dist.baselines import common as baseline_common
 from mcu_dist.baselines.common import random_wrong_labels, train_on
 from mcu_dist.baselines.relabel import saliency_mask
@@ -30,6 +30,7 @@ from mcu_dist.experiment import run_experiment
 from mcu_dist.lab import Lab
 from mcu_dist.train.fit import cross_entropy
 from mcu_dist.train.reference import original_model, retrained_model
+from mcu_dist.validation import validate
 from tests.conftest import CIFAR_PARQUET, digits_config
 
 NON_RETRAIN = [n for n in BASELINES.names() if n != "retrain"]
@@ -69,7 +70,7 @@ def buffers(model: nn.Module) -> dict[str, torch.Tensor]:
     return {n: b.detach().clone() for n, b in model.named_buffers()}
 
 
-# ---------------------------------------------------------------------------------------------- every baseline
+# --------------------------------------------------------------------------------------------- every baseline
 
 
 @pytest.mark.parametrize("name", NON_RETRAIN)
@@ -83,7 +84,8 @@ def test_baseline_moves_parameters_and_keeps_architecture(digits_lab, digits_ori
     theta_o = dict(digits_original.named_parameters())
     moved = [n for n, p in out.named_parameters() if not torch.equal(p, theta_o[n])]
     assert moved, f"{name} left every parameter at θ_o"
-    assert all(torch.equal(v, before[k]) for k, v in digits_original.state_dict().items()), "θ_o was modified"
+    after = digits_original.state_dict()
+    assert all(torch.equal(v, before[k]) for k, v in after.items()), "θ_o was modified"
 
 
 def test_retrain_baseline_is_the_retrained_model(digits_lab, digits_original):
@@ -93,7 +95,7 @@ def test_retrain_baseline_is_the_retrained_model(digits_lab, digits_original):
     assert all(torch.equal(sa[k], sb[k]) for k in sb)
 
 
-# ---------------------------------------------------------------------------------------------- forgetting on digits
+# --------------------------------------------------------------------------------------- forgetting on digits
 
 
 @pytest.mark.parametrize("name", sorted(FORGETTING_HP))
@@ -197,7 +199,7 @@ def test_negtv_is_the_negated_task_vector(digits_lab, digits_original):
         )
 
 
-# ---------------------------------------------------------------------------------------------- hyperparameters
+# -------------------------------------------------------------------------------------------- hyperparameters
 
 
 @pytest.mark.parametrize("name", BASELINES.names())
@@ -216,7 +218,7 @@ def test_resolve_keeps_defaults_and_coerces():
         unit.resolve({"epochs": "three"})
     cfg = with_overrides(ExperimentConfig(), {"baselines.params": {"salun": {"mask_ratio": 0.2, "bogus": 1}}})
     with pytest.raises(ConfigError, match=r"^baselines\.params\.salun\.bogus: "):
-        cfg.baselines.validate()
+        check_baselines(cfg.baselines)
 
 
 @pytest.mark.parametrize("key,value", [("epochs", 2.5), ("lr", True)])
@@ -225,7 +227,7 @@ def test_resolve_rejects_lossy_values(key, value):
         BASELINES["ga"].resolve({key: value})
 
 
-# ---------------------------------------------------------------------------------------------- Avg. Gap, UA, TA
+# ------------------------------------------------------------------------------------------- Avg. Gap, UA, TA
 
 
 def test_avg_gap_definition():
@@ -239,12 +241,12 @@ def test_avg_gap_definition():
 
 def test_experiment_rows_against_retrain(digits_lab, digits_original, session_dir):
     # the session's cache dir: θ_o and θ_r are shared with the fixtures (same reference key)
-    cfg = digits_config(session_dir, **{"baselines.methods": ["ft", "retrain"], "mcu.variants": []})
-    cfg.validate()
+    cfg = digits_config(session_dir, **{"baselines.methods": ["ft", "retrain"], "mcu.beta_schedule": []})
+    validate(cfg)
     result = run_experiment(cfg, log=lambda *_: None)
     rows = {r["model"]: r for r in result.rows}
     assert list(rows) == ["Original", "Retrain", "ft", "retrain"]
-    assert result.paths == {} and result.mask is None, "mcu.variants = [] runs no MCU"
+    assert result.paths == {} and result.mask is None, "mcu.beta_schedule = [] runs no MCU"
     assert rows["Retrain"]["avg_gap"] == 0.0
     assert rows["retrain"]["avg_gap"] == 0.0, "the Retrain baseline is θ_r itself"
     for r in rows.values():
@@ -346,7 +348,7 @@ def test_cifar_retrain_forgets_more_than_original(tmp_path):
             "out": str(tmp_path / "runs"),
         },
     )
-    cfg.validate()
+    validate(cfg)
     lab = Lab.build(cfg)
     assert len(lab.bundle.train) == 1000 and len(lab.splits.forget) == 100
     # UA and MIA need no full test set: MIA's non-members are n = min(|D_r|, |D_test|, cap) = 900 test samples

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from mcu_dist.path.beta import BETA_SCHEDULES, BetaParams, Calibration
+from mcu_dist.config import MCUConfig
+from mcu_dist.path.beta import BETA_SCHEDULES, CalTargets
 
-P = BetaParams(beta=0.2, beta_low=0.01, beta_high=0.5, tau=0.1)
-CAL = Calibration(cal_f=80.0, cal_r=95.0)
+P = MCUConfig(beta=0.2, beta_low=0.01, beta_high=0.5, beta_tau=0.1)
+CAL = CalTargets(cal_f=80.0, cal_r=95.0)
 
 
 def beta(name, acc_f, acc_r, cal=CAL):
@@ -42,7 +43,7 @@ def test_adaptive_abs_compares_magnitudes():
 
 @pytest.mark.parametrize("name", ["adaptive_step", "adaptive_abs"])
 def test_cal_f_zero_is_handled(name):
-    cal = Calibration(cal_f=0.0, cal_r=95.0)
+    cal = CalTargets(cal_f=0.0, cal_r=95.0)
     assert beta(name, 0.0, 90.0, cal) == 0.0
     assert beta(name, 0.5, 200.0, cal) == 0.5  # any forget accuracy left: the forget gap is infinite
     assert beta("adaptive_smooth", 0.0, 90.0, cal) == 0.0

@@ -1,4 +1,4 @@
-"""Confidence intervals: they cover the point estimate, shrink with more samples, and include the MIA shadow draws."""
+"""Confidence intervals cover the point estimate, shrink with more samples, include the MIA shadow draws."""
 
 from __future__ import annotations
 

@@ -322,13 +322,44 @@ def test_rayjob_space_loads_and_puts_the_model_cache_on_the_shared_volume(rayjob
 # -- MLflow server -------------------------------------------------------------------------------------
 
 
+def test_mlflow_server_needs_credentials_and_admits_only_the_ray_pods():
+    dep = one("mlflow-server.yaml", "Deployment")
+    (c,) = dep["spec"]["template"]["spec"]["containers"]
+    assert server_flags(c)["--app-name"] == "basic-auth"
+    env = {e["name"]: e for e in c["env"]}
+    assert env["MLFLOW_AUTH_ADMIN_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == "mlflow-auth"
+    assert env["MLFLOW_DISABLE_TELEMETRY"]["value"] == "true"
+    ini = one("mlflow-server.yaml", "ConfigMap")["data"]["basic_auth.ini"]
+    assert "default_permission = NO_PERMISSIONS" in ini and "admin_password" not in ini  # no shipped password
+    policy = one("mlflow-server.yaml", "NetworkPolicy")["spec"]
+    assert (
+        policy["podSelector"]["matchLabels"].items() <= dep["spec"]["template"]["metadata"]["labels"].items()
+    )
+    ((rule,),) = [r["from"] for r in policy["ingress"]]
+    admitted = rule["podSelector"]["matchLabels"]
+    # every Ray pod that talks to MLflow carries the admitted label and the Secret's credentials
+    for name in ("kuberay-raycluster.yaml", "kuberay-rayjob.yaml"):
+        for pod in ray_pod_templates(name):
+            assert admitted.items() <= pod["metadata"]["labels"].items(), name
+            for container in pod["spec"]["containers"]:
+                names = {e["name"] for e in container.get("env", [])}
+                assert {"MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"} <= names, name
+    aws = (CLUSTER / "aws-gpu.yaml").read_text()
+    assert "--host 0.0.0.0" not in aws and "MLFLOW_DISABLE_TELEMETRY=true" in aws
+
+
+def ray_pod_templates(name: str) -> list[dict]:
+    spec = next(d for d in docs(name) if d.get("kind") in ("RayCluster", "RayJob"))["spec"]
+    spec = spec.get("rayClusterSpec", spec)
+    return [spec["headGroupSpec"]["template"]] + [g["template"] for g in spec["workerGroupSpecs"]]
+
+
 def test_mlflow_server_serves_the_tracking_uri_the_jobs_use(rayjob_args):
     dep, svc = one("mlflow-server.yaml", "Deployment"), one("mlflow-server.yaml", "Service")
     pod = dep["spec"]["template"]
     assert svc["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
     (c,) = pod["spec"]["containers"]
     flags = server_flags(c)
-    assert flags["--host"] == "0.0.0.0"
     named_ports = {p["name"]: p["containerPort"] for p in c["ports"]}
     for p in svc["spec"]["ports"]:
         target = p.get("targetPort", p["port"])

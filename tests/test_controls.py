@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from mcu_dist.baselines import BASELINES
-from mcu_dist.experiment import baseline_model, has_budget_control
-from mcu_dist.path.beta import BetaParams, beta_shares
+from mcu_dist.config import MCUConfig
+from mcu_dist.path.beta import beta_shares
+from mcu_dist.references import baseline_model, has_budget_control
 
 
 @pytest.mark.parametrize("method", ["neggrad_plus"])
@@ -37,7 +38,7 @@ def test_budget_control_is_offered_for_iterative_baselines_only():
 
 
 def test_beta_shares_count_each_level_of_the_schedule():
-    p = BetaParams(beta=0.2, beta_low=0.01, beta_high=0.5)
+    p = MCUConfig(beta=0.2, beta_low=0.01, beta_high=0.5)
     steps = [0.0, 0.5, 0.5, 0.01, 0.5, 0.0, 0.3, 0.5]
     shares = beta_shares(steps, "adaptive_step", p)
     assert shares == pytest.approx(

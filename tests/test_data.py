@@ -29,11 +29,12 @@ from mcu_dist.config import (
     load_yaml,
     with_overrides,
 )
-from mcu_dist.data import Normalizer, iterate, load_dataset, make_splits, write_manifest
+from mcu_dist.data import Normalizer, check_data, iterate, load_dataset, make_splits, write_manifest
 from mcu_dist.data.forget import manifest_hash
 from mcu_dist.evaluate.metrics import predict
 from mcu_dist.evaluate.point import evaluate_model
 from mcu_dist.lab import Lab
+from mcu_dist.validation import validate
 from tests.conftest import CIFAR_PARQUET
 
 N_DIGITS = 1797
@@ -319,7 +320,7 @@ def test_subset_per_class_seeded_test_whole(cache_dir, digits):
     assert torch.equal(big.train.index, digits.train.index)
 
 
-# --------------------------------------------------------------------------------------------- 5a. torchvision CIFAR-10
+# ----------------------------------------------------------------------------------- 5a. torchvision CIFAR-10
 
 
 def _write_torchvision_cifar(root: Path, per_batch: int, n_test: int, seed: int = 0):
@@ -370,7 +371,7 @@ def test_torchvision_cifar10_folder_round_trip(tmp_path, monkeypatch):
     _trust_tiny_cifar(monkeypatch, root)
 
     cfg = DataConfig(dataset="cifar10", data_root=str(root))
-    cfg.validate()
+    check_data(cfg)
     bundle = load_dataset(cfg, 0, str(tmp_path / "cache"))
     assert bundle.num_classes == 10 and bundle.augment is True
     assert "torchvision" in bundle.dataset_id
@@ -397,7 +398,7 @@ def test_torchvision_cifar10_corrupt_files_are_a_config_error(tmp_path):
         load_dataset(DataConfig(dataset="cifar10", data_root=str(root)), 0, str(tmp_path / "cache"))
 
 
-# --------------------------------------------------------------------------------------------- 5b. CIFAR-10 Parquet
+# --------------------------------------------------------------------------------------- 5b. CIFAR-10 Parquet
 
 
 CIFAR_CLASSES = "airplane,automobile,bird,cat,deer,dog,frog,horse,ship,truck"
@@ -451,7 +452,7 @@ def test_cifar10_parquet_decode_and_cache(tmp_path, monkeypatch):
 
     for root in (parquet.parent, parquet):  # the folder holding it, or the file itself
         cfg = DataConfig(dataset="cifar10", data_root=str(root))
-        cfg.validate()
+        check_data(cfg)
         bundle = load_dataset(cfg, 0, str(cache))
         assert bundle.dataset_id.startswith("cifar10:parquet:")
         for split, part in (("train", bundle.train), ("test", bundle.test)):
@@ -506,7 +507,7 @@ def test_cifar10_parquet_rebuilt_file_gets_fresh_cache(tmp_path):
     assert diff.mean() < 2.0
 
 
-# --------------------------------------------------------------------------------------------- 5c/d. image folders
+# ---------------------------------------------------------------------------------------- 5c/d. image folders
 
 
 TINY_WNIDS = ["n09999999", "n01443537", "n02124075"]  # written out of order: labels follow sorted order
@@ -534,7 +535,7 @@ def test_tinyimagenet_layout(tmp_path):
     root = tmp_path / "tiny-imagenet-200"
     label_of = _write_tinyimagenet(root)
     cfg = DataConfig(dataset="tinyimagenet", data_root=str(root))
-    cfg.validate()
+    check_data(cfg)
     cache = tmp_path / "cache"
     bundle = load_dataset(cfg, 0, str(cache))
     assert bundle.num_classes == 3
@@ -621,7 +622,7 @@ def test_image_folder_without_images_is_a_config_error(tmp_path):
         )
 
 
-# --------------------------------------------------------------------------------------------- 6. real CIFAR-10
+# ------------------------------------------------------------------------------------------- 6. real CIFAR-10
 
 
 @pytest.fixture(scope="module")
@@ -630,7 +631,7 @@ def real_cifar_subset(tmp_path_factory):
         pytest.skip(f"offline CIFAR-10 copy absent ({CIFAR_PARQUET})")
     cache = tmp_path_factory.mktemp("cifar_cache")
     cfg = DataConfig(dataset="cifar10", data_root=str(CIFAR_PARQUET.parent), subset=20)
-    cfg.validate()
+    check_data(cfg)
     return load_dataset(cfg, 0, str(cache)), cache
 
 
@@ -714,7 +715,7 @@ def test_epoch_order(digits):
 
 def test_unknown_dataset(tmp_path):
     with pytest.raises(ConfigError, match=r"^data\.dataset: got 'mnist'.*digits"):
-        DataConfig(dataset="mnist").validate()
+        check_data(DataConfig(dataset="mnist"))
     with pytest.raises(ConfigError, match=r"^data\.dataset"):
         load_dataset(DataConfig(dataset="mnist"), 0, str(tmp_path))
 
@@ -743,12 +744,12 @@ def test_forget_spec_beyond_the_dataset(digits, spec):
 def test_missing_data_root(tmp_path, monkeypatch):
     monkeypatch.delenv("MCU_DIST_CIFAR100_ROOT", raising=False)
     with pytest.raises(ConfigError, match=r"^data\.data_root"):
-        DataConfig(dataset="cifar100", data_root=str(tmp_path / "absent")).validate()
+        check_data(DataConfig(dataset="cifar100", data_root=str(tmp_path / "absent")))
     with pytest.raises(ConfigError, match=r"^data\.data_root"):
-        DataConfig(dataset="cifar100").validate()
+        check_data(DataConfig(dataset="cifar100"))
     empty = tmp_path / "empty"
     empty.mkdir()
-    DataConfig(dataset="cifar100", data_root=str(empty)).validate()  # exists: the loader is the judge
+    check_data(DataConfig(dataset="cifar100", data_root=str(empty)))  # exists: the loader is the judge
     with pytest.raises(ConfigError, match=r"^data\.data_root"):
         load_dataset(DataConfig(dataset="cifar100", data_root=str(empty)), 0, str(tmp_path / "cache"))
 
@@ -801,6 +802,6 @@ def test_unknown_yaml_key(tmp_path):
     assert cfg.data.subset == 4 and cfg.forget.spec == "class:3"
     path.write_text("data: {dataset: mnist}\n")
     with pytest.raises(ConfigError, match=r"^data\.dataset"):
-        load_yaml(path).validate()
+        validate(load_yaml(path))
     with pytest.raises(ConfigError, match=r"^data\.subset"):
-        with_overrides(ExperimentConfig(), {"data.subset": 0}).validate()
+        validate(with_overrides(ExperimentConfig(), {"data.subset": 0}))

@@ -18,8 +18,8 @@ import torch
 from mcu_dist.config import ConfigError, with_overrides
 from mcu_dist.experiment import run_experiment
 from mcu_dist.lab import Lab
+from mcu_dist.path.bezier import curve_between
 from mcu_dist.path.mask import compute_mask
-from mcu_dist.pipeline import build_curve
 from mcu_dist.train.distributed import check_resources, fit_distributed
 from mcu_dist.train.mcu import calibration_targets, train_curve
 from mcu_dist.train.reference import original_model
@@ -43,7 +43,9 @@ def _cache_files(cfg) -> set[str]:
 
 def test_two_workers_equal_one_worker_and_reference_models_train_once(ray_cluster, tmp_path):
     one_cfg = digits_config(
-        tmp_path, **NOBN, **{"baselines.methods": ["ft"], "mcu.variants": ["mcu_beta"], "mcu.epochs": 2}
+        tmp_path,
+        **NOBN,
+        **{"baselines.methods": ["ft"], "mcu.beta_schedule": ["adaptive_step"], "mcu.epochs": 2},
     )
     one = run_experiment(one_cfg, tmp_path / "one", log=lambda *_: None)
     cached = _cache_files(one_cfg)
@@ -63,7 +65,7 @@ def test_two_workers_equal_one_worker_and_reference_models_train_once(ray_cluste
 
 
 def _kill_a_worker_after_a_checkpoint(storage: Path, done: threading.Event, killed: list) -> None:
-    """SIGKILL one Ray Train worker as soon as the controller has registered a checkpoint (its snapshot file)."""
+    """SIGKILL one Ray Train worker once the controller has registered a checkpoint (its snapshot file)."""
     from ray.util.state import list_actors
 
     pids: list[int] = []
@@ -102,7 +104,7 @@ def test_killed_worker_resumes_from_its_checkpoint(ray_cluster, tmp_path):
             p.add_(0.02 * torch.randn_like(p, generator=torch.Generator().manual_seed(0)))
     cal = calibration_targets(original, lab, classwise=True)
     selected = compute_mask(original, lab, cfg.mcu.k, cfg.mcu.k_r).selected
-    uninterrupted = build_curve(original, endpoint, 2, selected)
+    uninterrupted = curve_between(original, endpoint, 2, selected)
     reference = train_curve(uninterrupted, lab, cfg.mcu, "adaptive_step", cal, cfg.seeds.unlearn)
 
     done, killed = threading.Event(), []
@@ -112,7 +114,7 @@ def test_killed_worker_resumes_from_its_checkpoint(ray_cluster, tmp_path):
         daemon=True,
     )
     watcher.start()
-    curve = build_curve(original, endpoint, 2, selected)
+    curve = curve_between(original, endpoint, 2, selected)
     try:
         state = fit_distributed(lab, original, endpoint, curve, "adaptive_step", cal, "killed")
     finally:

@@ -1,4 +1,4 @@
-"""The mask says what it selects: budget mode lands within one tensor of k, the random control matches its size."""
+"""The mask says what it selects: budget mode lands within one tensor of k; the random control matches."""
 
 from __future__ import annotations
 

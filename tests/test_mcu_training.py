@@ -8,10 +8,11 @@ import pytest
 import torch
 
 from mcu_dist.config import ConfigError, MCUConfig, with_overrides
-from mcu_dist.path.beta import BETA_SCHEDULES, BetaParams, Calibration
+from mcu_dist.path.beta import BETA_SCHEDULES, CalTargets
+from mcu_dist.path.bezier import curve_between
 from mcu_dist.path.mask import compute_mask, random_tensors, select_tensors
-from mcu_dist.pipeline import build_curve
 from mcu_dist.train.mcu import calibration_targets, retain_sample, train_curve
+from mcu_dist.validation import validate
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +29,7 @@ def endpoint(digits_original):
 def _train(lab, original, endpoint, schedule, order=2, k=0.3, k_r=0.1, weight_decay=5e-4, epochs=2):
     cfg = MCUConfig(curve_order=order, k=k, k_r=k_r, epochs=epochs, weight_decay=weight_decay, batch_size=64)
     mask = compute_mask(original, lab, cfg.k, cfg.k_r)
-    curve = build_curve(original, endpoint, order, mask.selected)
+    curve = curve_between(original, endpoint, order, mask.selected)
     before = {f"{j}.{n}": curve.point(j, n).detach().clone() for j in range(order + 1) for n in curve.names}
     cal = calibration_targets(original, lab, classwise=True)
     state = train_curve(curve, lab, cfg, schedule, cal, seed=0)
@@ -69,7 +70,7 @@ def test_adaptive_beta_logged_per_step_follows_the_rule(digits_lab, digits_origi
     cal = calibration_targets(digits_original, digits_lab, classwise=True)
     rule = BETA_SCHEDULES["adaptive_step"]
     for s in state.steps:
-        expected = rule(s["acc_f"], s["acc_r"], cal, BetaParams()) if s["n_f"] else 0.0
+        expected = rule(s["acc_f"], s["acc_r"], cal, MCUConfig()) if s["n_f"] else 0.0
         assert s["beta"] == expected
 
 
@@ -78,8 +79,8 @@ def test_batch_without_forget_samples_gives_no_nan(digits_lab, digits_original, 
     lab.splits = copy.copy(digits_lab.splits)
     lab.splits.forget = digits_lab.splits.forget[:1]  # a single forget sample: most batches have none
     cfg = MCUConfig(epochs=1, batch_size=32, k=1.0)
-    curve = build_curve(digits_original, endpoint, 2, [n for n, _ in digits_original.named_parameters()])
-    state = train_curve(curve, lab, cfg, "adaptive_step", Calibration(0.0, 99.0), seed=0)
+    curve = curve_between(digits_original, endpoint, 2, [n for n, _ in digits_original.named_parameters()])
+    state = train_curve(curve, lab, cfg, "adaptive_step", CalTargets(0.0, 99.0), seed=0)
     assert any(s["n_f"] == 0 for s in state.steps)
     assert all(torch.isfinite(p).all() for p in curve.trainable())
     assert all(s["loss_f"] == s["loss_f"] for s in state.steps)  # not NaN
@@ -97,7 +98,8 @@ def test_two_stage_mask_on_hand_made_scores():
     sizes = {"a": 50, "b": 30, "c": 10, "d": 10}
     s_r = {"a": 1.0, "b": 0.1, "c": 0.5, "d": 0.2}
     s_f = {"a": 9.0, "b": 1.0, "c": 3.0, "d": 2.0}
-    # k_r = 0.4: exclude "a" (count 0 < 40), then stop (50 >= 40); k = 0.3: select c (0<30), d (10<30), b (20<30)
+    # k_r = 0.4: exclude "a" (count 0 < 40), then stop (50 >= 40);
+    # k = 0.3: select c (0 < 30), d (10 < 30), b (20 < 30)
     assert select_tensors(sizes, s_r, s_f, k=0.3, k_r=0.4) == ["c", "d", "b"]
     assert select_tensors(sizes, s_r, s_f, k=0.5, k_r=0.0) == ["a"]
     assert select_tensors(sizes, s_r, s_f, k=1.0, k_r=0.0) == list(sizes)
@@ -132,15 +134,15 @@ def test_bad_mcu_input_fails_before_compute(tmp_path, key, value, field):
 
     cfg = digits_config(tmp_path, **{key: value})
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
-        cfg.validate()
+        validate(cfg)
     assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").rglob("*.pt"))
 
 
 def test_with_overrides_coerces_and_rejects_unknown_keys(tmp_path):
     from tests.conftest import digits_config
 
-    cfg = with_overrides(digits_config(tmp_path), {"mcu.k": "0.25", "mcu.variants": "mcu"})
-    assert cfg.mcu.k == 0.25 and cfg.mcu.variants == ["mcu"]
+    cfg = with_overrides(digits_config(tmp_path), {"mcu.k": "0.25", "mcu.beta_schedule": "fixed"})
+    assert cfg.mcu.k == 0.25 and cfg.mcu.beta_schedule == ["fixed"]
     with pytest.raises(ConfigError, match="mcu.kk"):
         with_overrides(cfg, {"mcu.kk": 1})
 
@@ -152,8 +154,8 @@ def test_parallel_path_evaluation_equals_serial(tmp_path, digits_lab, digits_ori
     from mcu_dist.evaluate.path_eval import eval_workers, evaluate_path
     from mcu_dist.lab import Lab
 
-    curve = build_curve(digits_original, endpoint, 2, [n for n, _ in digits_original.named_parameters()])
-    cal = Calibration(0.0, 99.0)
+    curve = curve_between(digits_original, endpoint, 2, [n for n, _ in digits_original.named_parameters()])
+    cal = CalTargets(0.0, 99.0)
     grid = [0.0, 0.5, 0.9, 1.0]
     serial = evaluate_path(curve, digits_lab, grid, cal, None)
     lab = Lab(

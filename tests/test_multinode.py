@@ -28,7 +28,7 @@ SMALL = {
     "mcu.batch_size": 32,
     "eval.t_points": 5,
     "eval.mia_cap": 200,
-    "eval.calibration_size": 256,
+    "eval.bn_set_size": 256,
 }
 
 
@@ -111,7 +111,7 @@ def test_ablation_runs_trials_on_both_nodes_and_reports(two_nodes):
     )
     assert rep.returncode == 0, rep.stderr[-2000:]
     text = (tmp / "report" / "report.md").read_text()
-    for row in ("| Retrain |", "| ga |", "| ga+MCU-β |", "| rl |", "| rl+MCU-β |"):
+    for row in ("| Retrain |", "| ga |", "| ga+mcu_beta |", "| rl |", "| rl+mcu_beta |"):
         assert row in text
     assert "| 2 |" in text  # mean ± std over the two seeds
 

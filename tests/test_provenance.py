@@ -1,4 +1,4 @@
-"""Provenance: the manifest names D_r′, and a curve checkpoint is refused against endpoints it was not trained between."""
+"""Provenance: the manifest names D_r′; a curve checkpoint is refused against other endpoints."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from mcu_dist.config import ConfigError, MCUConfig
 from mcu_dist.data import write_manifest
 from mcu_dist.data.forget import manifest_hash
 from mcu_dist.lab import Lab
-from mcu_dist.path.beta import Calibration
-from mcu_dist.path.checkpoint import curve_payload, load_curve
-from mcu_dist.pipeline import build_curve
+from mcu_dist.path.beta import CalTargets
+from mcu_dist.path.bezier import curve_between
+from mcu_dist.path.checkpoint import load_curve, save_curve
 from mcu_dist.train.mcu import CurveState, retain_prime_record, train_curve
 
 
@@ -33,37 +33,40 @@ def _names(model) -> list[str]:
 
 def test_curve_checkpoint_is_refused_against_other_endpoints(tmp_path, digits_original):
     endpoint, other = _nudged(digits_original, 1), _nudged(digits_original, 2)
-    curve = build_curve(digits_original, endpoint, 2, _names(digits_original))
+    curve = curve_between(digits_original, endpoint, 2, _names(digits_original))
     with torch.no_grad():
         for p in curve.trainable():
             p.add_(0.1)
-    torch.save(curve_payload(curve), tmp_path / "curve.pt")
+    save_curve(curve, tmp_path / "curve.pt")
     same = load_curve(
-        build_curve(digits_original, endpoint, 2, _names(digits_original)), tmp_path / "curve.pt"
+        curve_between(digits_original, endpoint, 2, _names(digits_original)), tmp_path / "curve.pt"
     )
     for a, b in zip(same.trainable(), curve.trainable(), strict=True):
         assert torch.equal(a, b)
     for start, end in ((digits_original, other), (other, endpoint), (endpoint, digits_original)):
         with pytest.raises(ConfigError, match="curve checkpoint"):
-            load_curve(build_curve(start, end, 2, _names(digits_original)), tmp_path / "curve.pt")
+            load_curve(curve_between(start, end, 2, _names(digits_original)), tmp_path / "curve.pt")
     with pytest.raises(ConfigError, match="order"):
-        load_curve(build_curve(digits_original, endpoint, 3, _names(digits_original)), tmp_path / "curve.pt")
+        load_curve(
+            curve_between(digits_original, endpoint, 3, _names(digits_original)), tmp_path / "curve.pt"
+        )
 
 
-def test_ray_train_checkpoints_are_refused_against_other_endpoints(digits_original):
-    from mcu_dist.train.distributed import _payload, restore
+def test_ray_train_checkpoints_are_refused_against_other_endpoints(tmp_path, digits_original):
+    from mcu_dist.train.distributed import restore, save_state
     from mcu_dist.train.mcu import make_optimizer
 
     endpoint = _nudged(digits_original, 1)
-    curve = build_curve(digits_original, endpoint, 2, _names(digits_original))
-    payload = _payload(curve, make_optimizer(curve, MCUConfig()), CurveState(epoch=1), [0])
-    state, _ = restore(build_curve(digits_original, endpoint, 2, _names(digits_original)), None, payload)
+    curve = curve_between(digits_original, endpoint, 2, _names(digits_original))
+    path = tmp_path / "state.pt"
+    save_state(path, curve, make_optimizer(curve, MCUConfig()), CurveState(epoch=1, attempts=[0]))
+    state = restore(curve_between(digits_original, endpoint, 2, _names(digits_original)), None, path)
     assert state.epoch == 1
     with pytest.raises(ConfigError, match="curve checkpoint"):
         restore(
-            build_curve(digits_original, _nudged(digits_original, 3), 2, _names(digits_original)),
+            curve_between(digits_original, _nudged(digits_original, 3), 2, _names(digits_original)),
             None,
-            payload,
+            path,
         )
 
 
@@ -84,8 +87,8 @@ def test_manifest_records_the_retained_sample_the_curve_trains_on(tmp_path, digi
     assert meta["retain_prime_seed"] == str(lab.cfg.seeds.unlearn)
     assert meta["retain_prime_fraction"] == str(lab.cfg.mcu.retain_fraction)
     cfg = MCUConfig(epochs=1, batch_size=128)
-    curve = build_curve(digits_original, _nudged(digits_original, 1), 2, _names(digits_original)[:2])
-    train_curve(curve, lab, cfg, "fixed", Calibration(0.0, 99.0), seed=lab.cfg.seeds.unlearn)
+    curve = curve_between(digits_original, _nudged(digits_original, 1), 2, _names(digits_original)[:2])
+    train_curve(curve, lab, cfg, "fixed", CalTargets(0.0, 99.0), seed=lab.cfg.seeds.unlearn)
     streamed = torch.cat(seen)
     retained = streamed[~torch.isin(streamed, lab.splits.forget)]
     assert len(retained) == int(meta["retain_prime_size"])

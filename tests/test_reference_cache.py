@@ -20,18 +20,13 @@ import torch
 from torch import nn
 
 from mcu_dist.config import ConfigError, with_overrides
-from mcu_dist.experiment import baseline_model
 from mcu_dist.lab import Lab
 from mcu_dist.models import create_model
+from mcu_dist.references import baseline_model
+from mcu_dist.store import ModelCache, key_hash, load_checkpoint, save_model
 from mcu_dist.train import reference
-from mcu_dist.train.reference import (
-    ModelCache,
-    key_hash,
-    load_checkpoint,
-    original_model,
-    retrained_model,
-    save_checkpoint,
-)
+from mcu_dist.train.reference import original_model, retrained_model
+from mcu_dist.validation import validate
 from tests.conftest import digits_config
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -62,7 +57,7 @@ def leftovers(cache: ModelCache, pattern: str) -> list[Path]:
 
 @pytest.fixture
 def cheap_training(monkeypatch):
-    """Replace reference training by a seeded fresh model, recording each call (the cache logic is unchanged)."""
+    """Reference training replaced by a seeded fresh model, each call recorded (the cache is unchanged)."""
     calls: list[tuple[int, int]] = []
 
     def fake_train(lab: Lab, positions: torch.Tensor, seed: int) -> nn.Module:
@@ -95,7 +90,7 @@ def test_hit_calls_no_build_and_loads_bit_identical_weights(digits_lab, tmp_path
     assert not state_equal(first_template, digits_lab.new_model(seed=123))  # the load below is observable
     first, meta = cache.get("original", fields, first_template, build)
     assert len(built) == 1 and cache.trained == [cache.path("original", fields).stem]
-    assert meta["kind"] == "original" and meta["seconds"] >= 0
+    assert meta["kind"] == "model" and meta["cache_kind"] == "original" and meta["seconds"] >= 0
     assert state_equal(first, built[0])
 
     second, _ = cache.get("original", fields, digits_lab.new_model(seed=2), build)
@@ -154,7 +149,7 @@ def test_dataset_identity_is_part_of_the_key(digits_lab, tmp_path):
     "override",
     [
         {"mcu.k": 0.1},
-        {"mcu.variants": ["mcu"]},
+        {"mcu.beta_schedule": ["fixed"]},
         {"eval.t_points": 7},
         {"eval.mia_cap": 50},
         {"baselines.methods": ["ga"]},
@@ -238,8 +233,8 @@ def test_two_processes_train_one_key_once(tmp_path):
     cache = ModelCache(cfg.cache_dir)
     entries = leftovers(cache, "original-*.pt")
     assert len(entries) == 1
-    assert leftovers(cache, "*.tmp") == [] and list(Path(cfg.cache_dir).rglob("*.tmp")) == []
-    state, _ = load_checkpoint(entries[0])
+    assert leftovers(cache, "*.tmp*") == [] and list(Path(cfg.cache_dir).rglob("*.tmp*")) == []
+    state = load_checkpoint(entries[0]).state
     lab_model = create_model("small_cnn", 10, 1, 8)
     lab_model.load_state_dict(state)
     assert state_digest(lab_model) == trainer["digest"]
@@ -266,7 +261,7 @@ def test_failed_build_leaves_no_entry_and_a_later_call_trains(digits_lab, tmp_pa
     with pytest.raises(RuntimeError, match="diverged"):
         cache.get("original", fields, digits_lab.new_model(), failing_build)
     assert not path.exists()
-    assert leftovers(cache, "*.pt") == [] and leftovers(cache, "*.tmp") == []
+    assert leftovers(cache, "*.pt") == [] and leftovers(cache, "*.tmp*") == []
     assert cache.trained == []
 
     good = digits_lab.new_model(seed=5)
@@ -299,10 +294,10 @@ def test_failed_write_leaves_no_tmp_file(digits_lab, tmp_path, monkeypatch):
     monkeypatch.setattr(torch, "save", _write_then_fail)
     with pytest.raises(OSError):
         cache.get("original", fields, digits_lab.new_model(), lambda: digits_lab.new_model(seed=5))
-    assert leftovers(cache, "*.tmp") == []
+    assert leftovers(cache, "*.tmp*") == []
 
 
-# ---------------------------------------------------------------------------------------------- user checkpoints
+# ------------------------------------------------------------------------------------------- user checkpoints
 
 
 class _OpensFile:
@@ -328,7 +323,7 @@ def test_corrupt_checkpoint_is_a_config_error(digits_lab, tmp_path, cheap_traini
     _expect_model_original_error(digits_lab, cache, noise)
 
     whole = tmp_path / "whole.pt"
-    save_checkpoint(digits_lab.new_model(seed=0), whole)
+    save_model(digits_lab.new_model(seed=0), whole)
     truncated = tmp_path / "truncated.pt"
     truncated.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
     _expect_model_original_error(digits_lab, cache, truncated)
@@ -343,9 +338,7 @@ def test_corrupt_checkpoint_is_a_config_error(digits_lab, tmp_path, cheap_traini
 def test_other_architecture_is_a_config_error(digits_lab, tmp_path, cheap_training, other):
     name, classes = other
     path = tmp_path / f"{name}-{classes}.pt"
-    save_checkpoint(
-        create_model(name, classes, digits_lab.bundle.in_channels, digits_lab.bundle.image_size), path
-    )
+    save_model(create_model(name, classes, digits_lab.bundle.in_channels, digits_lab.bundle.image_size), path)
     _expect_model_original_error(digits_lab, ModelCache(tmp_path / "cache"), path)
     assert cheap_training == []
 
@@ -368,12 +361,12 @@ def test_user_original_is_loaded_not_trained(digits_lab, tmp_path, cheap_trainin
     user = digits_lab.new_model(seed=77).eval()
     path = tmp_path / "mine.pt"
     if fmt == "wrapped":
-        save_checkpoint(user, path, {"note": "mine"})
+        save_model(user, path, {"note": "mine"})
     else:
         torch.save(user.state_dict(), path)
     cache = ModelCache(tmp_path / "cache")
     lab = lab_with(digits_lab, cache, **{"model.original": str(path)})
-    lab.cfg.validate()
+    validate(lab.cfg)
     model, meta = original_model(lab, cache)
     assert cheap_training == [] and cache.trained == [] and leftovers(cache, "*.pt") == []
     assert state_equal(model, user)
@@ -381,7 +374,11 @@ def test_user_original_is_loaded_not_trained(digits_lab, tmp_path, cheap_trainin
     x = probe_batch(digits_lab)
     with torch.no_grad():
         assert torch.equal(model(x), user(x))
-    assert meta == ({"note": "mine"} if fmt == "wrapped" else {})
+    if fmt == "wrapped":  # the store's header: the writer's meta, kind, architecture, digest
+        assert meta["note"] == "mine" and meta["kind"] == "model"
+        assert meta["architecture"] == digits_lab.architecture()
+    else:
+        assert meta == {"kind": "model"}
 
 
 def test_cached_reference_models_come_back_in_eval_mode(digits_lab, tmp_path, cheap_training):
@@ -392,7 +389,7 @@ def test_cached_reference_models_come_back_in_eval_mode(digits_lab, tmp_path, ch
     assert not original.training and not retrained.training
 
 
-# ---------------------------------------------------------------------------------------------- keys of derived models
+# ------------------------------------------------------------------------------------- keys of derived models
 
 
 def test_own_architecture_gets_its_own_cache_entry(digits_lab, tmp_path, cheap_training):
@@ -427,11 +424,11 @@ def test_replaced_user_checkpoint_invalidates_derived_models(digits_lab, tmp_pat
     lab = lab_with(
         digits_lab, cache, **{"model.original": str(path), "baselines.params": {"ga": {"epochs": 1}}}
     )
-    save_checkpoint(digits_lab.new_model(seed=1), path)
+    save_model(digits_lab.new_model(seed=1), path)
     first, _ = original_model(lab, cache)
     theta_p_first, _ = baseline_model(lab, "ga", first)
     replacement = digits_lab.new_model(seed=2)
-    save_checkpoint(replacement, path)
+    save_model(replacement, path)
     second, _ = original_model(lab, cache)
     assert state_equal(second, replacement)  # θ_o itself is re-read
     theta_p_second, _ = baseline_model(lab, "ga", second)

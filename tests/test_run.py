@@ -70,7 +70,9 @@ def test_smoke_run_prints_the_table_and_writes_every_artifact(tmp_path):
     table = pq.read_table(path / "path_table.parquet").to_pylist()
     assert [r["t"] for r in table] == [0.0, 0.25, 0.5, 0.75, 1.0]
     ckpt = torch.load(path / "unlearned_t_star.pt", weights_only=True)
-    assert ckpt["meta"]["t"] == results[-1]["t_star"]
+    assert ckpt["header"]["t"] == results[-1]["t_star"] and ckpt["header"]["kind"] == "model"
+    curve = torch.load(path / "curve.pt", weights_only=True)
+    assert curve["header"]["kind"] == "curve" and curve["header"]["order"] == 2
 
 
 @pytest.mark.parametrize(
@@ -109,16 +111,16 @@ def test_class_not_in_dataset_fails_before_training(tmp_path):
 
 
 def test_user_endpoint_checkpoint_is_wrapped(tmp_path, digits_lab, digits_original):
-    from mcu_dist.train.reference import save_checkpoint
+    from mcu_dist.store import save_model
 
     ckpt = tmp_path / "mine.pt"
-    save_checkpoint(digits_original, ckpt)
+    save_model(digits_original, ckpt)
     cfg = digits_config(
         tmp_path,
         **{
             "baselines.methods": [],
             "baselines.endpoint": str(ckpt),
-            "mcu.variants": ["mcu"],
+            "mcu.beta_schedule": ["fixed"],
             "cache_dir": digits_lab.cfg.cache_dir,
         },
     )
@@ -126,7 +128,7 @@ def test_user_endpoint_checkpoint_is_wrapped(tmp_path, digits_lab, digits_origin
     assert [r["model"] for r in result.rows] == ["Original", "Retrain", "endpoint", "endpoint+mcu"]
 
 
-def test_python_api_on_tensors(digits_lab, digits_original):
+def test_python_api_on_tensors(digits_lab, digits_original, tmp_path):
     import copy
 
     import mcu_dist
@@ -153,3 +155,10 @@ def test_python_api_on_tensors(digits_lab, digits_original):
     assert 0.75 <= result.t_star <= 1.0
     assert len(result.path_table) == 5 and {"RA", "UA", "TA", "MIA", "gap_cal"} <= set(result.path_table[0])
     assert isinstance(result.model, type(digits_original))
+    # any point of the path can be taken away; exporting t* gives back θ(t*), BN statistics included
+    exported = result.export(result.t_star, tmp_path / "t_star.pt")
+    want = result.model.state_dict()
+    assert all(torch.equal(v, want[k]) for k, v in exported.state_dict().items())
+    ckpt = torch.load(tmp_path / "t_star.pt", weights_only=True)
+    assert ckpt["header"]["t"] == result.t_star
+    assert all(torch.equal(v, want[k].cpu()) for k, v in ckpt["state"].items())

@@ -6,11 +6,11 @@ import numpy as np
 
 from mcu_dist.config import EvalConfig
 from mcu_dist.evaluate.selection import effective_region, gap_cal, region_intervals, t_star
-from mcu_dist.path.beta import Calibration
+from mcu_dist.path.beta import CalTargets
 
 
 def test_gap_cal_formula():
-    assert gap_cal(90.0, 70.0, Calibration(cal_f=60.0, cal_r=100.0)) == 0.5 * (10 + 10)
+    assert gap_cal(90.0, 70.0, CalTargets(cal_f=60.0, cal_r=100.0)) == 0.5 * (10 + 10)
 
 
 def test_t_star_is_a_t_in_range_at_the_interpolated_minimum():

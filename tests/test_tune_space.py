@@ -22,6 +22,7 @@ import yaml
 from mcu_dist.config import ConfigError
 from mcu_dist.sweep import make_searcher, parse_args, resolve
 from mcu_dist.tune_space import SearchSpace, load_space, parse_space
+from mcu_dist.validation import validate
 from tests.conftest import CIFAR_PARQUET
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -97,7 +98,8 @@ def test_shipped_space_parses_and_trial_configs_carry_the_sample(name, monkeypat
         method = params.get("baseline", default_method)
         seen_methods.add(method)
         assert cfg.baselines.methods == [method]
-        assert cfg.mcu.variants == ["mcu_beta"]
+        fixed_schedule = (raw.get("fixed") or {}).get("mcu.beta_schedule", "adaptive_step")
+        assert cfg.mcu.beta_schedule == [params.get("mcu.beta_schedule", fixed_schedule)]  # one path
         flat = cfg.flat()
         for key, value in params.items():
             if key == "baseline":
@@ -107,11 +109,13 @@ def test_shipped_space_parses_and_trial_configs_carry_the_sample(name, monkeypat
             elif isinstance(value, (int, float)):
                 assert flat[key] == pytest.approx(value)
                 assert type(flat[key]) is type(base[key])  # coerced to the field's type
+            elif key == "mcu.beta_schedule":
+                assert flat[key] == [value]
             else:
                 assert flat[key] == value
         for key, value in (raw.get("fixed") or {}).items():
             if key not in searched:
-                assert flat[key] == value
+                assert flat[key] == ([value] if key == "mcu.beta_schedule" else value)
         # params of the space never leak into baselines other than the chosen one
         assert set(cfg.baselines.params) <= {method}
     if "baseline" in raw["search"]:
@@ -123,7 +127,7 @@ def test_sampled_trial_configs_validate(name, monkeypatch):
     """Every point a shipped space can sample is a valid experiment (else the trial errors in Ray)."""
     space = load_space(_space_path(name, monkeypatch))
     for _, params in _samples(space, seed=1):
-        space.trial_config(params).validate()
+        validate(space.trial_config(params))
 
 
 @pytest.mark.parametrize("name", SHIPPED)
@@ -176,7 +180,7 @@ def test_list_valued_when_and_nested_fixed():
         )
         assert isinstance(params["mcu.curve_order"], int) and 2 <= params["mcu.curve_order"] <= 4
         cfg = space.trial_config(params)
-        cfg.validate()
+        validate(cfg)
         assert cfg.mcu.epochs == 3 and cfg.data.dataset == "digits"
 
 
@@ -193,7 +197,7 @@ def test_baseline_hyperparameter_lands_with_the_chosen_method():
     assert space.methods() == ["ft", "ga", "rl"]
     for _, params in _samples(space, n=60, seed=5):
         cfg = space.trial_config(params)
-        cfg.validate()
+        validate(cfg)
         assert cfg.baselines.params == {
             params["baseline"]: {"lr": params["baseline.lr"], "epochs": params["baseline.epochs"]}
         }
@@ -206,7 +210,7 @@ def test_without_a_baseline_dimension_the_first_configured_method_runs():
     )
     assert space.methods() == ["ga", "ft"]
     cfg = space.trial_config({"mcu.k": 0.3})
-    assert cfg.baselines.methods == ["ga"] and cfg.mcu.k == 0.3 and cfg.mcu.variants == ["mcu_beta"]
+    assert cfg.baselines.methods == ["ga"] and cfg.mcu.k == 0.3 and cfg.mcu.beta_schedule == ["adaptive_step"]
 
 
 def test_load_space_does_not_share_state_between_loads():
@@ -359,7 +363,7 @@ BAD = [
 
 
 def _names(msg: str, key: str) -> bool:
-    """The message starts with ``key`` (or a sub-key of it, e.g. ``search.mcu.k.type`` for ``search.mcu.k``)."""
+    """The message starts with ``key`` (or a sub-key, e.g. ``search.mcu.k.type`` for ``search.mcu.k``)."""
     head = msg.split(": ")[0]
     return head == key or head.startswith(key + ".")
 
@@ -474,8 +478,8 @@ def test_malformed_sections_are_config_errors(data, key):
         ),
         pytest.param(_digits({"mcu.k": F}, **{"mcu.k": 2}), "mcu.k", id="key both fixed and searched"),
         pytest.param(
-            _digits({"mcu.variants": {"type": "categorical", "choices": ["mcu", "mcu_beta"]}}),
-            "search.mcu.variants",
+            _digits({"baselines.methods": {"type": "categorical", "choices": ["ga", "ft"]}}),
+            "search.baselines.methods",
             id="searching a field trial_config overwrites",
         ),
         pytest.param(
@@ -644,7 +648,7 @@ def _synthetic_objective(cfg) -> float:
     return (
         (cfg.mcu.k - 0.8) ** 2
         + (cfg.mcu.beta - 0.1) ** 2
-        + 0.3 * (cfg.mcu.beta_schedule != "adaptive_smooth")
+        + 0.3 * (cfg.mcu.beta_schedule != ["adaptive_smooth"])
     )
 
 
@@ -673,7 +677,7 @@ def _best_of(searcher, space: SearchSpace, n: int) -> float:
         assert set(config) == keys, config
         cfg = space.trial_config(config)
         if i == 0:
-            cfg.validate()
+            validate(cfg)
         value = _synthetic_objective(cfg)
         best = min(best, value)
         searcher.on_trial_complete(tid, {space.sweep.objective: value})

@@ -5,27 +5,19 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mcu_dist.baselines import baseline
-from mcu_dist.baselines.common import forget_flags, masked_mean_ce, train_on
+from mcu_dist.baselines.base import baseline
+from mcu_dist.baselines.common import SGD, forget_flags, masked_mean_ce, train_on
 from mcu_dist.lab import Lab
 
 
-@baseline(
-    "ga",
-    defaults={"lr": 0.001, "epochs": 3},
-    space={"lr": ["loguniform", 1e-5, 1e-2], "epochs": ["int", 1, 10]},
-)
+@baseline("ga", defaults={"lr": 0.001, "epochs": 3, **SGD})
 def ga(model: nn.Module, lab: Lab, hp: dict, seed: int) -> nn.Module:
     return train_on(
         model, lab, lab.splits.forget, hp, seed, lambda m, b: -nn.functional.cross_entropy(m(b.x), b.y)
     )
 
 
-@baseline(
-    "neggrad_plus",
-    defaults={"lr": 0.01, "epochs": 3, "beta": 0.15},
-    space={"lr": ["loguniform", 1e-3, 1e-1], "epochs": ["int", 1, 10], "beta": ["float", 0.05, 0.95]},
-)
+@baseline("neggrad_plus", defaults={"lr": 0.01, "epochs": 3, "beta": 0.15, **SGD})
 def neggrad_plus(model: nn.Module, lab: Lab, hp: dict, seed: int) -> nn.Module:
     flags = forget_flags(lab)
 

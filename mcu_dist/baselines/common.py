@@ -11,6 +11,8 @@ from mcu_dist.data.loader import Batch
 from mcu_dist.lab import Lab
 from mcu_dist.train.fit import fit, sgd
 
+SGD = {"momentum": 0.9, "weight_decay": 5e-4, "batch_size": 128}  # every training unit declares these too
+
 
 def forget_flags(lab: Lab) -> torch.Tensor:
     flags = torch.zeros(len(lab.bundle.train), dtype=torch.bool)
@@ -36,24 +38,19 @@ def train_on(
     seed: int,
     loss_fn: Callable[[nn.Module, Batch], torch.Tensor],
     *,
-    params=None,
     after_step: Callable[[], None] | None = None,
-    cosine: bool = False,
 ) -> nn.Module:
-    opt = sgd(
-        model.parameters() if params is None else params,
-        hp["lr"],
-        hp.get("momentum", 0.9),
-        hp.get("weight_decay", 5e-4),
-    )
+    """SGD at a constant rate (``hp``: lr, epochs, momentum, weight_decay, batch_size) on ``positions``."""
+    opt = sgd(model.parameters(), hp["lr"], hp["momentum"], hp["weight_decay"])
     return fit(
         model,
         hp["epochs"],
-        lambda e: lab.batches(positions, hp.get("batch_size", 128), seed=seed, epoch=e),
+        lambda e: lab.batches(positions, hp["batch_size"], seed=seed, epoch=e),
         loss_fn,
         opt,
-        cosine=cosine,
+        cosine=False,
         after_step=after_step,
+        max_loss=lab.cfg.max_loss,
     )
 
 

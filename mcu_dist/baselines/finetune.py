@@ -4,26 +4,20 @@ from __future__ import annotations
 
 from torch import nn
 
-from mcu_dist.baselines import baseline
-from mcu_dist.baselines.common import train_on
+from mcu_dist.baselines.base import baseline
+from mcu_dist.baselines.common import SGD, train_on
 from mcu_dist.lab import Lab
 from mcu_dist.train.fit import cross_entropy
 
-_SPACE = {"lr": ["loguniform", 1e-3, 1e-1], "epochs": ["int", 1, 10]}
 
-
-@baseline("ft", defaults={"lr": 0.02, "epochs": 5}, space=_SPACE)
+@baseline("ft", defaults={"lr": 0.02, "epochs": 5, **SGD})
 def ft(model: nn.Module, lab: Lab, hp: dict, seed: int) -> nn.Module:
     return train_on(model, lab, lab.splits.retain, hp, seed, cross_entropy)
 
 
-@baseline(
-    "l1_sparse",
-    defaults={"lr": 0.02, "epochs": 5, "gamma": 5e-5},
-    space={**_SPACE, "gamma": ["loguniform", 1e-6, 1e-3]},
-)
+@baseline("l1_sparse", defaults={"lr": 0.02, "epochs": 5, "gamma": 5e-5, **SGD})
 def l1_sparse(model: nn.Module, lab: Lab, hp: dict, seed: int) -> nn.Module:
-    steps_per_epoch = -(-len(lab.splits.retain) // hp.get("batch_size", 128))
+    steps_per_epoch = -(-len(lab.splits.retain) // hp["batch_size"])
     total = hp["epochs"] * steps_per_epoch
     state = {"step": 0}
     weights = [p for p in model.parameters() if p.dim() > 1]

@@ -10,17 +10,13 @@ import copy
 import torch
 from torch import nn
 
-from mcu_dist.baselines import baseline
-from mcu_dist.baselines.common import train_on
+from mcu_dist.baselines.base import baseline
+from mcu_dist.baselines.common import SGD, train_on
 from mcu_dist.lab import Lab
 from mcu_dist.train.fit import cross_entropy
 
 
-@baseline(
-    "negtv",
-    defaults={"lr": 0.01, "epochs": 3, "alpha": 0.9},
-    space={"lr": ["loguniform", 1e-3, 1e-1], "epochs": ["int", 1, 10], "alpha": ["float", 0.1, 1.5]},
-)
+@baseline("negtv", defaults={"lr": 0.01, "epochs": 3, "alpha": 0.9, **SGD})
 def negtv(model: nn.Module, lab: Lab, hp: dict, seed: int) -> nn.Module:
     finetuned = train_on(copy.deepcopy(model), lab, lab.splits.forget, hp, seed, cross_entropy)
     with torch.no_grad():

@@ -9,11 +9,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mcu_dist.baselines import baseline
-from mcu_dist.baselines.common import random_wrong_labels, train_on
+from mcu_dist.baselines.base import baseline
+from mcu_dist.baselines.common import SGD, random_wrong_labels, train_on
 from mcu_dist.lab import Lab
-
-_SPACE = {"lr": ["loguniform", 1e-3, 1e-1], "epochs": ["int", 1, 10]}
 
 
 def _relabelled_ce(labels: torch.Tensor):
@@ -23,7 +21,7 @@ def _relabelled_ce(labels: torch.Tensor):
     return loss
 
 
-@baseline("rl", defaults={"lr": 0.01, "epochs": 3}, space=_SPACE)
+@baseline("rl", defaults={"lr": 0.01, "epochs": 3, **SGD})
 def rl(model: nn.Module, lab: Lab, hp: dict, seed: int) -> nn.Module:
     positions = torch.cat([lab.splits.forget, lab.splits.retain])
     return train_on(model, lab, positions, hp, seed, _relabelled_ce(random_wrong_labels(lab, seed)))
@@ -43,11 +41,7 @@ def saliency_mask(model: nn.Module, lab: Lab, ratio: float) -> dict[str, torch.T
     return {n: g >= threshold for n, g in grads.items()}
 
 
-@baseline(
-    "salun",
-    defaults={"lr": 0.01, "epochs": 3, "mask_ratio": 0.5},
-    space={**_SPACE, "mask_ratio": ["float", 0.1, 0.9]},
-)
+@baseline("salun", defaults={"lr": 0.01, "epochs": 3, "mask_ratio": 0.5, **SGD})
 def salun(model: nn.Module, lab: Lab, hp: dict, seed: int) -> nn.Module:
     mask = saliency_mask(model, lab, hp["mask_ratio"])
     frozen = {n: p.detach().clone() for n, p in model.named_parameters()}

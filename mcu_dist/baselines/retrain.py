@@ -1,17 +1,16 @@
-"""Retrain: θ_p = θ_r, trained from scratch on D_r (shared with the Retrain reference row through the cache)."""
+"""Retrain: θ_p = θ_r, trained from scratch on D_r (shared with the Retrain row through the cache)."""
 
 from __future__ import annotations
 
 from torch import nn
 
-from mcu_dist.baselines import baseline
+from mcu_dist.baselines.base import baseline
 from mcu_dist.lab import Lab
+from mcu_dist.train.reference import retrained_model
 
 
-@baseline("retrain", defaults={}, space={})
+@baseline("retrain", defaults={})
 def retrain(model: nn.Module, lab: Lab, hp: dict, seed: int) -> nn.Module:
-    from mcu_dist.train.reference import retrained_model
-
     retrained, _ = retrained_model(lab, lab.cache)
     model.load_state_dict(retrained.state_dict())
     return model

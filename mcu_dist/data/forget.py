@@ -21,6 +21,7 @@ import torch
 
 from mcu_dist.config import ConfigError, ForgetConfig
 from mcu_dist.data.registry import DatasetBundle
+from mcu_dist.store import write_table
 
 
 @dataclass
@@ -37,21 +38,56 @@ class Splits:
         return self.forget_classes is not None
 
 
+FILE_FORMATS = (
+    "a text file of integer indices (one per line or comma/space separated), a .npy array of integer "
+    "indices or of booleans (entry i: forget training sample i), or a Parquet file with an integer "
+    "'index' column"
+)
+
+
 def read_index_file(path: str) -> np.ndarray:
+    """The training-set indices a forget file names: integers only, each once (the range against the
+    training split, negatives included, is checked by ``make_splits``). A boolean .npy array is a mask
+    over the training indices and is recognised as one; a float or any other array is refused, never cast."""
     p = Path(path)
+
+    def refuse(why: str) -> ConfigError:
+        return ConfigError(f"forget.spec: {path} {why}; allowed: {FILE_FORMATS}")
+
     try:
         if p.suffix == ".npy":
-            return np.load(p).astype(np.int64).ravel()
-        if p.suffix == ".parquet":
+            arr = np.load(p, allow_pickle=False)
+            if arr.ndim != 1:
+                raise refuse(f"holds a {arr.ndim}-D array of shape {arr.shape}")
+            if arr.dtype == np.bool_:
+                arr = np.flatnonzero(arr)
+            elif not np.issubdtype(arr.dtype, np.integer):
+                raise refuse(f"holds {arr.dtype} values")
+        elif p.suffix == ".parquet":
+            import pyarrow as pa
             import pyarrow.parquet as pq
 
-            return pq.read_table(p, columns=["index"]).column("index").to_numpy().astype(np.int64)
-        return np.array([int(t) for t in p.read_text().replace(",", " ").split()], dtype=np.int64)
-    except (ValueError, OSError, KeyError) as e:
-        raise ConfigError(
-            f"forget.spec: cannot read sample indices from {path} ({e}); allowed: a text file of "
-            "integers, a .npy array or a Parquet file with an 'index' column"
+            column = pq.read_table(p, columns=["index"]).column("index")
+            if not pa.types.is_integer(column.type) or column.null_count:
+                raise refuse(f"has an 'index' column of type {column.type} (nulls: {column.null_count})")
+            arr = column.to_numpy()
+        else:
+            arr = np.array([int(t) for t in p.read_text().replace(",", " ").split()], dtype=np.int64)
+    except ConfigError:
+        raise
+    except (ValueError, OSError, KeyError, UnicodeDecodeError) as e:
+        raise refuse(
+            f"cannot be read as sample indices ({type(e).__name__}: {str(e).splitlines()[0][:120]})"
         ) from None
+    except Exception as e:  # pyarrow raises its own types for a damaged file
+        raise refuse(f"cannot be read ({type(e).__name__})") from None
+    arr = arr.astype(np.int64)
+    uniq, counts = np.unique(arr, return_counts=True)
+    if (counts > 1).any():
+        raise refuse(
+            f"names index {int(uniq[counts > 1][0])} more than once ({int((counts > 1).sum())} repeated)"
+        )
+    return arr
 
 
 def manifest_hash(dataset_id: str, indices: torch.Tensor) -> str:
@@ -116,7 +152,6 @@ def write_manifest(
     ``extra``: more provenance in the file's metadata (the curve's retained sample D_r′).
     """
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     idx = bundle.train.index[splits.forget]
     order = torch.argsort(idx)
@@ -133,8 +168,5 @@ def write_manifest(
             **(extra or {}),
         },
     )
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    pq.write_table(table, tmp)
-    tmp.replace(path)
+    write_table(table, path)
     return splits.manifest_hash

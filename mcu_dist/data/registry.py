@@ -6,7 +6,6 @@ Decoding (JPEG, PNG, pickled batches) happens once and lands in a writable cache
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,7 +14,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mcu_dist.config import ConfigError, DataConfig
 from mcu_dist.registry import Registry
+from mcu_dist.store import atomic
 
 
 @dataclass
@@ -59,6 +60,19 @@ class DatasetSpec:
 
 DATASETS: Registry[DatasetSpec] = Registry("data.dataset")
 
+
+def check_data(cfg: DataConfig) -> None:
+    """The dataset is registered, and a dataset that needs a folder has one (or may download)."""
+    spec = DATASETS[cfg.dataset]  # names the field and the registered datasets
+    if spec.needs_root:
+        root = cfg.data_root or default_root(cfg.dataset)
+        if root is None or not (cfg.download or Path(root).exists()):
+            raise ConfigError(
+                f"data.data_root: got {cfg.data_root!r}; allowed: an existing folder holding {cfg.dataset} "
+                "(or download: true)"
+            )
+
+
 _OFFLINE_CIFAR10 = Path("shared") / "data" / "cifar10" / "cifar10_jpeg.parquet"
 
 
@@ -82,18 +96,9 @@ def cache_path(cache_dir: str | Path, *parts: str) -> Path:
     return p
 
 
-def save_npy_atomic(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp.npy")
-    np.save(tmp, array)
-    os.replace(tmp, path)
-
-
-def file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+def save_npy(path: Path, array: np.ndarray) -> None:
+    with atomic(path) as tmp:
+        np.save(tmp, array)
 
 
 def seeded_subset(labels: torch.Tensor, per_class: int, seed: int) -> torch.Tensor:

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
-import uuid
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -19,10 +18,10 @@ from mcu_dist.data.registry import (
     ImageData,
     cache_path,
     default_root,
-    file_digest,
     finish,
-    save_npy_atomic,
+    save_npy,
 )
+from mcu_dist.store import atomic, file_digest
 
 CIFAR10_STATS = ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
 CIFAR100_STATS = ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))
@@ -74,8 +73,8 @@ def _decode_parquet_cifar(path: Path, cache_dir: str) -> tuple[dict[str, np.ndar
         )
         for part in ("train", "test"):
             m = split == part
-            save_npy_atomic(files[f"{part}_y"], labels[m])
-            save_npy_atomic(files[f"{part}_x"], np.ascontiguousarray(images[m]))
+            save_npy(files[f"{part}_y"], labels[m])
+            save_npy(files[f"{part}_x"], np.ascontiguousarray(images[m]))
     for k, f in files.items():
         out[k] = np.load(f)
     return out, f"parquet:{digest}"
@@ -172,17 +171,16 @@ def _decode_folder(
     for part, files, labels in (("train", train_files, train_labels), ("test", test_files, test_labels)):
         fx, fy = cache_path(cache_dir, f"{key}-{part}_x.npy"), cache_path(cache_dir, f"{key}-{part}_y.npy")
         if not (fx.exists() and fy.exists()):
-            tmp = fx.with_name(f"{fx.stem}.{os.getpid()}.{uuid.uuid4().hex}.tmp.npy")
-            arr = np.lib.format.open_memmap(
-                tmp, mode="w+", dtype=np.uint8, shape=(len(files), 3, image_size, image_size)
-            )
-            for i, f in enumerate(files):
-                img = Image.open(f).convert("RGB").resize((image_size, image_size), Image.BILINEAR)
-                arr[i] = np.asarray(img).transpose(2, 0, 1)
-            arr.flush()
-            del arr
-            tmp.replace(fx)
-            save_npy_atomic(fy, np.asarray(labels, dtype=np.int64))
+            with atomic(fx) as tmp:
+                arr = np.lib.format.open_memmap(
+                    tmp, mode="w+", dtype=np.uint8, shape=(len(files), 3, image_size, image_size)
+                )
+                for i, f in enumerate(files):
+                    img = Image.open(f).convert("RGB").resize((image_size, image_size), Image.BILINEAR)
+                    arr[i] = np.asarray(img).transpose(2, 0, 1)
+                arr.flush()
+                del arr
+            save_npy(fy, np.asarray(labels, dtype=np.int64))
         out[f"{part}_x"] = np.load(fx, mmap_mode="c")  # copy-on-write: paged in lazily
         out[f"{part}_y"] = np.load(fy)
     return out, classes, digest
@@ -228,7 +226,17 @@ DATASETS.register("imagenet100")(DatasetSpec(load_imagenet100, needs_root=True))
 
 
 def load_dataset(cfg: DataConfig, split_seed: int, cache_dir: str) -> DatasetBundle:
-    bundle = DATASETS[cfg.dataset].load(cfg, split_seed, cache_dir)
+    try:
+        bundle = DATASETS[cfg.dataset].load(cfg, split_seed, cache_dir)
+    except ConfigError:
+        raise
+    except (OSError, ValueError, EOFError, KeyError, RuntimeError, pickle.UnpicklingError) as e:
+        # a damaged file under data_root (garbage bytes, an image PIL cannot decode, a truncated array)
+        first = (str(e).splitlines() or [""])[0][:160]
+        raise ConfigError(
+            f"data.data_root: cannot read {cfg.dataset} from {cfg.data_root or default_root(cfg.dataset)} "
+            f"({type(e).__name__}: {first}); allowed: an intact copy of the dataset"
+        ) from None
     if cfg.augment is not None:
         bundle.augment = cfg.augment
     return bundle

@@ -1,9 +1,9 @@
 """BatchNorm recalibration at a point of the path.
 
 The running statistics are reset and re-estimated by a train-mode, no-grad pass over the
-calibration set with a cumulative average (momentum None), as ``torch.optim.swa_utils.update_bn``
-does. The calibration set is an explicit choice: ``train`` (all of D, the paper's), ``retain``
-(D_r only) or ``subset`` (a seeded subset of D of ``calibration_size`` samples).
+BN set (``eval.bn_set``) with a cumulative average (momentum None), as ``torch.optim.swa_utils.update_bn``
+does. The BN set is an explicit choice: ``train`` (all of D, the paper's), ``retain``
+(D_r only) or ``subset`` (a seeded subset of D of ``bn_set_size`` samples).
 """
 
 from __future__ import annotations
@@ -17,14 +17,14 @@ from mcu_dist.lab import Lab
 from mcu_dist.path.bezier import has_batchnorm
 
 
-def calibration_positions(lab: Lab, cfg: EvalConfig, seed: int) -> torch.Tensor:
-    if cfg.calibration == "train":
+def bn_set_positions(lab: Lab, cfg: EvalConfig, seed: int) -> torch.Tensor:
+    if cfg.bn_set == "train":
         return lab.all_train
-    if cfg.calibration == "retain":
+    if cfg.bn_set == "retain":
         return lab.splits.retain
     n = len(lab.bundle.train)
     g = torch.Generator().manual_seed(seed)
-    return torch.sort(torch.randperm(n, generator=g)[: min(cfg.calibration_size, n)]).values
+    return torch.sort(torch.randperm(n, generator=g)[: min(cfg.bn_set_size, n)]).values
 
 
 @torch.no_grad()

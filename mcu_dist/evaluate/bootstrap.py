@@ -52,7 +52,7 @@ def _metrics(o: Outcomes, idx: dict[str, torch.Tensor], replicate: torch.Tensor)
 def replicates(
     outcomes: Outcomes, reference: Outcomes | None = None, n: int = 1000, seed: int = 0
 ) -> dict[str, torch.Tensor]:
-    """``{metric: tensor [n]}`` of bootstrap replicates for UA, RA, TA, MIA (and avg_gap given θ_r's outcomes)."""
+    """``{metric: tensor [n]}``: replicates of UA, RA, TA, MIA (and avg_gap, given θ_r's outcomes)."""
     g = torch.Generator().manual_seed(seed)
     sizes = {"retain": len(outcomes.retain), "forget": len(outcomes.forget), "test": len(outcomes.test)}
     out: dict[str, list[torch.Tensor]] = {k: [] for k in (*GAP_METRICS, "avg_gap")}
@@ -76,7 +76,7 @@ def intervals(
     level: float = 0.95,
     seed: int = 0,
 ) -> dict[str, float]:
-    """``{"UA_lo": ..., "UA_hi": ..., ...}``: the percentile interval of each metric's replicates (none for n = 0)."""
+    """``{"UA_lo": ..., "UA_hi": ..., ...}``: each metric's percentile interval (none for n = 0)."""
     if n == 0:
         return {}
     lo, hi = (1 - level) / 2, (1 + level) / 2

@@ -14,8 +14,7 @@ from torch import nn
 
 from mcu_dist.data.loader import Normalizer, iterate
 from mcu_dist.data.registry import ImageData
-
-GAP_METRICS = ("UA", "RA", "TA", "MIA")
+from mcu_dist.evaluate.names import GAP_METRICS
 
 
 @dataclass
@@ -51,17 +50,6 @@ def predict(
         return Outputs(empty.bool(), empty, empty, empty.long())
     p, y = torch.cat(probs), torch.cat(labels)
     return Outputs(p.argmax(1) == y, p.gather(1, y.view(-1, 1)).flatten(), p, y)
-
-
-def accuracy(
-    model: nn.Module,
-    data: ImageData,
-    positions: torch.Tensor,
-    normalize: Normalizer,
-    batch_size: int = 512,
-    device: torch.device | str = "cpu",
-) -> float:
-    return predict(model, data, positions, normalize, batch_size, device).accuracy
 
 
 def avg_gap(row: dict[str, float], reference: dict[str, float]) -> float:

@@ -12,18 +12,15 @@ import multiprocessing
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor
-from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 
-from mcu_dist.evaluate.bn import calibration_positions, recalibrate_bn
+from mcu_dist.evaluate.bn import bn_set_positions, recalibrate_bn
 from mcu_dist.evaluate.metrics import avg_gap
 from mcu_dist.evaluate.point import evaluate_model
 from mcu_dist.evaluate.selection import gap_cal
 from mcu_dist.lab import Lab
-from mcu_dist.path.beta import Calibration
+from mcu_dist.path.beta import CalTargets
 from mcu_dist.path.bezier import BezierCurve
 
 
@@ -47,9 +44,9 @@ def eval_workers(lab: Lab, points: int) -> int:
 
 
 def evaluate_path(
-    curve: BezierCurve, lab: Lab, grid: list[float], cal: Calibration, retrain_row: dict[str, float] | None
+    curve: BezierCurve, lab: Lab, grid: list[float], cal: CalTargets, retrain_row: dict[str, float] | None
 ) -> list[dict]:
-    calib = calibration_positions(lab, lab.cfg.eval, lab.cfg.seeds.eval)
+    calib = bn_set_positions(lab, lab.cfg.eval, lab.cfg.seeds.eval)
     workers = eval_workers(lab, len(grid))
     if workers == 1:
         rows = [evaluate_point(curve.materialize(t), lab, t, calib) for t in grid]
@@ -78,7 +75,7 @@ def _init_worker(cfg: dict, threads: int) -> None:
 
     torch.set_num_threads(threads)
     lab = Lab.build(from_dict(ExperimentConfig, cfg))
-    _WORKER.update(lab=lab, calib=calibration_positions(lab, lab.cfg.eval, lab.cfg.seeds.eval))
+    _WORKER.update(lab=lab, calib=bn_set_positions(lab, lab.cfg.eval, lab.cfg.seeds.eval))
 
 
 def _evaluate_in_worker(t: float, state: dict) -> dict:
@@ -86,15 +83,3 @@ def _evaluate_in_worker(t: float, state: dict) -> dict:
     model = lab.new_model()
     model.load_state_dict(state)
     return evaluate_point(model, lab, t, _WORKER["calib"])
-
-
-def write_table(rows: list[dict], path: str | Path, metadata: dict[str, str] | None = None) -> None:
-    """Rows of scalars -> Parquet, atomically; a key missing from some rows is null there."""
-    keys = list(dict.fromkeys(k for row in rows for k in row))
-    table = pa.Table.from_pylist([{k: row.get(k) for k in keys} for row in rows])
-    if metadata:
-        table = table.replace_schema_metadata({k: str(v) for k, v in metadata.items()})
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    pq.write_table(table, tmp)
-    tmp.replace(path)

@@ -12,10 +12,10 @@ from __future__ import annotations
 import numpy as np
 from scipy.interpolate import CubicSpline
 
-from mcu_dist.path.beta import Calibration
+from mcu_dist.path.beta import CalTargets
 
 
-def gap_cal(ra: float, fa: float, cal: Calibration) -> float:
+def gap_cal(ra: float, fa: float, cal: CalTargets) -> float:
     return 0.5 * (abs(ra - cal.cal_r) + abs(fa - cal.cal_f))
 
 

@@ -10,7 +10,7 @@ import importlib
 
 from torch import nn
 
-from mcu_dist.config import ConfigError
+from mcu_dist.config import ConfigError, ModelConfig
 from mcu_dist.models.zoo import MODELS
 
 
@@ -28,4 +28,11 @@ def create_model(name: str, num_classes: int, in_channels: int = 3, image_size: 
     return factory(num_classes=num_classes, in_channels=in_channels, image_size=image_size)
 
 
-__all__ = ["MODELS", "create_model"]
+def check_model(cfg: ModelConfig) -> None:
+    if cfg.name not in MODELS and ":" not in cfg.name:
+        raise ConfigError(
+            f"model.name: got {cfg.name!r}; allowed: {', '.join(sorted(MODELS))} or package.module:factory"
+        )
+
+
+__all__ = ["MODELS", "check_model", "create_model"]

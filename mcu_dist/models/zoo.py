@@ -18,7 +18,7 @@ def _conv_block(cin: int, cout: int, norm: bool) -> list[nn.Module]:
 
 
 class SmallCNN(nn.Module):
-    """Three conv blocks (16-32-64 channels, each followed by 2x2 pooling while the map allows) and a linear head."""
+    """Three conv blocks (16-32-64 channels, each then 2x2 pooling while the map allows), a linear head."""
 
     def __init__(
         self, num_classes: int, in_channels: int, image_size: int, norm: bool = True, width: int = 16

@@ -17,40 +17,48 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from mcu_dist.config import ConfigError, MCUConfig
 from mcu_dist.registry import Registry
 
 
 @dataclass(frozen=True)
-class Calibration:
+class CalTargets:
+    """The calibration targets Cal_f, Cal_r (distinct from the BN set, ``eval.bn_set``)."""
+
     cal_f: float  # θ_o's test accuracy (random forgetting) or 0 (class-wise)
     cal_r: float  # θ_o's accuracy on its training data
 
 
-@dataclass(frozen=True)
-class BetaParams:
-    beta: float = 0.2
-    beta_low: float = 0.01
-    beta_high: float = 0.5
-    tau: float = 0.1
-
-
-BetaRule = Callable[[float, float, Calibration, BetaParams], float]
+BetaRule = Callable[[float, float, CalTargets, MCUConfig], float]  # reads beta, beta_low, beta_high, beta_tau
 BETA_SCHEDULES: Registry[BetaRule] = Registry("mcu.beta_schedule")
 
 
-def relative_gaps(acc_f: float, acc_r: float, cal: Calibration) -> tuple[float, float]:
+def check_schedule(cfg: MCUConfig) -> None:
+    for name in cfg.beta_schedule:
+        if name not in BETA_SCHEDULES:
+            raise ConfigError(
+                f"mcu.beta_schedule: got {name!r}; allowed: {', '.join(sorted(BETA_SCHEDULES))}"
+            )
+
+
+def variant_name(schedule: str) -> str:
+    """A path's name is its β schedule: mcu (fixed, the paper's MCU), mcu_beta (adaptive_step, MCU-β)."""
+    return {"fixed": "mcu", "adaptive_step": "mcu_beta"}.get(schedule, f"mcu_{schedule}")
+
+
+def relative_gaps(acc_f: float, acc_r: float, cal: CalTargets) -> tuple[float, float]:
     rel_f = math.inf if cal.cal_f == 0 else (acc_f - cal.cal_f) / cal.cal_f
     rel_r = (acc_r - cal.cal_r) / cal.cal_r if cal.cal_r else 0.0
     return rel_f, rel_r
 
 
 @BETA_SCHEDULES.register("fixed")
-def fixed(acc_f: float, acc_r: float, cal: Calibration, p: BetaParams) -> float:
+def fixed(acc_f: float, acc_r: float, cal: CalTargets, p: MCUConfig) -> float:
     return p.beta
 
 
 @BETA_SCHEDULES.register("adaptive_step")
-def adaptive_step(acc_f: float, acc_r: float, cal: Calibration, p: BetaParams) -> float:
+def adaptive_step(acc_f: float, acc_r: float, cal: CalTargets, p: MCUConfig) -> float:
     if acc_f <= cal.cal_f:
         return 0.0
     rel_f, rel_r = relative_gaps(acc_f, acc_r, cal)
@@ -58,7 +66,7 @@ def adaptive_step(acc_f: float, acc_r: float, cal: Calibration, p: BetaParams) -
 
 
 @BETA_SCHEDULES.register("adaptive_abs")
-def adaptive_abs(acc_f: float, acc_r: float, cal: Calibration, p: BetaParams) -> float:
+def adaptive_abs(acc_f: float, acc_r: float, cal: CalTargets, p: MCUConfig) -> float:
     """As ``adaptive_step`` but compares |relative forget gap| with |relative retain gap|."""
     if acc_f <= cal.cal_f:
         return 0.0
@@ -67,7 +75,7 @@ def adaptive_abs(acc_f: float, acc_r: float, cal: Calibration, p: BetaParams) ->
 
 
 @BETA_SCHEDULES.register("adaptive_smooth")
-def adaptive_smooth(acc_f: float, acc_r: float, cal: Calibration, p: BetaParams) -> float:
+def adaptive_smooth(acc_f: float, acc_r: float, cal: CalTargets, p: MCUConfig) -> float:
     """A continuous version: β = ramp · (β_low + (β_high − β_low)·σ((g_f − |g_r|)/τ)).
 
     g_f = (acc_f − Cal_f)/100 and g_r = (acc_r − Cal_r)/100 are the absolute gaps in [0, 1];
@@ -77,11 +85,11 @@ def adaptive_smooth(acc_f: float, acc_r: float, cal: Calibration, p: BetaParams)
     if g_f <= 0:
         return 0.0
     g_r = abs(acc_r - cal.cal_r) / 100.0
-    ramp = min(1.0, g_f / p.tau)
-    return ramp * (p.beta_low + (p.beta_high - p.beta_low) / (1 + math.exp(-(g_f - g_r) / p.tau)))
+    ramp = min(1.0, g_f / p.beta_tau)
+    return ramp * (p.beta_low + (p.beta_high - p.beta_low) / (1 + math.exp(-(g_f - g_r) / p.beta_tau)))
 
 
-def beta_shares(betas: list[float], schedule: str, p: BetaParams) -> dict[str, float]:
+def beta_shares(betas: list[float], schedule: str, p: MCUConfig) -> dict[str, float]:
     """The β actually used on a path: the share of steps at each of the schedule's levels, and the mean.
 
     Levels: 0 and β for ``fixed``; 0, β_low and β_high for the step rules; any other value (the smooth

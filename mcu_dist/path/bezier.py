@@ -71,10 +71,6 @@ class BezierCurve(nn.Module):
         for p in self.base.parameters():
             p.requires_grad_(False)
 
-    @property
-    def control_points(self) -> list[nn.Module]:
-        return list(self.points[1:-1])
-
     def trainable(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
 
@@ -130,3 +126,10 @@ def has_batchnorm(model: nn.Module) -> bool:
 
 def params_of(model: nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def curve_between(original: nn.Module, endpoint: nn.Module, order: int, selected: list[str]) -> BezierCurve:
+    """The curve θ_o -> θ_p over a copy of θ_o (whose BN buffers it carries), ``selected`` trainable."""
+    return BezierCurve(
+        copy.deepcopy(original), params_of(original), params_of(endpoint), order, set(selected)
+    )

@@ -118,7 +118,7 @@ def tensor_scores(model: nn.Module, lab: Lab, positions: torch.Tensor, sign: flo
 
 
 def walk(order: Iterable[str], sizes: dict[str, int], target: float, mode: str) -> list[str]:
-    """Take tensors in ``order`` toward ``target`` parameters (``paper``: while below it; ``budget``: nearest)."""
+    """Tensors in ``order`` toward ``target`` parameters (``paper``: while below it; ``budget``: nearest)."""
     taken, count = [], 0
     order = list(order)
     if mode == "paper":

@@ -23,39 +23,42 @@ from torch import nn
 
 from mcu_dist.config import ConfigError, ExperimentConfig, from_dict
 from mcu_dist.lab import Lab
-from mcu_dist.path.beta import Calibration
-from mcu_dist.path.bezier import BezierCurve, has_batchnorm
-from mcu_dist.path.checkpoint import check_endpoints, curve_payload
+from mcu_dist.path.beta import CalTargets
+from mcu_dist.path.bezier import BezierCurve, curve_between, has_batchnorm
+from mcu_dist.path.checkpoint import check_endpoints, curve_meta
+from mcu_dist.store import load_checkpoint, load_model, save_checkpoint, save_model
 from mcu_dist.train.mcu import CurveState, TorchDistComm, make_optimizer, train_curve
-from mcu_dist.train.reference import load_checkpoint, save_checkpoint
 
 STATE_FILE = "curve_state.pt"
 
 
-def _payload(
-    curve: BezierCurve, optimizer: torch.optim.Optimizer, state: CurveState, attempts: list[int]
-) -> dict:
-    return {
-        **curve_payload(curve),
-        "optimizer": optimizer.state_dict(),
-        "epoch": state.epoch,
-        "steps": json.dumps(state.steps),
-        "seconds": state.seconds,
-        "attempts": attempts,
-        "rng": torch.get_rng_state(),
-    }
+def save_state(path: Path, curve: BezierCurve, optimizer: torch.optim.Optimizer, state: CurveState) -> None:
+    """The curve-training checkpoint: control points, optimiser and RNG state, epoch, step log, restarts,
+    and the endpoints' digests (a checkpoint of other endpoints is refused on restore)."""
+    save_checkpoint(
+        path,
+        "curve_training",
+        curve.control_state(),
+        {
+            **curve_meta(curve),
+            "epoch": state.epoch,
+            "steps": json.dumps(state.steps),
+            "seconds": state.seconds,
+            "attempts": state.attempts,
+        },
+        {"optimizer": optimizer.state_dict(), "rng": torch.get_rng_state()},
+    )
 
 
-def restore(
-    curve: BezierCurve, optimizer: torch.optim.Optimizer | None, payload: dict
-) -> tuple[CurveState, list[int]]:
-    check_endpoints(curve, payload, "Ray Train checkpoint")
-    curve.load_control_state(payload["control_state"])
+def restore(curve: BezierCurve, optimizer: torch.optim.Optimizer | None, path: Path) -> CurveState:
+    ckpt = load_checkpoint(path, "curve checkpoint", kind="curve_training")
+    check_endpoints(curve, ckpt.header, str(path))
+    curve.load_control_state(ckpt.state)
     if optimizer is not None:
-        optimizer.load_state_dict(payload["optimizer"])
-    torch.set_rng_state(payload["rng"])
-    state = CurveState(int(payload["epoch"]), json.loads(payload["steps"]), float(payload["seconds"]))
-    return state, list(payload["attempts"])
+        optimizer.load_state_dict(ckpt.extra["optimizer"])
+    torch.set_rng_state(ckpt.extra["rng"])
+    h = ckpt.header
+    return CurveState(int(h["epoch"]), json.loads(h["steps"]), float(h["seconds"]), list(h["attempts"]))
 
 
 def worker_loop(config: dict) -> None:
@@ -63,50 +66,44 @@ def worker_loop(config: dict) -> None:
     import ray.train
     import ray.train.torch
 
-    from mcu_dist.pipeline import build_curve
-
     cfg = from_dict(ExperimentConfig, config["experiment"])
     device = ray.train.torch.get_device() if cfg.scale.gpu else torch.device("cpu")
     cfg.device = str(device)
     lab = Lab.build(cfg)
     models = []
     for key in ("original", "endpoint"):
-        state, _ = load_checkpoint(config[key], key)
-        model = lab.new_model()
-        model.load_state_dict(state)
+        model, _ = load_model(lab.new_model(), config[key], key)
         models.append(model.to(device).eval())
-    curve = build_curve(*models, cfg.mcu.curve_order, config["selected"]).to(device)
+    curve = curve_between(*models, cfg.mcu.curve_order, config["selected"]).to(device)
     comm = TorchDistComm()
     if cfg.scale.gpu and comm.world_size > 1 and has_batchnorm(curve.base):
         curve.base = nn.SyncBatchNorm.convert_sync_batchnorm(curve.base)
     optimizer = make_optimizer(curve, cfg.mcu)
-    state, attempts = CurveState(), []
+    state = CurveState()
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
-            state, attempts = restore(
-                curve, optimizer, torch.load(Path(d) / STATE_FILE, weights_only=True, map_location=device)
-            )
-    attempts.append(state.epoch)
+            state = restore(curve, optimizer, Path(d) / STATE_FILE)
+    state.attempts.append(state.epoch)
 
     def on_epoch_end(st: CurveState, opt: torch.optim.Optimizer) -> None:
         last = st.steps[-1] if st.steps else {}
         metrics = {
             "epoch": st.epoch,
-            "resumed_from": attempts[-1],
-            "attempts": len(attempts),
+            "resumed_from": st.attempts[-1],
+            "attempts": len(st.attempts),
             "loss_r": last.get("loss_r"),
             "loss_f": last.get("loss_f"),
             "beta": last.get("beta"),
         }
         if comm.rank == 0:
             with tempfile.TemporaryDirectory() as d:
-                torch.save(_payload(curve, opt, st, attempts), Path(d) / STATE_FILE)
+                save_state(Path(d) / STATE_FILE, curve, opt, st)
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
         else:
             ray.train.report(metrics)
 
-    cal = Calibration(**config["calibration"])
+    cal = CalTargets(**config["targets"])
     train_curve(
         curve,
         lab,
@@ -155,7 +152,7 @@ def fit_distributed(
     endpoint: nn.Module,
     curve: BezierCurve,
     schedule: str,
-    cal: Calibration,
+    cal: CalTargets,
     name: str,
 ) -> CurveState:
     """Train ``curve`` with ``lab.cfg.scale.workers`` Ray Train workers; loads the result into ``curve``."""
@@ -175,7 +172,7 @@ def fit_distributed(
     for key, model in (("original", original), ("endpoint", endpoint)):
         paths[key] = str(run_dir / f"{key}.pt")
         if not Path(paths[key]).exists():
-            save_checkpoint(model, paths[key])
+            save_model(model, paths[key])
     experiment = asdict(cfg)
     trainer = TorchTrainer(
         worker_loop,
@@ -184,7 +181,7 @@ def fit_distributed(
             **paths,
             "selected": sorted(curve.selected),
             "schedule": schedule,
-            "calibration": asdict(cal),
+            "targets": asdict(cal),
         },
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.scale.workers,
@@ -203,8 +200,4 @@ def fit_distributed(
     if result.checkpoint is None:
         raise RuntimeError(f"curve training {name} finished without a checkpoint: {result.error}")
     with result.checkpoint.as_directory() as d:
-        state, attempts = restore(
-            curve, None, torch.load(Path(d) / STATE_FILE, weights_only=True, map_location="cpu")
-        )
-    state.attempts = attempts
-    return state
+        return restore(curve, None, Path(d) / STATE_FILE)

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from mcu_dist.data.loader import Batch
+from mcu_dist.guard import LossWatch, check_finite_model
 
 
 def sgd(params: Iterable[torch.Tensor], lr: float, momentum: float, weight_decay: float) -> torch.optim.SGD:
@@ -24,11 +25,15 @@ def fit(
     *,
     cosine: bool = True,
     after_step: Callable[[], None] | None = None,
+    max_loss: float = math.inf,
 ) -> nn.Module:
-    """Train ``model`` in place: ``epochs`` passes over ``batches(epoch)``, lr cosine-annealed per step."""
+    """Train ``model`` in place: ``epochs`` passes over ``batches(epoch)``, lr cosine-annealed per step.
+
+    A non-finite loss, |loss| > ``max_loss`` or a non-finite trained model raises ``DivergenceError``."""
     total = max(1, epochs * sum(1 for _ in batches(0))) if cosine else 0
     base = [g["lr"] for g in optimizer.param_groups]
     step = 0
+    watch = LossWatch(max_loss)
     model.train()
     for epoch in range(epochs):
         for batch in batches(epoch):
@@ -38,13 +43,15 @@ def fit(
                     g["lr"] = lr * scale
             optimizer.zero_grad(set_to_none=True)
             loss = loss_fn(model, batch)
+            watch.observe(loss, epoch=epoch, step=step)
             loss.backward()
             optimizer.step()
             if after_step is not None:
                 after_step()
             step += 1
+        watch.flush(epoch=epoch, step=step)
     model.eval()
-    return model
+    return check_finite_model(model)
 
 
 def cross_entropy(model: nn.Module, batch: Batch) -> torch.Tensor:

@@ -18,8 +18,9 @@ import torch
 from torch import nn
 
 from mcu_dist.config import MCUConfig
+from mcu_dist.guard import check_finite_tensors, check_loss
 from mcu_dist.lab import Lab
-from mcu_dist.path.beta import BETA_SCHEDULES, BetaParams, Calibration
+from mcu_dist.path.beta import BETA_SCHEDULES, CalTargets
 from mcu_dist.path.bezier import BezierCurve
 
 
@@ -92,7 +93,7 @@ def train_curve(
     lab: Lab,
     cfg: MCUConfig,
     schedule: str,
-    calibration: Calibration,
+    targets: CalTargets,
     seed: int,
     *,
     comm=None,
@@ -106,11 +107,11 @@ def train_curve(
     state = state or CurveState()
     optimizer = optimizer or make_optimizer(curve, cfg)
     rule = BETA_SCHEDULES[schedule]
-    params = BetaParams(cfg.beta, cfg.beta_low, cfg.beta_high, cfg.beta_tau)
     flags = torch.zeros(len(lab.bundle.train), dtype=torch.bool)
     flags[lab.splits.forget] = True
     stream = torch.cat([lab.splits.forget, retain_sample(lab.splits.retain, cfg.retain_fraction, seed)])
     trainable = curve.trainable()
+    max_loss = lab.cfg.max_loss
     curve.base.train()
     step = len(state.steps)
     for epoch in range(state.epoch, cfg.epochs):
@@ -138,9 +139,16 @@ def train_curve(
                 ]
             ).double()
             n_f, n_r, c_f, c_r, s_f, s_r = comm.all_reduce_sum(local).tolist()
+            # every rank sees the same all-reduced sums, so every rank stops at the same step
+            check_loss(
+                s_r / max(n_r, 1.0), max_loss, epoch=epoch, step=step, what="L_r", where="curve training"
+            )
+            check_loss(
+                s_f / max(n_f, 1.0), max_loss, epoch=epoch, step=step, what="L_f", where="curve training"
+            )
             acc_f = 100.0 * c_f / n_f if n_f else float("nan")
-            acc_r = 100.0 * c_r / n_r if n_r else calibration.cal_r
-            beta = rule(acc_f, acc_r, calibration, params) if n_f else 0.0
+            acc_r = 100.0 * c_r / n_r if n_r else targets.cal_r
+            beta = rule(acc_f, acc_r, targets, cfg) if n_f else 0.0
             loss_r = (ce * r).sum() / max(n_r, 1.0)
             loss_f = (ce * f).sum() / max(n_f, 1.0)
             optimizer.zero_grad(set_to_none=True)
@@ -169,17 +177,20 @@ def train_curve(
         if on_epoch_end is not None:
             on_epoch_end(state, optimizer)
     curve.base.eval()
+    check_finite_tensors(dict(curve.named_parameters()), "curve training")
     return state
 
 
-def calibration_targets(original: nn.Module, lab: Lab, classwise: bool, batch_size: int = 512) -> Calibration:
+def calibration_targets(original: nn.Module, lab: Lab, classwise: bool, batch_size: int = 512) -> CalTargets:
     """Cal_r: θ_o's accuracy on its training data; Cal_f: θ_o's test accuracy (0 when class-wise)."""
-    from mcu_dist.evaluate.metrics import accuracy
+    from mcu_dist.evaluate.metrics import predict
 
-    cal_r = accuracy(original, lab.bundle.train, lab.all_train, lab.normalize, batch_size, lab.device)
+    cal_r = predict(original, lab.bundle.train, lab.all_train, lab.normalize, batch_size, lab.device).accuracy
     cal_f = (
         0.0
         if classwise
-        else accuracy(original, lab.bundle.test, lab.splits.test_eval, lab.normalize, batch_size, lab.device)
+        else predict(
+            original, lab.bundle.test, lab.splits.test_eval, lab.normalize, batch_size, lab.device
+        ).accuracy
     )
-    return Calibration(cal_f=cal_f, cal_r=cal_r)
+    return CalTargets(cal_f=cal_f, cal_r=cal_r)

@@ -1,0 +1,1 @@
+"""Tools for developing the package itself (not used at run time)."""
