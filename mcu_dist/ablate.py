@@ -21,19 +21,12 @@ def build_grid_tuner(space: SearchSpace, storage: str, context: dict, resume: bo
 
     if resume:
         return sweep.build_tuner(space, storage, context, resume=True)
-    trainable = tune.with_resources(
-        tune.with_parameters(sweep.tune_trainable, context=context), {"CPU": space.sweep.cpus_per_trial}
-    )
+    trainable = sweep.with_trial_resources(tune.with_parameters(sweep.tune_trainable, context=context), space)
     return tune.Tuner(
         trainable,
         param_space={key: tune.grid_search(values) for key, values in space.grid.items()},
         tune_config=tune.TuneConfig(num_samples=1, max_concurrent_trials=space.sweep.max_concurrent),
-        run_config=tune.RunConfig(
-            name=space.sweep.name,
-            storage_path=storage,
-            verbose=1,
-            failure_config=tune.FailureConfig(max_failures=space.sweep.max_failures),
-        ),
+        run_config=sweep.run_config(space, storage, context),
     )
 
 

@@ -308,6 +308,47 @@ def format_rows(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def pipeline(args: argparse.Namespace, device: str) -> list[dict]:
+    """The stage, epoch and eval rows (bench_pipeline.py); a failing group is reported and skipped."""
+    import traceback
+
+    from mcu_dist import bench_pipeline as bp
+
+    gpu = device != "cpu"
+    model = args.pipeline_model or ("resnet18" if gpu else "small_cnn")
+    subset = args.subset if args.subset is not None else (None if gpu else 500)
+    ref_epochs = args.ref_epochs or (2 if gpu else 5)
+    lab = bp.pipeline_lab(device, subset, model, ref_epochs, args.t_points, args.cache_dir)
+    name = torch.cuda.get_device_name() if gpu else f"CPU x{torch.get_num_threads()} threads"
+    header = (
+        f"{lab.bundle.dataset_id}, {model}, {len(lab.bundle.train)} training images, random 10% forgetting, "
+        f"{args.t_points}-point grid, BN set '{lab.cfg.eval.bn_set}', "
+        f"{time.strftime('%Y-%m-%d')}"
+    )
+    print(header, flush=True)
+    rows: list[dict] = []
+    state: dict = {}
+
+    def guarded(what, fn):
+        try:
+            fn()
+        except Exception:  # one failing group must not lose the others' measurements
+            print(f"error in {what}:", flush=True)
+            traceback.print_exc()
+        if args.md:
+            Path(args.md).write_text(bp.markdown(rows, name, header))
+        write_table([{**r, "device": name} for r in rows], Path(args.out))
+
+    def stages():
+        state["original"], state["endpoint"], state["curve"] = bp.stage_rows(lab, rows)
+
+    guarded("stages", stages)
+    if "curve" in state:
+        guarded("epochs", lambda: bp.epoch_rows(lab, state["original"], state["endpoint"], rows))
+        guarded("evaluation", lambda: bp.eval_rows(lab, state["curve"], rows))
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m mcu_dist.bench", description=__doc__.splitlines()[0])
     p.add_argument("--models", default="small_cnn,resnet18")
@@ -331,6 +372,19 @@ def main(argv: list[str] | None = None) -> int:
         help="also time an N-trial smoke sweep (in-process trials, and Ray Train trials with "
         "--scaling-workers) against its trials' own compute",
     )
+    p.add_argument(
+        "--pipeline",
+        action="store_true",
+        help="also time every stage of one path on the CIFAR-10 copy (CPU: --subset per class, small CNN; "
+        "--gpu: all of CIFAR-10, ResNet-18), FT vs curve epochs, per-point vs batched evaluation",
+    )
+    p.add_argument("--pipeline-model", default=None, help="default: small_cnn on CPU, resnet18 with --gpu")
+    p.add_argument("--subset", type=int, default=None, help="pipeline: images per class (CPU default 500)")
+    p.add_argument(
+        "--ref-epochs", type=int, default=None, help="pipeline: reference epochs (default 5 CPU, 2 GPU)"
+    )
+    p.add_argument("--t-points", type=int, default=20, help="pipeline: t grid size")
+    p.add_argument("--md", default=None, help="pipeline: also write the stage table as markdown here")
     p.add_argument("--gpu", action="store_true")
     p.add_argument("--out", default="bench.parquet")
     p.add_argument("--cache-dir", default=ExperimentConfig().cache_dir)
@@ -359,13 +413,15 @@ def main(argv: list[str] | None = None) -> int:
             "error: --gpu: no CUDA device is visible; allowed: omit --gpu on a CPU machine", file=sys.stderr
         )
         return 2
+    rows: list[dict] = []
+    if args.pipeline:
+        rows += pipeline(args, device)
     try:
-        rows = []
-        for model in args.models.split(","):
+        for model in filter(None, args.models.split(",")):
             lab = make_lab(model, args.data, args.n_train, device, args.cache_dir)
             rows.append(curve_vs_ft(lab, args.batch_size, args.steps))
             print(format_rows(rows[-1:]), flush=True)
-        for model in args.mask_models.split(","):
+        for model in filter(None, args.mask_models.split(",")):
             lab = make_lab(model, args.data, args.n_train, device, args.cache_dir)
             rows.append(masked_epoch(lab, args.mask_k, args.batch_size, epochs=1))
         if args.scaling_workers >= 2:  # workers rebuild the data from the config: a registered dataset
@@ -381,7 +437,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print()
-    print(format_rows(rows))
+    print(format_rows([r for r in rows if r["bench"] not in ("stage", "epoch", "eval")]))
     device_name = torch.cuda.get_device_name() if args.gpu else f"CPU x{torch.get_num_threads()} threads"
     write_table([{**r, "device": device_name} for r in rows], Path(args.out))
     print(f"\ndevice: {device_name}; table written to {args.out}")

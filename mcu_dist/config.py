@@ -333,7 +333,6 @@ class ScaleConfig:
     )
     gpu: bool = field(default=False, metadata=_cli("--gpu", "one GPU per worker (NCCL, SyncBatchNorm)"))
     cpus_per_worker: float = 1.0
-    bf16: bool = False  # bf16 autocast on GPU
     per_rank_t: bool = False  # default: the same t on every rank at each step
     storage: str | None = field(
         default=None, metadata=_cli("--storage", "Ray Train storage path (local dir or NFS mount)")
@@ -349,7 +348,22 @@ class ScaleConfig:
         _check(self.workers >= 1, "scale.workers", "an integer >= 1", self.workers)
         _check(self.cpus_per_worker > 0, "scale.cpus_per_worker", "a number > 0", self.cpus_per_worker)
         _check(self.max_failures >= 0, "scale.max_failures", "an integer >= 0", self.max_failures)
-        _check(not self.bf16 or self.gpu, "scale.bf16", "true only with scale.gpu", self.bf16)
+
+
+@dataclass
+class AccelConfig:
+    """Accelerator switches, each for CUDA devices: on CPU training stays fp32 and NCHW (the batched
+    path evaluation alone uses channels_last on CPU too, where it halves inference time)."""
+
+    bf16: bool = field(default=True, metadata=_cli("--bf16", "bf16 autocast of forward passes on CUDA"))
+    channels_last: bool = field(
+        default=True, metadata=_cli("--channels-last", "channels_last memory format for conv nets on CUDA")
+    )
+    tf32: bool = True  # TF32 matrix products and convolutions on CUDA (fp32 accumulate)
+    eval_chunk: int = 0  # t points sharing one pass over the data; 0: the whole grid, 1: per point
+
+    def validate(self) -> None:
+        _check(self.eval_chunk >= 0, "accel.eval_chunk", "an integer >= 0", self.eval_chunk)
 
 
 @dataclass
@@ -378,6 +392,7 @@ class ExperimentConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     seeds: SeedConfig = field(default_factory=SeedConfig)
     scale: ScaleConfig = field(default_factory=ScaleConfig)
+    accel: AccelConfig = field(default_factory=AccelConfig)
     cache_dir: str = field(
         default_factory=lambda: default_cache_dir(),
         metadata=_cli("--cache-dir", "reference-model and dataset cache"),
@@ -400,6 +415,7 @@ class ExperimentConfig:
         self.mcu.validate()
         self.eval.validate()
         self.scale.validate()
+        self.accel.validate()
         self.seeds.validate()
         _check(
             self.device == "cpu" or self.device.startswith("cuda"), "device", "cpu, cuda, cuda:N", self.device

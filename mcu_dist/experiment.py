@@ -97,6 +97,7 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path | None = None, log
     paths: dict[str, PathResult] = {}
     for name, (endpoint, seconds) in endpoints(lab, original).items():
         rows.append({"model": name, **scored(endpoint), "RTE": seconds / 60})
+        baseline_row = rows[-1]
         if cfg.baselines.budget_control and cfg.mcu.beta_schedule and has_budget_control(name):
             continued, total = baseline_model(lab, name, original, more_epochs=cfg.mcu.epochs)
             rows.append(
@@ -115,6 +116,7 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path | None = None, log
                 retrain_row,
                 out / "paths" / key if out is not None else None,
                 curve_run_name(cfg, lab, key),
+                plot={"baseline_row": baseline_row},
             )
             paths[key] = result
             rows.append(

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
+from mcu_dist import accel
 from mcu_dist.config import ExperimentConfig
-from mcu_dist.data import Batch, DatasetBundle, Normalizer, Splits, iterate, load_dataset, make_splits
+from mcu_dist.data import DatasetBundle, Normalizer, Splits, iterate, load_dataset, make_splits
+from mcu_dist.data.loader import Epoch
 from mcu_dist.models import create_model
 from mcu_dist.store import ModelCache, architecture_of, file_digest
 
@@ -26,6 +28,11 @@ class Lab:
 
     def __post_init__(self) -> None:
         self.normalize = Normalizer(self.bundle.mean, self.bundle.std, self.device)
+        accel.configure_process(self.cfg.accel, self.device)
+
+    def autocast(self):
+        """bf16 autocast on CUDA when ``accel.bf16`` (a no-op context on CPU)."""
+        return accel.autocast(self.cfg.accel, self.device)
 
     @classmethod
     def build(cls, cfg: ExperimentConfig) -> Lab:
@@ -37,9 +44,11 @@ class Lab:
         if seed is not None:
             torch.manual_seed(seed)
         if self.model_factory is not None:
-            return self.model_factory().to(self.device)
-        b = self.bundle
-        return create_model(self.cfg.model.name, b.num_classes, b.in_channels, b.image_size).to(self.device)
+            model = self.model_factory()
+        else:
+            b = self.bundle
+            model = create_model(self.cfg.model.name, b.num_classes, b.in_channels, b.image_size)
+        return accel.prepare_model(model.to(self.device), self.cfg.accel, self.device)
 
     def batches(
         self,
@@ -52,21 +61,24 @@ class Lab:
         augment: bool | None = None,
         rank: int = 0,
         world_size: int = 1,
-    ) -> Iterator[Batch]:
+    ) -> Epoch:
         """Training batches over training-set positions (augmented per the dataset's default)."""
         aug = self.bundle.augment if augment is None else augment
-        return iterate(
-            self.bundle.train,
-            positions,
-            batch_size,
-            self.normalize,
-            shuffle=shuffle,
-            seed=seed,
-            epoch=epoch,
-            augment=aug,
-            rank=rank,
-            world_size=world_size,
-            device=self.device,
+        return Epoch(
+            -(-len(positions) // batch_size),
+            lambda: iterate(
+                self.bundle.train,
+                positions,
+                batch_size,
+                self.normalize,
+                shuffle=shuffle,
+                seed=seed,
+                epoch=epoch,
+                augment=aug,
+                rank=rank,
+                world_size=world_size,
+                device=self.device,
+            ),
         )
 
     @property

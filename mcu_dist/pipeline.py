@@ -69,8 +69,10 @@ def run_path(
     out_dir: Path | None = None,
     run_name: str | None = None,
     on_epoch_end: Callable[[CurveState, BezierCurve], None] | None = None,
+    plot: dict | None = None,
 ) -> PathResult:
-    """Train, evaluate and select one path; ``on_epoch_end(state, curve)`` sees in-process training epochs."""
+    """Train, evaluate and select one path; ``on_epoch_end(state, curve)`` sees in-process training epochs;
+    ``plot`` adds to the path plot (``title``, ``baseline_row``)."""
     cfg = lab.cfg
     variant = variant_name(schedule)
     curve = curve_between(original, endpoint, cfg.mcu.curve_order, mask.selected).to(lab.device)
@@ -108,11 +110,15 @@ def run_path(
         outcomes,
     )
     if out_dir is not None:
-        save_path(result, mask, out_dir, retrain_row)
+        save_path(
+            result, mask, out_dir, retrain_row, {"t_window": tuple(cfg.eval.t_star_range), **(plot or {})}
+        )
     return result
 
 
-def save_path(result: PathResult, mask: Mask, out_dir: Path, retrain_row: dict | None) -> None:
+def save_path(
+    result: PathResult, mask: Mask, out_dir: Path, retrain_row: dict | None, plot: dict | None = None
+) -> None:
     """Path table + step table (Parquet), plot (PNG), mask (JSON), θ(t*) checkpoint."""
     from mcu_dist.plots import plot_path
 
@@ -134,11 +140,7 @@ def save_path(result: PathResult, mask: Mask, out_dir: Path, retrain_row: dict |
         {"t": result.t_star, "variant": result.variant, "mask_sha256": mask.sha256},
     )
     save_curve(result.curve, out_dir / "curve.pt")
+    plot = {"title": f"{out_dir.name}: {result.variant} ({result.schedule} β)", **(plot or {})}
     plot_path(
-        result.path_table,
-        result.t_star,
-        result.region_intervals,
-        retrain_row,
-        out_dir / "path.png",
-        title=f"{out_dir.name}: t* = {result.t_star:.2f}",
+        result.path_table, result.t_star, result.region_intervals, retrain_row, out_dir / "path.png", **plot
     )

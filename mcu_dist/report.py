@@ -244,8 +244,12 @@ def plots(records: list[dict], histories: dict[str, dict[str, list]], out: Path)
             made.append(_by_selected_fraction(records, param, out))
             continue
         fig, ax = plt.subplots(figsize=(5, 3.2))
-        data = [[r["avg_gap"] for r in records if r.get(param) == v] for v in values]
-        ax.boxplot(data, tick_labels=[str(v) for v in values])
+        if len(values) > 6 and all(isinstance(v, float) for v in values):  # continuous: one dot per trial
+            have = [r for r in records if r.get(param) is not None]
+            ax.scatter([r[param] for r in have], [r["avg_gap"] for r in have], s=14)
+        else:
+            data = [[r["avg_gap"] for r in records if r.get(param) == v] for v in values]
+            ax.boxplot(data, tick_labels=[str(v) for v in values])
         ax.set_xlabel(param)
         ax.set_ylabel("Avg. Gap (lower is better)")
         fig.tight_layout()
@@ -295,6 +299,34 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
+def write_report(tracker, runs: list, out: Path) -> str:
+    """The tables (Markdown, CSV, Parquet) and plots of these trial runs into ``out``; returns the Markdown.
+    A path's t comes from its metrics' step (``step = round(100·t)``)."""
+    records = trial_records(runs)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = table(records)
+    text = markdown(rows)
+    write_text(out / "report.md", text)
+    write_table(rows, out / "report.parquet")
+    csv_text = io.StringIO()
+    writer = csv.DictWriter(csv_text, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(out / "report.csv", csv_text.getvalue())
+    histories = {}
+    for r in records:
+        series = {
+            k: sorted(tracker.client.get_metric_history(r["run_id"], f"path/{k}"), key=lambda m: m.step)
+            for k in ("UA", "RA")
+        }
+        histories[r["run_id"]] = {
+            "t": [m.step / 100 for m in series["UA"]],
+            **{k: [m.value for m in v] for k, v in series.items()},
+        }
+    plots(records, histories, out)
+    return text
+
+
 def main(argv: list[str] | None = None) -> int:
     from mcu_dist.tracking import KIND_TAG, PARENT_TAG, Tracker
 
@@ -317,8 +349,8 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    records = trial_records([r for r in runs if PARENT_TAG in r.data.tags])
-    if not records:
+    records = [r for r in runs if PARENT_TAG in r.data.tags]
+    if not trial_records(records):
         print(
             f"error: --experiment: {args.experiment!r} has no finished trial runs; allowed: an experiment "
             "written by python -m mcu_dist.sweep or mcu_dist.ablate",
@@ -326,29 +358,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    rows = table(records)
-    text = markdown(rows)
-    write_text(out / "report.md", text)
-    write_table(rows, out / "report.parquet")
-    csv_text = io.StringIO()
-    writer = csv.DictWriter(csv_text, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
-    write_text(out / "report.csv", csv_text.getvalue())
-    histories = {}
-    for r in records:
-        h = {
-            k: [
-                m.value
-                for m in sorted(
-                    tracker.client.get_metric_history(r["run_id"], f"path/{k}"), key=lambda m: m.step
-                )
-            ]
-            for k in ("t", "UA", "RA")
-        }
-        histories[r["run_id"]] = h
-    plots(records, histories, out)
+    text = write_report(tracker, records, out)
     sweeps = [r for r in runs if r.data.tags.get(KIND_TAG) == "sweep"]
     if sweeps:
         tracker.log_artifacts(sweeps[0].info.run_id, out, "report")

@@ -18,7 +18,14 @@ from mcu_dist.validation import validate
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m mcu_dist.run", description=__doc__.splitlines()[0])
+    from mcu_dist.console import registry_epilog
+
+    p = argparse.ArgumentParser(
+        prog="python -m mcu_dist.run",
+        description=__doc__.splitlines()[0],
+        epilog=registry_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--config", help="YAML experiment config (flags override it)")
     p.add_argument("--seed", type=int, help="seed of every stage (split, model, unlearn, eval)")
     p.add_argument("--smoke-test", action="store_true", help="shrink everything so the run takes seconds")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import os
 import sys
 import time
@@ -46,7 +47,14 @@ def in_ray_job() -> bool:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m mcu_dist.sweep", description=__doc__.splitlines()[0])
+    from mcu_dist.console import registry_epilog
+
+    p = argparse.ArgumentParser(
+        prog="python -m mcu_dist.sweep",
+        description=__doc__.splitlines()[0],
+        epilog=registry_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument(
         "--space",
         "--grid",
@@ -67,6 +75,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--experiment", help="MLflow experiment (default: the sweep name)")
     p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a new local instance)")
     p.add_argument("--smoke-test", action="store_true", help="2 tiny trials on digits, in seconds")
+    p.add_argument(
+        "--verbose", action="store_true", help="Tune's progress tables and the libraries' INFO logs"
+    )
     return p.parse_args(argv)
 
 
@@ -114,7 +125,12 @@ def resolve(args: argparse.Namespace, loader=load_space) -> tuple[SearchSpace, s
         space.fixed["data.data_root"] = str(
             Path(default_root(base.data.dataset)).resolve()
         )  # workers see it too
+    if sweep.gpus_per_trial > 0 and sweep.gpu_resource == "GPU":
+        space.fixed.setdefault("device", "cuda")  # a trial holding a GPU trains and evaluates on it
     validate(space.base_config())
+    from mcu_dist.dispatch import check_sweep_resources
+
+    check_sweep_resources(sweep, space.base_config())
     writable_dir(space.base_config().cache_dir, "cache_dir")
     uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     if uri is None and in_ray_job():
@@ -151,14 +167,27 @@ def reference_cells(space: SearchSpace) -> list[dict[str, Any]]:
 
 def prepare_shared_models(space: SearchSpace, log=print) -> None:
     """Original, retrained, and every offered baseline at its default settings, per reference cell: trained
-    once, before trials fan out, into the shared cache."""
+    once, before trials fan out, into the shared cache; one progress line per model."""
+    from mcu_dist.console import Progress
     from mcu_dist.lab import Lab
     from mcu_dist.references import endpoints, prepare_references
 
+    cells = reference_cells(space)
+    if space.sweep.reference_gpus > 0:  # Ray tasks where the space's resources are (dispatch.py)
+        from mcu_dist.dispatch import prepare_remote
+
+        prepare_remote(space, cells, log)
+        return
+    progress = Progress(len(cells) * (1 + len(space.methods())), log)
     trained = 0
-    for cell in reference_cells(space):
+    for cell in cells:
+        where = "".join(f" {k}={v}" for k, v in cell.items())
         lab = Lab.build(space.trial_config(cell))
-        endpoints(lab, prepare_references(lab, mask=False).original, space.methods())
+        original = prepare_references(lab, mask=False).original
+        progress.step("original and retrained" + where)
+        for method in space.methods():
+            endpoints(lab, original, [method])
+            progress.step(method + where)
         trained += len(lab.cache.trained)
     log(
         f"shared models ready ({trained} trained now, "
@@ -183,14 +212,53 @@ def make_searcher(space: SearchSpace, sampler=None):
     return OptunaSearch(space=space.suggest, metric=metric, mode=mode, sampler=sampler)
 
 
+def run_config(space: SearchSpace, storage: str, context: dict):
+    """Tune's RunConfig: quiet unless ``--verbose`` (then Tune's progress tables), one line per trial."""
+    from ray import tune
+
+    from mcu_dist.console import trial_lines
+
+    sweep = space.sweep
+    total = sweep.num_samples if not space.grid else len(list(_cells(space.grid)))
+
+    def name_of(config: dict) -> str | None:
+        return _safe_name(space, _searched(space, config))
+
+    return tune.RunConfig(
+        name=sweep.name,
+        storage_path=storage,
+        verbose=1 if context.get("verbose") else 0,
+        callbacks=[trial_lines(sweep.objective, total, name_of)],
+        failure_config=tune.FailureConfig(max_failures=sweep.max_failures),
+    )
+
+
+def _cells(grid: dict[str, list]):
+    import itertools
+
+    return itertools.product(*grid.values())
+
+
+def _searched(space: SearchSpace, config: dict) -> dict:
+    keys = {d.key for d in space.dims} | set(space.grid or {})
+    return {k: v for k, v in config.items() if k in keys}
+
+
+def with_trial_resources(trainable, space: SearchSpace):
+    """The trainable with each trial's CPUs and (fractional) GPUs (dispatch.trial_resources)."""
+    from ray import tune
+
+    from mcu_dist.dispatch import trial_resources
+
+    return tune.with_resources(trainable, trial_resources(space.sweep))
+
+
 def build_tuner(space: SearchSpace, storage: str, context: dict, resume: bool):
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
     sweep = space.sweep
-    trainable = tune.with_resources(
-        tune.with_parameters(tune_trainable, context=context), {"CPU": sweep.cpus_per_trial}
-    )
+    trainable = with_trial_resources(tune.with_parameters(tune_trainable, context=context), space)
     path = f"{storage.rstrip('/')}/{sweep.name}"
     if resume:
         check_resumable(path)
@@ -213,12 +281,7 @@ def build_tuner(space: SearchSpace, storage: str, context: dict, resume: bool):
             num_samples=sweep.num_samples,
             max_concurrent_trials=sweep.max_concurrent,
         ),
-        run_config=tune.RunConfig(
-            name=sweep.name,
-            storage_path=storage,
-            verbose=1,
-            failure_config=tune.FailureConfig(max_failures=sweep.max_failures),
-        ),
+        run_config=run_config(space, storage, context),
     )
 
 
@@ -238,7 +301,7 @@ def tune_trainable(config: dict, context: dict) -> None:
         trial_id,
         Path(context["storage_dir"]) / "trials" / trial_id,
     )
-    params = {k: v for k, v in config.items() if k in {d.key for d in space.dims}}
+    params = _searched(space, config)
     tune.report(run_trial(params, ctx, report=tune.report))
 
 
@@ -267,44 +330,36 @@ def pareto_front(rows: list[dict], keys: tuple[str, str]) -> list[dict]:
 
 
 def summarize(results, space: SearchSpace) -> list[dict]:
+    """One row per trial (name, status, params, final metrics), best first; ``order`` = finishing order."""
     rows = []
     for r in results:
         m = r.metrics or {}
+        params = _searched(space, r.config or {})
         row = {
             "trial_id": m.get("trial_id") or Path(r.path).name,
+            "name": _safe_name(space, params),
             "status": "ERROR" if r.error else "OK",
             "error": str(r.error)[:500] if r.error else None,
+            "order": m.get("timestamp", 0),
         }
-        row.update({f"param.{k}": v for k, v in (r.config or {}).items()})
+        row.update({f"param.{k}": v for k, v in params.items()})
         if m.get("final") == 1:
-            row.update({k: m.get(k) for k in SUMMARY_METRICS})
+            row.update({k: m.get(k) for k in (*SUMMARY_METRICS, "gain")})
         rows.append(row)
+    for i, row in enumerate(sorted(rows, key=lambda r: r["order"] or 0)):
+        row["order"] = i + 1
     key = space.sweep.objective
     return sorted(rows, key=lambda r: (r.get(key) is None, r.get(key) if r.get(key) is not None else 0))
 
 
-def format_best(rows: list[dict], objective: str, n: int = 5) -> str:
-    head = (
-        f"{'trial':<14}{objective:>9}{'base':>8}{'budget':>8}{'UA':>7}{'RA':>7}{'TA':>7}{'MIA':>7}{'t*':>6}"
-        f"{'mask%':>7}  params"
-    )
-    lines = [head, "-" * len(head)]
-    for r in rows[:n]:
-        if r.get(objective) is None:
-            lines.append(f"{r['trial_id']:<14}{'failed':>9}  {r.get('error') or ''}"[:160])
-            continue
-        params = ", ".join(
-            f"{k[6:]}={v:.3g}" if isinstance(v, float) else f"{k[6:]}={v}"
-            for k, v in r.items()
-            if k.startswith("param.")
-        )
-        budget = f"{r['budget/avg_gap']:8.2f}" if r.get("budget/avg_gap") is not None else f"{'':8}"
-        sel = f"{100 * r['mask_fraction']:7.1f}" if r.get("mask_fraction") is not None else f"{'':7}"
-        lines.append(
-            f"{r['trial_id']:<14}{r[objective]:9.3f}{r['baseline_avg_gap'] or 0:8.2f}{budget}{r['UA']:7.1f}"
-            f"{r['RA']:7.1f}{r['TA']:7.1f}{r['MIA']:7.1f}{r['t_star']:6.2f}{sel}  {params}"
-        )
-    return "\n".join(lines)
+def _safe_name(space: SearchSpace, params: dict) -> str | None:
+    """The trial's MLflow run name (``mcu_dist.trial.trial_name``)."""
+    from mcu_dist.trial import trial_name
+
+    try:
+        return trial_name(space.trial_config(params), params)
+    except Exception:  # a trial whose config does not build (it failed): named by its id
+        return None
 
 
 class _Refused(Exception):
@@ -320,7 +375,7 @@ def main(argv: list[str] | None = None, *, loader=load_space, tuner_factory=None
         return 2
 
 
-def _connect_ray(address: str | None, uri: str) -> None:
+def _connect_ray(address: str | None, uri: str, verbose: bool = False) -> None:
     import ray
 
     if not ray.is_initialized():
@@ -330,7 +385,8 @@ def _connect_ray(address: str | None, uri: str) -> None:
                 "(ray start --head), or none for a local instance"
             )
         try:
-            ray.init(address=address, log_to_driver=False) if address else ray.init(log_to_driver=False)
+            level = logging.INFO if verbose else logging.WARNING
+            ray.init(address=address or None, log_to_driver=False, logging_level=level)
         except (ConnectionError, RuntimeError, ValueError) as e:
             raise _Refused(
                 f"--address: cannot reach the Ray cluster at {address} ({type(e).__name__}); allowed: the "
@@ -345,8 +401,10 @@ def _connect_ray(address: str | None, uri: str) -> None:
 
 def _run(args: argparse.Namespace, loader, tuner_factory) -> int:
     space, storage, uri, experiment = resolve(args, loader)
+    from mcu_dist.console import quiet
     from mcu_dist.tracking import KIND_TAG, Tracker
 
+    quiet(args.verbose)
     try:
         probe_tracking(use_credentials(uri))  # bounded, before anything is written
         _lock = hold_sweep_lock(f"{storage.rstrip('/')}/{space.sweep.name}")  # held until the process ends
@@ -360,7 +418,12 @@ def _run(args: argparse.Namespace, loader, tuner_factory) -> int:
             f"{redact_text(str(e)).splitlines()[0][:200]}); allowed: a reachable MLflow tracking server or a "
             "sqlite:/// path"
         ) from None
-    _connect_ray(args.address or os.environ.get("RAY_ADDRESS"), uri)
+    _connect_ray(args.address or os.environ.get("RAY_ADDRESS"), uri, args.verbose)
+    import ray
+
+    from mcu_dist.dispatch import check_cluster
+
+    check_cluster(space.sweep, ray.cluster_resources())  # a request nothing can place fails now
     sweep = space.sweep
     print(
         f"sweep {sweep.name}: {space.source}, {sweep.num_samples} trials, objective {sweep.objective}; "
@@ -377,8 +440,16 @@ def _run(args: argparse.Namespace, loader, tuner_factory) -> int:
     parent = tracker.start_run(
         sweep.name, {KIND_TAG: "sweep", "mcu.sweep_path": storage_dir}, reuse=args.resume
     )
+    # what every trial shares (the space's fixed values), the searched ranges and the sweep's settings;
+    # not the base config's defaults that the search overrides
     tracker.log_params(
-        parent, {**space.base_config().flat(), **{f"sweep.{k}": v for k, v in vars(sweep).items()}}
+        parent,
+        {
+            **space.fixed,
+            **{f"search.{d.key}": _describe_dim(d) for d in space.dims},
+            **{f"grid.{k}": v for k, v in (space.grid or {}).items()},
+            **{f"sweep.{k}": v for k, v in vars(sweep).items()},
+        },
     )
     tracker.log_text(parent, space.to_yaml(), "space.yaml")
     context = {
@@ -387,6 +458,7 @@ def _run(args: argparse.Namespace, loader, tuner_factory) -> int:
         "experiment": experiment,
         "parent_run_id": parent,
         "storage_dir": storage_dir,
+        "verbose": args.verbose,
     }
     try:
         tuner = tuner_factory(space, storage, context, args.resume)
@@ -427,14 +499,27 @@ def _run(args: argparse.Namespace, loader, tuner_factory) -> int:
         write_table(front or [{"trial_id": None}], Path(storage_dir) / "pareto.parquet")
         tracker.log_artifact(parent, Path(storage_dir) / "pareto.parquet")
     tracker.log_metrics(parent, summary)
+    import yaml
+
+    from mcu_dist.sweep_report import console_table, summary_markdown, write_report
+
+    raw = yaml.safe_load(space.to_yaml())
+    write_report(tracker, parent, rows, raw, sweep.objective, sweep.name, Path(storage_dir) / "report")
+    tracker.describe(parent, summary_markdown(rows, sweep.objective, summary, ok[0] if ok else None))
+    view = tracker.share_view(
+        sweep.objective, ["avg_gap", "gain", "gap_cal", "t_star"], [d.key for d in space.dims][:4]
+    )
     tracker.end_run(parent, "FINISHED")
     print()
-    print(format_best(rows, sweep.objective))
+    print(console_table(rows, sweep.objective))
     print(
         f"\n{summary['completed']}/{summary['trials']} trials completed in {summary['wall_s']:.0f} s "
-        f"(trials {summary['fit_s']:.0f} s, their own compute {summary['trial_compute_s']:.0f} s). "
-        f"MLflow: {tracker.ui_hint(parent)}"
+        f"(trials {summary['fit_s']:.0f} s, their own compute {summary['trial_compute_s']:.0f} s); report: "
+        f"{storage_dir}/report/ and the sweep run's report/ in MLflow."
     )
+    if tracker.serve_hint():
+        print(f"Serve the MLflow UI: {tracker.serve_hint()}")
+    print(f"MLflow runs, best first: {tracker.runs_url(view)}", flush=True)
     if summary["failed"]:
         print(
             f"error: {summary['failed']} of {summary['trials']} trials failed (their MLflow runs are FAILED "
@@ -443,6 +528,11 @@ def _run(args: argparse.Namespace, loader, tuner_factory) -> int:
         )
         return 1
     return 0
+
+
+def _describe_dim(d) -> str:
+    span = f"{d.choices}" if d.kind == "categorical" else f"[{d.low:g}, {d.high:g}]"
+    return f"{d.kind} {span}" + (f" when {d.when}" if d.when else "")
 
 
 if __name__ == "__main__":

@@ -2,18 +2,25 @@
 
 Child runs carry ``mlflow.parentRunId`` and ``mcu.trial_id``; a resumed or retried trial finds its
 run by that tag and continues it instead of creating a duplicate. Per-t path metrics are logged with
-``step`` = index of t on the grid (so the UI draws the path), per-epoch curve-training metrics with
-``step`` = epoch. Writes retry when a SQLite store is momentarily locked by a concurrent trial.
+``step = round(100·t)`` (so the UI draws the path against t, in hundredths), per-epoch curve-training
+metrics with ``step`` = epoch. Writes retry when a SQLite store is momentarily locked by a concurrent trial.
+
+Presentation: the experiment is tagged for MLflow's model-training view (``mlflow.experimentKind``), every
+run carries a Markdown description (``mlflow.note.content``), and the sweep stores a shared view of the runs
+table (``mlflow.sharedViewState.<key>``: sorted by the objective, its metric columns shown) that the printed
+URL opens.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import sys
 import time
 import traceback
+import urllib.parse
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -23,6 +30,16 @@ T = TypeVar("T")
 PARENT_TAG = "mlflow.parentRunId"
 TRIAL_TAG = "mcu.trial_id"
 KIND_TAG = "mcu.kind"
+NOTE_TAG = "mlflow.note.content"  # the run's Description in the UI (Markdown)
+# the UI's model-training view (runs, charts) instead of the GenAI one (traces) for this experiment
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+VIEW_TAG = "mlflow.sharedViewState."
+LOCAL_UI = "http://127.0.0.1:5000"  # where `mlflow ui` serves a sqlite store by default
+
+
+def t_step(t: float) -> int:
+    """The MLflow step of a point of the path: t in hundredths (charts of path/* read against t)."""
+    return round(100 * t)
 
 
 def resolve_tracking_uri(uri: str | None) -> str:
@@ -96,6 +113,7 @@ class Tracker:
             self.client = MlflowClient(tracking_uri=self.uri)
             self._open_experiment(experiment)
         self.experiment = experiment
+        retry(self.client.set_experiment_tag, self.experiment_id, *EXPERIMENT_KIND)
 
     def _open_experiment(self, experiment: str) -> None:
         from mcu_dist.services import ServiceError
@@ -217,22 +235,73 @@ class Tracker:
     def log_text(self, run_id: str, text: str, name: str) -> None:
         retry(self.client.log_text, run_id, text, name)
 
+    def describe(self, run_id: str, markdown: str) -> None:
+        self.set_tags(run_id, {NOTE_TAG: markdown})
+
+    def log_datasets(self, run_id: str, datasets: list[dict[str, Any]]) -> None:
+        """Datasets as run inputs (the runs table's Dataset column): each a dict of name, digest, source,
+        context (``train``, ``forget``, ...) and profile (a small dict, e.g. its size)."""
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+        from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+        inputs = [
+            DatasetInput(
+                Dataset(
+                    d["name"],
+                    d["digest"][:12],
+                    "local",
+                    json.dumps({"uri": d["source"]}),
+                    profile=json.dumps(d.get("profile", {})),
+                ),
+                [InputTag(MLFLOW_DATASET_CONTEXT, d["context"])],
+            )
+            for d in datasets
+        ]
+        retry(self.client.log_inputs, run_id, datasets=inputs)
+
+    def share_view(self, objective: str, metrics: list[str], params: list[str]) -> str:
+        """Store the runs table as a researcher wants it first (sorted by the objective, best first, with
+        these metric and param columns and the Dataset column) as a shared view; returns its key."""
+        metric_columns = [f"metrics.`{m}`" for m in metrics]
+        state = {
+            "orderByKey": f"metrics.`{objective}`",
+            "orderByAsc": True,
+            "selectedColumns": metric_columns + [f"params.`{p}`" for p in params] + ["attributes.`Dataset`"],
+            "columnOrder": metric_columns,  # right after the run names, before the wide Dataset column
+        }
+        text = json.dumps(state, sort_keys=True)
+        key = "mcu-" + hashlib.sha256(text.encode()).hexdigest()[:12]
+        retry(self.client.set_experiment_tag, self.experiment_id, VIEW_TAG + key, text)
+        return key
+
+    def ui_base(self) -> str:
+        from mcu_dist.services import redact
+
+        return redact(self.uri).rstrip("/") if self.uri.startswith(("http://", "https://")) else LOCAL_UI
+
+    def runs_url(self, view_key: str | None = None) -> str:
+        query = {"workflowType": "machine_learning"}
+        if view_key:
+            query["viewStateShareKey"] = view_key
+        return f"{self.ui_base()}/#/experiments/{self.experiment_id}/runs?{urllib.parse.urlencode(query)}"
+
+    def run_url(self, run_id: str) -> str:
+        return (
+            f"{self.ui_base()}/#/experiments/{self.experiment_id}/runs/{run_id}?workflowType=machine_learning"
+        )
+
+    def serve_hint(self) -> str | None:
+        """The command that serves a sqlite store's UI at :meth:`ui_base` (None for a tracking server)."""
+        if self.uri.startswith(("http://", "https://")):
+            return None
+        return f"mlflow ui --backend-store-uri {self.uri}"  # a local file path: nothing to redact
+
     def children(self, parent_id: str) -> list[Any]:
         return retry(
             self.client.search_runs,
             [self.experiment_id],
             filter_string=f"tags.`{PARENT_TAG}` = '{parent_id}'",
             max_results=10000,
-        )
-
-    def ui_hint(self, parent_id: str) -> str:
-        from mcu_dist.services import redact
-
-        if self.uri.startswith(("http://", "https://")):
-            return f"{redact(self.uri)}/#/experiments/{self.experiment_id}/runs/{parent_id}"
-        return (
-            f"mlflow ui --backend-store-uri {redact(self.uri)}   then open experiment '{self.experiment}', "
-            f"parent run {parent_id}"
         )
 
 

@@ -24,13 +24,45 @@ from mcu_dist.evaluate.names import PATH_METRICS, ROW_PREFIXES, TRIAL_METRICS
 from mcu_dist.evaluate.point import evaluate_outcomes
 from mcu_dist.evaluate.selection import gap_cal
 from mcu_dist.lab import Lab
-from mcu_dist.path.beta import CalTargets
+from mcu_dist.path.beta import CalTargets, variant_name
 from mcu_dist.pipeline import run_path
 from mcu_dist.references import baseline_model, has_budget_control, prepare_references
 from mcu_dist.store import write_text
 from mcu_dist.train.mcu import retain_prime_record
 from mcu_dist.tune_space import SearchSpace
 from mcu_dist.validation import validate
+
+# the child run's final metrics in the order the run's Overview lists them: what a researcher sorts by first
+HEADLINE = ("avg_gap", "gain", "gap_cal", "t_star", "UA", "RA", "TA", "MIA", "region_size", "rte_min")
+NAMED = ("baseline", "mcu.beta_schedule", "mcu.beta", "mcu.k", "mcu.curve_order")
+
+
+def _short(v: Any) -> str:
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
+def trial_name(cfg: ExperimentConfig, params: dict[str, Any]) -> str:
+    """A run name that says what ran: ``rl · adaptive_step · k0.3 · o2`` (``β0.2`` for a fixed schedule),
+    then every other searched value (``lr0.0157``)."""
+    schedule = cfg.mcu.beta_schedule[0]
+    schedule = f"β{cfg.mcu.beta:.3g}" if schedule == "fixed" else schedule
+    parts = [cfg.baselines.methods[0], schedule, f"k{cfg.mcu.k:.3g}", f"o{cfg.mcu.curve_order}"]
+    parts += [f"{k.rsplit('.', 1)[-1]}{_short(v)}" for k, v in params.items() if k not in NAMED]
+    return " · ".join(parts)
+
+
+def variant_of(cfg: ExperimentConfig) -> str:
+    """What a trial's path is: its β schedule's name (mcu: fixed β, mcu_beta: adaptive_step, ...)."""
+    return variant_name(cfg.mcu.beta_schedule[0])
+
+
+def trial_params(cfg: ExperimentConfig, params: dict[str, Any]) -> dict[str, Any]:
+    """Every resolved config field the trial ran with, its baseline and variant by name, and the searched
+    values again under ``search.``."""
+    flat = cfg.flat()
+    return {"baseline": cfg.baselines.methods[0], "mcu.variant": variant_of(cfg), **flat} | {
+        f"search.{k}": v for k, v in params.items()
+    }
 
 
 @dataclass
@@ -70,17 +102,17 @@ def run_trial(params: dict[str, Any], ctx: TrialContext, report=None) -> dict[st
         tags = {TRIAL_TAG: ctx.trial_id, KIND_TAG: "trial"}
         if ctx.parent_run_id:
             tags[PARENT_TAG] = ctx.parent_run_id
-        run_cm = tracker.run(f"trial-{ctx.trial_id}", tags)
+        run_cm = tracker.run(trial_name(cfg, params), tags)
     else:
         run_cm = contextlib.nullcontext()
     with run_cm as run_id:
         if tracker:
-            tracker.log_params(run_id, {**cfg.flat(), **{f"search.{k}": v for k, v in params.items()}})
-        metrics = _compute(cfg, ctx, report, tracker, run_id, sweep)
+            tracker.log_params(run_id, trial_params(cfg, params))
+        metrics = _compute(cfg, params, ctx, report, tracker, run_id, sweep)
     return metrics
 
 
-def _compute(cfg, ctx, report, tracker, run_id, sweep) -> dict[str, float]:
+def _compute(cfg, params, ctx, report, tracker, run_id, sweep) -> dict[str, float]:
     start = time.perf_counter()
     lab = Lab.build(cfg)
     refs = prepare_references(lab)  # refuses a mask that selects nothing, before the trial writes anything
@@ -124,15 +156,18 @@ def _compute(cfg, ctx, report, tracker, run_id, sweep) -> dict[str, float]:
         out / "path",
         run_name=f"curve-{ctx.trial_id}",
         on_epoch_end=on_epoch,
+        plot={"title": f"{trial_name(cfg, params)}   (trial {ctx.trial_id})", "baseline_row": baseline_row},
     )
     row = {**result.row, **intervals(result.outcomes, retrain_oc, *boot)}
     metrics = {k: float(v) for k, v in row.items() if k in TRIAL_METRICS or k.startswith(ROW_PREFIXES)}
+    base_gap = avg_gap(baseline_row, retrain_row)
     metrics.update(
         {
             "t_star": result.t_star,
+            "gain": base_gap - metrics["avg_gap"],  # > 0: MCU moved the baseline closer to Retrain
             "region_size": float(len(result.effective_region)),
             **mask.summary(),
-            "baseline_avg_gap": avg_gap(baseline_row, retrain_row),
+            "baseline_avg_gap": base_gap,
             "baseline_gap_cal": gap_cal(baseline_row["RA"], baseline_row["FA"], cal),
             "rte_min": (base_s + result.seconds["curve"] + result.seconds["path_eval"]) / 60,
             "rte_curve_min": result.seconds["curve"] / 60,
@@ -145,12 +180,73 @@ def _compute(cfg, ctx, report, tracker, run_id, sweep) -> dict[str, float]:
     )
     if tracker:
         _log_path(tracker, run_id, result, metrics, baseline_row, retrain_row, mask, out)
+        tracker.log_datasets(run_id, _datasets(lab, out))
+        tracker.describe(run_id, describe_trial(cfg, params, metrics, result, baseline_row, retrain_row))
     return metrics
 
 
+def _datasets(lab: Lab, out: Path) -> list[dict[str, Any]]:
+    """The data a trial saw and the forget set it unlearned, as MLflow dataset inputs."""
+    import hashlib
+
+    cfg, bundle = lab.cfg, lab.bundle
+    return [
+        {
+            "name": cfg.data.dataset,
+            "digest": hashlib.sha256(bundle.dataset_id.encode()).hexdigest(),
+            "source": cfg.data.data_root or bundle.dataset_id,
+            "context": "train",
+            "profile": {"train": len(bundle.train.labels), "test": len(bundle.test.labels)},
+        },
+        {
+            "name": f"forget {cfg.forget.spec}",
+            "digest": lab.splits.manifest_hash,
+            "source": str(out / "forget_manifest.parquet"),
+            "context": "forget",
+            "profile": {"samples": len(lab.splits.forget), "retain": len(lab.splits.retain)},
+        },
+    ]
+
+
+def describe_trial(cfg, params, metrics, result, baseline_row, retrain_row) -> str:
+    """The child run's Description: baseline → MCU, t*, the effective region, what was searched."""
+    method, variant = cfg.baselines.methods[0], "MCU" if variant_of(cfg) == "mcu" else "MCU-β"
+    lo, hi = cfg.eval.t_star_range
+    region = result.effective_region
+    where = f"t ∈ [{min(region):.2f}, {max(region):.2f}]" if region else "empty"
+    cells = " | ".join(f"{k}" for k in ("UA", "RA", "TA", "MIA"))
+    row = lambda name, r: f"| {name} | " + " | ".join(f"{r[k]:.2f}" for k in ("UA", "RA", "TA", "MIA")) + " |"  # noqa: E731
+    return "\n".join(
+        [
+            f"**{method} → {method}+{variant}** ({cfg.mcu.beta_schedule[0]} β, order {cfg.mcu.curve_order}, "
+            f"k = {cfg.mcu.k:.3g}): Avg. Gap to Retrain **{metrics['baseline_avg_gap']:.2f} → "
+            f"{metrics['avg_gap']:.2f}** (gain {metrics['gain']:+.2f}; lower is better).",
+            "",
+            f"t* = **{result.t_star:.2f}** (chosen by gap_cal = {metrics['gap_cal']:.2f} "
+            f"over [{lo:g}, {hi:g}]); "
+            f"effective region {where}: {len(region)} of {len(result.path_table)} grid points beat the "
+            "baseline's own endpoint.",
+            "",
+            f"| model | {cells} |",
+            "|---|---|---|---|---|",
+            row("Retrain", retrain_row),
+            row(method, baseline_row),
+            row(f"{method}+{variant} at t*", metrics),
+            "",
+            "Searched: " + (", ".join(f"`{k}` = {_short(v)}" for k, v in params.items()) or "nothing"),
+            "",
+            "Artifacts: `path.png` (the path against t), `path/path_table.parquet`, `config.yaml`.",
+        ]
+    )
+
+
 def _log_path(tracker, run_id, result, metrics, baseline_row, retrain_row, mask, out: Path) -> None:
+    from mcu_dist.tracking import t_step
+
+    # t is the step (t_step): a path/t metric would only repeat it (and be a flat line in Compare)
     per_t = [
-        (i, {f"path/{k}": r[k] for k in PATH_METRICS if k in r}) for i, r in enumerate(result.path_table)
+        (t_step(r["t"]), {f"path/{k}": r[k] for k in PATH_METRICS if k in r and k != "t"})
+        for r in result.path_table
     ]
     epochs: dict[int, list[dict]] = {}
     for s in result.steps:
@@ -166,13 +262,16 @@ def _log_path(tracker, run_id, result, metrics, baseline_row, retrain_row, mask,
         )
         for e, rows in sorted(epochs.items())
     ]
+    # logged first, headline first: the run's Overview lists metrics in the order they were first logged
     final = {
-        **metrics,
+        **{k: metrics[k] for k in HEADLINE if k in metrics},
+        **{k: v for k, v in metrics.items() if k != "final"},
         **{f"mask/layer/{k}": v for k, v in mask.layer_fractions().items()},
         **{f"baseline/{k}": v for k, v in baseline_row.items()},
         **{f"retrain/{k}": v for k, v in retrain_row.items()},
     }
-    tracker.log_series(run_id, per_t + per_epoch + [(0, final)])
+    tracker.log_series(run_id, [(0, final)])
+    tracker.log_series(run_id, per_t + per_epoch)
     tracker.set_tags(
         run_id,
         {
@@ -183,6 +282,7 @@ def _log_path(tracker, run_id, result, metrics, baseline_row, retrain_row, mask,
         },
     )
     tracker.log_artifacts(run_id, out)
+    tracker.log_artifact(run_id, out / "path" / "path.png")  # top level: Compare shows it side by side
 
 
 def _node_id() -> str:

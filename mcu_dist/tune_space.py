@@ -45,6 +45,10 @@ class SweepConfig:
     multi_objective: bool = False  # Pareto front over (objective, rte_min)
     max_concurrent: int = 2
     cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0  # of gpu_resource; fractions pack trials (0.25: four on one GPU)
+    reference_gpus: float = 0.0  # > 0: reference and baseline models are trained as Ray tasks (dispatch.py)
+    reference_cpus: float = 1.0
+    gpu_resource: str = "GPU"  # the resource a GPU request asks for (a custom one stands in on CPU machines)
     seed: int = 0
     asha: bool = False  # prune on a cheap per-epoch proxy of gap_cal
     asha_grace_epochs: int = 2
@@ -60,6 +64,15 @@ class SweepConfig:
         check(self.objective in ("avg_gap", "gap_cal"), "objective", "avg_gap, gap_cal", self.objective)
         check(self.max_concurrent >= 1, "max_concurrent", "an integer >= 1", self.max_concurrent)
         check(self.cpus_per_trial > 0, "cpus_per_trial", "a number > 0", self.cpus_per_trial)
+        check(self.gpus_per_trial >= 0, "gpus_per_trial", "a number >= 0", self.gpus_per_trial)
+        check(self.reference_gpus >= 0, "reference_gpus", "a number >= 0", self.reference_gpus)
+        check(self.reference_cpus > 0, "reference_cpus", "a number > 0", self.reference_cpus)
+        check(
+            bool(self.gpu_resource),
+            "gpu_resource",
+            "a Ray resource name (GPU or a custom one)",
+            self.gpu_resource,
+        )
         check(
             not (self.asha and self.multi_objective), "asha", "false when multi_objective is true", self.asha
         )

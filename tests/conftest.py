@@ -62,7 +62,8 @@ def ray_cluster():
 
     from tests.ray_cluster import start_head
 
-    head = start_head(num_cpus=4, token=os.environ["RAY_AUTH_TOKEN"])
+    # fake_gpu stands in for a GPU on machines without one (reference tasks, fractional trials)
+    head = start_head(num_cpus=4, token=os.environ["RAY_AUTH_TOKEN"], resources='{"fake_gpu": 1}')
     os.environ["RAY_ADDRESS"] = head.address
     ray.init(address=head.address, log_to_driver=False)
     try:

@@ -393,3 +393,36 @@ def test_a_boolean_npy_is_read_as_a_mask_over_training_indices(tmp_path):
     as_indices = make_splits(bundle, ForgetConfig("file:" + _npy(tmp_path, "i.npy", wanted)), 0)
     assert torch.equal(as_mask.forget, as_indices.forget) and len(as_mask.forget) == 7
     assert as_mask.manifest_hash == as_indices.manifest_hash
+
+
+# ----------------------------------------------------------------------------------------- secure defaults
+
+
+def test_credentials_in_a_tracking_uri_are_never_shown():
+    from mcu_dist.services import redact, redact_text, use_credentials
+
+    uri = "http://alice:s3cr%40t@mlflow.example:5000/prefix?token=abc&x=1"
+    assert redact(uri) == "http://***@mlflow.example:5000/prefix?token=***&x=1"
+    assert "s3cr" not in redact_text(f"ConnectionError: GET {uri}/api failed; see https://docs.example")
+    clean = use_credentials(uri)
+    assert clean == "http://mlflow.example:5000/prefix?token=abc&x=1"
+    assert (os.environ.pop("MLFLOW_TRACKING_USERNAME"), os.environ.pop("MLFLOW_TRACKING_PASSWORD")) == (
+        "alice",
+        "s3cr@t",
+    )
+
+
+@pytest.mark.parametrize("user_choice", [None, "false"])
+def test_mlflow_telemetry_is_off_unless_the_user_opted_in(monkeypatch, user_choice):
+    from mcu_dist.services import MLFLOW_HTTP_BOUNDS, mlflow_defaults
+
+    for key in ("MLFLOW_DISABLE_TELEMETRY", "DO_NOT_TRACK", *MLFLOW_HTTP_BOUNDS):
+        monkeypatch.delenv(key, raising=False)
+    if user_choice is not None:
+        monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", user_choice)
+    mlflow_defaults()
+    assert os.environ["MLFLOW_DISABLE_TELEMETRY"] == (user_choice or "true")
+    assert (
+        int(os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"]) * int(os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"])
+        < 60
+    )

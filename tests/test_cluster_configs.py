@@ -376,3 +376,12 @@ def test_mlflow_server_serves_the_tracking_uri_the_jobs_use(rayjob_args):
     allowed = flags.get("--allowed-hosts", "").split(",")
     host = urlparse(rayjob_args.tracking_uri).netloc
     assert any(fnmatch.fnmatch(host, a) if "*" in a else host == a for a in allowed), (host, allowed)
+
+
+def test_tracking_outputs_stay_out_of_git_and_of_the_cluster_rsync():
+    """A local sweep writes mlflow.db and mlartifacts/ beside it: neither committed nor shipped to nodes."""
+    ignored = (ROOT / ".gitignore").read_text().split()
+    excluded = yaml.safe_load((ROOT / "cluster" / "aws-gpu.yaml").read_text())["rsync_exclude"]
+    for name in ("mlflow.db", "mlartifacts", "mlruns"):
+        assert name in ignored or f"{name}/" in ignored, name
+        assert name in excluded, name

@@ -29,7 +29,7 @@ SMALL = {
     "mcu.epochs": 1,
     "eval.t_points": 5,
     "eval.mia_cap": 200,
-    "eval.calibration_size": 256,
+    "eval.bn_set_size": 256,
     "baselines.methods": ["ft"],
 }
 
@@ -47,7 +47,14 @@ def test_a_diverged_curve_ends_its_trial_failed_with_the_reason(tmp_path, digits
 
     space = parse_space(
         {
-            "fixed": {**SMALL, "reference.epochs": 8, "cache_dir": digits_lab.cfg.cache_dir, "mcu.lr": 1e6},
+            # the session's cached θ_o and θ_r (θ_r is also the endpoint: no baseline to train)
+            "fixed": {
+                **SMALL,
+                "reference.epochs": 8,
+                "cache_dir": digits_lab.cfg.cache_dir,
+                "baselines.methods": ["retrain"],
+                "mcu.lr": 1e6,
+            },
             "search": {"mcu.k": {"type": "float", "low": 0.2, "high": 1.0}},
         }
     )
@@ -63,9 +70,9 @@ def test_a_diverged_curve_ends_its_trial_failed_with_the_reason(tmp_path, digits
 
 
 def test_a_diverged_baseline_never_enters_the_cache(tmp_path, digits_lab, digits_original):
-    from mcu_dist.experiment import baseline_model
     from mcu_dist.lab import Lab
-    from mcu_dist.train.reference import ModelCache
+    from mcu_dist.references import baseline_model
+    from mcu_dist.store import ModelCache
 
     cfg = digits_config(tmp_path, **{"baselines.params": {"ga": {"lr": 1e9}}})
     lab = Lab(cfg, digits_lab.bundle, digits_lab.splits, digits_lab.device, ModelCache(tmp_path / "cache"))

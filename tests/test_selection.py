@@ -40,3 +40,21 @@ def test_dense_grid_near_one():
     grid = EvalConfig(t_points=5, t_dense_near_one=6).grid()
     assert grid == sorted(set(grid)) and 1.0 in grid and 0.95 in grid
     assert np.all(np.diff(grid) > 0)
+
+
+def test_the_shaded_region_never_sits_where_the_grid_has_none():
+    """PCHIP stays within its grid neighbours' range: a t between two grid points that both miss the
+    region (gap_cal ≥ the endpoint's) is never shaded — the cubic spline rang there on flat curves."""
+    rng = np.random.default_rng(0)
+    ts = [round(float(t), 4) for t in np.linspace(0, 1, 9)]
+    for trial in range(200):
+        gaps = list(rng.choice([1.0, 2.0, 2.0, 2.0, 5.0], size=len(ts)))  # plateaus, steps, flats
+        gaps[-1] = 2.0
+        region = set(effective_region(ts, gaps))
+        for lo, hi in region_intervals(ts, gaps):
+            for t in np.arange(lo, hi + 1e-9, 0.01):
+                left = max(g for g in ts if g <= t + 1e-9)
+                right = min(g for g in ts if g >= t - 1e-9)
+                assert left in region or right in region, (trial, t, gaps)
+    # a flat tail equal to the endpoint shades nothing
+    assert region_intervals(ts, [3.0, 2.5, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0]) == []

@@ -16,7 +16,8 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from mcu_dist import sweep as sweep_cli
-from mcu_dist.tracking import PARENT_TAG, TRIAL_TAG
+from mcu_dist.config import EvalConfig
+from mcu_dist.tracking import PARENT_TAG, TRIAL_TAG, t_step
 from tests.ray_cluster import free_ports
 
 pytestmark = pytest.mark.slow
@@ -69,12 +70,15 @@ def _sweep_flags(space: Path, tmp_path: Path, uri: str, name: str) -> list[str]:
 
 def _check_child(client: MlflowClient, run, t_points: int = 5) -> None:
     assert run.info.status == "FINISHED"
-    assert [m.step for m in client.get_metric_history(run.info.run_id, "path/UA")] == list(range(t_points))
+    grid = EvalConfig(t_points=t_points).grid()
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "path/UA")] == [
+        t_step(t) for t in grid
+    ]
     assert {"avg_gap", "gap_cal", "t_star", "UA", "RA", "TA", "MIA", "rte_min"} <= set(run.data.metrics)
     assert "mcu.k" in run.data.params and "data.dataset" in run.data.params
     top = {a.path for a in client.list_artifacts(run.info.run_id)}
     inner = {a.path for a in client.list_artifacts(run.info.run_id, "path")}
-    assert {"config.yaml", "forget_manifest.parquet", "path"} <= top
+    assert {"config.yaml", "forget_manifest.parquet", "path", "path.png"} <= top
     assert {
         "path/path_table.parquet",
         "path/path.png",
@@ -106,6 +110,12 @@ def test_ray_job_submit_runs_the_smoke_sweep_into_mlflow(ray_cluster, tmp_path):
     ]
     proc = subprocess.run(cmd, env=ray_cluster.env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0 and "succeeded" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-3000:]
+    # a quiet console: one line per trial, a labelled table, the URL; no Tune boxes, no library warnings
+    out = proc.stdout + proc.stderr
+    assert "[1/2]" in out and "[2/2]" in out and "Top 2 of 2 trials by avg_gap" in out
+    assert "MLflow runs, best first: http://127.0.0.1:5000/#/experiments/" in out
+    for noise in ("Trial status", "╭", "TensorBoard", "ExperimentalWarning", "View run"):
+        assert noise not in out, noise
     client, parents, children = _runs(uri, "mcu-default")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     assert len(children) == 2

@@ -19,10 +19,10 @@ def ga(model: nn.Module, lab: Lab, hp: dict, seed: int) -> nn.Module:
 
 @baseline("neggrad_plus", defaults={"lr": 0.01, "epochs": 3, "beta": 0.15, **SGD})
 def neggrad_plus(model: nn.Module, lab: Lab, hp: dict, seed: int) -> nn.Module:
-    flags = forget_flags(lab)
+    flags = forget_flags(lab).to(lab.device)
 
     def loss(m: nn.Module, b) -> torch.Tensor:
-        logits, is_f = m(b.x), flags[b.positions].to(b.y.device).float()
+        logits, is_f = m(b.x), flags[b.device_positions()].float()
         return masked_mean_ce(logits, b.y, 1 - is_f) - hp["beta"] * masked_mean_ce(logits, b.y, is_f)
 
     positions = torch.cat([lab.splits.forget, lab.splits.retain])

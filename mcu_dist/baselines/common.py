@@ -50,6 +50,7 @@ def train_on(
         opt,
         cosine=False,
         after_step=after_step,
+        autocast=lab.autocast,
         max_loss=lab.cfg.max_loss,
     )
 

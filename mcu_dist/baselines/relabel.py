@@ -14,9 +14,11 @@ from mcu_dist.baselines.common import SGD, random_wrong_labels, train_on
 from mcu_dist.lab import Lab
 
 
-def _relabelled_ce(labels: torch.Tensor):
+def _relabelled_ce(labels: torch.Tensor, device: torch.device):
+    labels = labels.to(device)  # indexed on the device each step: no host copy
+
     def loss(m: nn.Module, b) -> torch.Tensor:
-        return nn.functional.cross_entropy(m(b.x), labels[b.positions].to(b.y.device))
+        return nn.functional.cross_entropy(m(b.x), labels[b.device_positions()])
 
     return loss
 
@@ -24,7 +26,9 @@ def _relabelled_ce(labels: torch.Tensor):
 @baseline("rl", defaults={"lr": 0.01, "epochs": 3, **SGD})
 def rl(model: nn.Module, lab: Lab, hp: dict, seed: int) -> nn.Module:
     positions = torch.cat([lab.splits.forget, lab.splits.retain])
-    return train_on(model, lab, positions, hp, seed, _relabelled_ce(random_wrong_labels(lab, seed)))
+    return train_on(
+        model, lab, positions, hp, seed, _relabelled_ce(random_wrong_labels(lab, seed), lab.device)
+    )
 
 
 def saliency_mask(model: nn.Module, lab: Lab, ratio: float) -> dict[str, torch.Tensor]:
@@ -54,5 +58,11 @@ def salun(model: nn.Module, lab: Lab, hp: dict, seed: int) -> nn.Module:
 
     positions = torch.cat([lab.splits.forget, lab.splits.retain])
     return train_on(
-        model, lab, positions, hp, seed, _relabelled_ce(random_wrong_labels(lab, seed)), after_step=enforce
+        model,
+        lab,
+        positions,
+        hp,
+        seed,
+        _relabelled_ce(random_wrong_labels(lab, seed), lab.device),
+        after_step=enforce,
     )

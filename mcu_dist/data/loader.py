@@ -8,34 +8,23 @@ last, short batch is split the same way. ``epoch`` plays the role of ``set_epoch
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
 
 import torch
 
+from mcu_dist.data.batching import Batch, augment_batch, crop_flip_draws, epoch_order, shard
 from mcu_dist.data.registry import ImageData
 
-
-@dataclass
-class Batch:
-    x: torch.Tensor  # float, normalised
-    y: torch.Tensor
-    positions: torch.Tensor  # positions into the ImageData the batch came from
-
-
-def epoch_order(n: int, seed: int, epoch: int, shuffle: bool) -> torch.Tensor:
-    if not shuffle:
-        return torch.arange(n)
-    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    return torch.randperm(n, generator=g)
-
-
-def shard(batch: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:
-    """Rank ``rank``'s contiguous slice of a global batch (sizes differ by at most one)."""
-    n = len(batch)
-    lo = (n * rank) // world_size
-    hi = (n * (rank + 1)) // world_size
-    return batch[lo:hi]
+__all__ = [
+    "Batch",
+    "Epoch",
+    "Normalizer",
+    "augment_batch",
+    "crop_flip_draws",
+    "epoch_order",
+    "iterate",
+    "shard",
+]
 
 
 class Normalizer:
@@ -49,26 +38,17 @@ class Normalizer:
         return (images.to(self.mean.device, torch.float32) - self.mean) / self.std
 
 
-def crop_flip_draws(n: int, generator: torch.Generator, pad: int = 4) -> tuple[torch.Tensor, ...]:
-    """Per-sample crop offsets and flips for a global batch of ``n``."""
-    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
-    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
-    flip = torch.rand(n, generator=generator) < 0.5
-    return dy, dx, flip
+class Epoch:
+    """One epoch's batches: iterable, with their count known without producing them."""
 
+    def __init__(self, count: int, make: Callable[[], Iterator[Batch]]):
+        self._count, self._make = count, make
 
-def augment_batch(
-    x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, flip: torch.Tensor, pad: int = 4
-) -> torch.Tensor:
-    """Random crop with zero padding and horizontal flip, vectorised over the batch."""
-    n, c, h, w = x.shape
-    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
-    rows = (dy.view(n, 1) + torch.arange(h).view(1, h)).to(x.device)
-    cols = (dx.view(n, 1) + torch.arange(w).view(1, w)).to(x.device)
-    cols = torch.where(flip.view(n, 1).to(x.device), cols.flip(1), cols)
-    idx_n = torch.arange(n, device=x.device).view(n, 1, 1, 1)
-    idx_c = torch.arange(c, device=x.device).view(1, c, 1, 1)
-    return padded[idx_n, idx_c, rows.view(n, 1, h, 1), cols.view(n, 1, 1, w)]
+    def __len__(self) -> int:
+        return self._count
+
+    def __iter__(self) -> Iterator[Batch]:
+        return self._make()
 
 
 def iterate(
@@ -85,7 +65,28 @@ def iterate(
     world_size: int = 1,
     device: torch.device | str = "cpu",
 ) -> Iterator[Batch]:
-    """Batches over ``data[positions]``; ``positions`` index ``data``."""
+    """Batches over ``data[positions]``; ``positions`` index ``data``.
+
+    On a CUDA device the data is uploaded once and batches are gathered there (data/device.py).
+    """
+    if torch.device(device).type != "cpu":
+        from mcu_dist.data.device import fits, iterate_resident
+
+        if fits(data, device):
+            yield from iterate_resident(
+                data,
+                positions,
+                batch_size,
+                normalize,
+                shuffle=shuffle,
+                seed=seed,
+                epoch=epoch,
+                augment=augment,
+                rank=rank,
+                world_size=world_size,
+                device=device,
+            )
+            return
     order = positions[epoch_order(len(positions), seed, epoch, shuffle)]
     g = torch.Generator().manual_seed(seed * 7_919 + epoch + 1)
     for start in range(0, len(order), batch_size):

@@ -19,7 +19,7 @@ PACKAGE = Path(__file__).resolve().parent.parent
 FLOORS: list[tuple[str, tuple[str, ...]]] = [
     ("config", ("mcu_dist.config", "mcu_dist.registry")),
     ("store", ("mcu_dist.store", "mcu_dist.guard", "mcu_dist.services")),
-    ("rooms: data and models", ("mcu_dist.data", "mcu_dist.models")),
+    ("rooms: data and models", ("mcu_dist.data", "mcu_dist.models", "mcu_dist.accel")),
     ("lab", ("mcu_dist.lab",)),
     ("path", ("mcu_dist.path",)),
     ("evaluate", ("mcu_dist.evaluate", "mcu_dist.plots", "mcu_dist.tracking")),
@@ -29,9 +29,22 @@ FLOORS: list[tuple[str, tuple[str, ...]]] = [
         "one path, the references, the whole check",
         ("mcu_dist.pipeline", "mcu_dist.references", "mcu_dist.validation"),
     ),
-    ("experiments", ("mcu_dist.experiment", "mcu_dist.api", "mcu_dist.tune_space", "mcu_dist.trial")),
-    ("entry points", ("mcu_dist.run", "mcu_dist.sweep", "mcu_dist.report", "mcu_dist.summarize")),
-    ("drivers on the sweep", ("mcu_dist.ablate", "mcu_dist.bench")),
+    (
+        "experiments",
+        (
+            "mcu_dist.experiment",
+            "mcu_dist.api",
+            "mcu_dist.tune_space",
+            "mcu_dist.trial",
+            "mcu_dist.console",
+            "mcu_dist.dispatch",
+        ),
+    ),
+    (
+        "entry points",
+        ("mcu_dist.run", "mcu_dist.sweep", "mcu_dist.report", "mcu_dist.summarize", "mcu_dist.sweep_report"),
+    ),
+    ("drivers on the sweep", ("mcu_dist.ablate", "mcu_dist.bench", "mcu_dist.bench_pipeline")),
     ("the package", ("mcu_dist", "mcu_dist.devtools")),
 ]
 

@@ -1,6 +1,8 @@
 """Path evaluation: at each t of the grid, BN recalibration at θ(t), then every metric in one pass.
 
-The t points are independent: with ``eval.workers`` > 1 (0: one per core) they are evaluated by a
+The t points are independent: by default they are evaluated in chunks of ``accel.eval_chunk``
+points (0: the whole grid) that share each pass over the data (evaluate/batched.py); chunk 1 is the
+per-point evaluation below. With ``eval.workers`` > 1 (0: one per core) they are evaluated by a
 pool of processes, each holding the experiment's data once and receiving θ(t) as a state dict. The
 path table (one row per t) is the main artifact of a run; it is written as Parquet.
 """
@@ -48,7 +50,11 @@ def evaluate_path(
 ) -> list[dict]:
     calib = bn_set_positions(lab, lab.cfg.eval, lab.cfg.seeds.eval)
     workers = eval_workers(lab, len(grid))
-    if workers == 1:
+    if workers == 1 and lab.cfg.accel.eval_chunk != 1:  # several t per pass over the data
+        from mcu_dist.evaluate.batched import evaluate_grid
+
+        rows = evaluate_grid(curve, lab, grid, calib)
+    elif workers == 1:
         rows = [evaluate_point(curve.materialize(t), lab, t, calib) for t in grid]
     else:
         threads = max(1, torch.get_num_threads() // workers)

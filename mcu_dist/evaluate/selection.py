@@ -4,13 +4,15 @@
 
 Effective unlearning region: every t with gap_cal(t) < gap_cal(1) (the points that beat the
 pre-unlearning endpoint). t* = argmin of the cubic interpolant of gap_cal over [0.75, 1] in steps
-of 0.01 — a value of t, not an index.
+of 0.01 — a value of t, not an index. The effective region's intervals (for shading plots) use PCHIP,
+a shape-preserving interpolant: between two grid points it stays within their range, so it never shows
+a region where the grid has none (a cubic spline rings on a flat gap_cal).
 """
 
 from __future__ import annotations
 
 import numpy as np
-from scipy.interpolate import CubicSpline
+from scipy.interpolate import CubicSpline, PchipInterpolator
 
 from mcu_dist.path.beta import CalTargets
 
@@ -40,10 +42,12 @@ def effective_region(ts: list[float], gaps: list[float]) -> list[float]:
 
 
 def region_intervals(ts: list[float], gaps: list[float], step: float = 0.01) -> list[tuple[float, float]]:
-    """The effective region of the interpolated curve as closed intervals of t (for shading plots)."""
+    """The effective region of the PCHIP-interpolated curve as closed intervals of t (for shading plots)."""
     at_end = dict(zip(ts, gaps, strict=True))[1.0]
     fine = np.round(np.arange(0, 1 + step / 2, step), 10)
-    inside = interpolant(ts, gaps)(fine) < at_end
+    order = np.argsort(ts)
+    x, y = np.asarray(ts, float)[order], np.asarray(gaps, float)[order]
+    inside = PchipInterpolator(x, y)(fine) < at_end
     intervals, start = [], None
     for i, ok in enumerate(inside):
         if ok and start is None:

@@ -80,13 +80,23 @@ class BezierCurve(nn.Module):
     def weights_at(self, t: float | torch.Tensor) -> dict[str, torch.Tensor]:
         """θ(t) for every parameter tensor (differentiable in the selected control-point tensors)."""
         coeffs = bernstein(self.order, t)
-        out = {}
-        for n in self.names:
-            w = coeffs[0] * self.point(0, n)
-            for j in range(1, self.order + 1):
-                w = w + coeffs[j] * self.point(j, n)
-            out[n] = w
-        return out
+        if isinstance(t, torch.Tensor):
+            out = {}
+            for n in self.names:
+                w = coeffs[0] * self.point(0, n)
+                for j in range(1, self.order + 1):
+                    w = w + coeffs[j] * self.point(j, n)
+                out[n] = w
+            return out
+        # one fused (multi-tensor) kernel per control point instead of two per tensor per point: on a
+        # GPU the curve step would otherwise be bound by kernel launches, not by the network
+        ws = torch._foreach_mul(self._points(0), coeffs[0])
+        for j in range(1, self.order + 1):
+            ws = torch._foreach_add(ws, self._points(j), alpha=coeffs[j])
+        return dict(zip(self.names, ws, strict=True))
+
+    def _points(self, j: int) -> list[torch.Tensor]:
+        return [getattr(self.points[j], _slot(n)) for n in self.names]
 
     def forward(self, x: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:
         buffers = dict(self.base.named_buffers())

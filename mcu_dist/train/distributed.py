@@ -115,7 +115,6 @@ def worker_loop(config: dict) -> None:
         optimizer=optimizer,
         state=state,
         per_rank_t=cfg.scale.per_rank_t,
-        autocast_dtype=torch.bfloat16 if cfg.scale.bf16 else None,
         on_epoch_end=on_epoch_end,
     )
 

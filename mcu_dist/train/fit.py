@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sized
 
 import torch
 from torch import nn
@@ -25,12 +26,16 @@ def fit(
     *,
     cosine: bool = True,
     after_step: Callable[[], None] | None = None,
+    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
     max_loss: float = math.inf,
 ) -> nn.Module:
     """Train ``model`` in place: ``epochs`` passes over ``batches(epoch)``, lr cosine-annealed per step.
 
+    ``autocast`` wraps the forward pass and loss (the lab's bf16 autocast on CUDA); backward runs outside.
     A non-finite loss, |loss| > ``max_loss`` or a non-finite trained model raises ``DivergenceError``."""
-    total = max(1, epochs * sum(1 for _ in batches(0))) if cosine else 0
+    first = batches(0)
+    per_epoch = len(first) if isinstance(first, Sized) else sum(1 for _ in first)
+    total = max(1, epochs * per_epoch) if cosine else 0
     base = [g["lr"] for g in optimizer.param_groups]
     step = 0
     watch = LossWatch(max_loss)
@@ -42,7 +47,8 @@ def fit(
                 for g, lr in zip(optimizer.param_groups, base, strict=True):
                     g["lr"] = lr * scale
             optimizer.zero_grad(set_to_none=True)
-            loss = loss_fn(model, batch)
+            with autocast():
+                loss = loss_fn(model, batch)
             watch.observe(loss, epoch=epoch, step=step)
             loss.backward()
             optimizer.step()

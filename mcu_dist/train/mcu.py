@@ -10,6 +10,7 @@ in-process run and of every Ray Train worker: ``comm`` is the only thing that di
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -84,6 +85,62 @@ class CurveState:
     attempts: list[int] = field(default_factory=list)  # start epoch of each (re)start, distributed runs
 
 
+STATIC_SCHEDULES = {"fixed"}  # schedules whose β ignores the batch's accuracies
+READBACK = 20  # steps between read-backs of a deferred step log
+
+
+def accuracies(values: list[float], cal: CalTargets) -> tuple[float, float]:
+    """(acc_f, acc_r) of a global batch from its summed (n_f, n_r, c_f, c_r, ...)."""
+    n_f, n_r, c_f, c_r = values[:4]
+    return (100.0 * c_f / n_f if n_f else math.nan), (100.0 * c_r / n_r if n_r else cal.cal_r)
+
+
+def checked_record(
+    step: int,
+    epoch: int,
+    t: float,
+    values: list[float],
+    cal: CalTargets,
+    max_loss: float,
+    rule,
+    cfg,
+    beta=None,
+) -> dict:
+    """One step's log entry from its summed statistics, after the loss guard; β from ``rule`` unless given."""
+    n_f, n_r, _, _, s_f, s_r = values
+    loss_r, loss_f = s_r / max(n_r, 1.0), s_f / max(n_f, 1.0)
+    check_loss(loss_r, max_loss, epoch=epoch, step=step, what="L_r", where="curve training")
+    check_loss(loss_f, max_loss, epoch=epoch, step=step, what="L_f", where="curve training")
+    acc_f, acc_r = accuracies(values, cal)
+    if beta is None:
+        beta = rule(acc_f, acc_r, cal, cfg) if n_f else 0.0
+    return {
+        "step": step,
+        "epoch": epoch,
+        "t": t,
+        "beta": beta,
+        "loss_r": loss_r,
+        "loss_f": loss_f,
+        "acc_r": acc_r,
+        "acc_f": acc_f,
+        "n_r": int(n_r),
+        "n_f": int(n_f),
+    }
+
+
+def read_back(pending: list, epoch: int, cal: CalTargets, max_loss: float) -> list[dict]:
+    """The deferred steps' log entries (one device read for all of them); empties ``pending``."""
+    if not pending:
+        return []
+    values = torch.stack([p[3] for p in pending]).tolist()
+    out = [
+        checked_record(i, epoch, t, v, cal, max_loss, None, None, beta=beta)
+        for (i, t, beta, _), v in zip(pending, values, strict=True)
+    ]
+    pending.clear()
+    return out
+
+
 def make_optimizer(curve: BezierCurve, cfg: MCUConfig) -> torch.optim.SGD:
     return torch.optim.SGD(curve.trainable(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
@@ -100,15 +157,18 @@ def train_curve(
     optimizer: torch.optim.Optimizer | None = None,
     state: CurveState | None = None,
     per_rank_t: bool = False,
-    autocast_dtype: torch.dtype | None = None,
     on_epoch_end: Callable[[CurveState, torch.optim.Optimizer], None] | None = None,
 ) -> CurveState:
     comm = comm or LocalComm()
     state = state or CurveState()
     optimizer = optimizer or make_optimizer(curve, cfg)
     rule = BETA_SCHEDULES[schedule]
-    flags = torch.zeros(len(lab.bundle.train), dtype=torch.bool)
-    flags[lab.splits.forget] = True
+    host_flags = torch.zeros(len(lab.bundle.train), dtype=torch.bool)
+    host_flags[lab.splits.forget] = True
+    flags = host_flags.to(lab.device)  # indexed on the device each step: no host copy
+    # β of a static schedule needs no statistic of the batch: with one process nothing waits for the
+    # device inside a step; the step log (and the loss guard) is read back every READBACK steps
+    deferred = comm.world_size == 1 and schedule in STATIC_SCHEDULES
     stream = torch.cat([lab.splits.forget, retain_sample(lab.splits.retain, cfg.retain_fraction, seed)])
     trainable = curve.trainable()
     max_loss = lab.cfg.max_loss
@@ -116,14 +176,13 @@ def train_curve(
     step = len(state.steps)
     for epoch in range(state.epoch, cfg.epochs):
         start = time.perf_counter()
+        pending: list[tuple[int, float, float, torch.Tensor]] = []
         for batch in lab.batches(
             stream, cfg.batch_size, seed=seed, epoch=epoch, rank=comm.rank, world_size=comm.world_size
         ):
             t = step_t(seed + (comm.rank * 7_777 if per_rank_t else 0), step)
-            is_f = flags[batch.positions].to(batch.y.device)
-            with torch.autocast(
-                batch.x.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None
-            ):
+            is_f = flags[batch.device_positions()]
+            with lab.autocast():  # bf16 on CUDA when accel.bf16; nothing on CPU
                 logits = curve(batch.x, t)
             ce = nn.functional.cross_entropy(logits.float(), batch.y, reduction="none")
             correct = logits.argmax(1) == batch.y
@@ -138,17 +197,16 @@ def train_curve(
                     (ce * r).sum().detach(),
                 ]
             ).double()
-            n_f, n_r, c_f, c_r, s_f, s_r = comm.all_reduce_sum(local).tolist()
-            # every rank sees the same all-reduced sums, so every rank stops at the same step
-            check_loss(
-                s_r / max(n_r, 1.0), max_loss, epoch=epoch, step=step, what="L_r", where="curve training"
-            )
-            check_loss(
-                s_f / max(n_f, 1.0), max_loss, epoch=epoch, step=step, what="L_f", where="curve training"
-            )
-            acc_f = 100.0 * c_f / n_f if n_f else float("nan")
-            acc_r = 100.0 * c_r / n_r if n_r else targets.cal_r
-            beta = rule(acc_f, acc_r, targets, cfg) if n_f else 0.0
+            if deferred:
+                n_f = float(host_flags[batch.positions].sum())  # a host tensor: no device sync
+                n_r = len(batch.positions) - n_f
+                beta = rule(math.nan, math.nan, targets, cfg) if n_f else 0.0
+                pending.append((step, t, beta, local))
+            else:
+                values = comm.all_reduce_sum(local).tolist()
+                # every rank sees the same all-reduced sums, so every rank stops at the same step
+                state.steps.append(checked_record(step, epoch, t, values, targets, max_loss, rule, cfg))
+                n_f, n_r, beta = values[0], values[1], state.steps[-1]["beta"]
             loss_r = (ce * r).sum() / max(n_r, 1.0)
             loss_f = (ce * f).sum() / max(n_f, 1.0)
             optimizer.zero_grad(set_to_none=True)
@@ -157,21 +215,10 @@ def train_curve(
                 for p in trainable:
                     comm.all_reduce_sum(p.grad)
             optimizer.step()
-            state.steps.append(
-                {
-                    "step": step,
-                    "epoch": epoch,
-                    "t": t,
-                    "beta": beta,
-                    "loss_r": s_r / max(n_r, 1.0),
-                    "loss_f": s_f / max(n_f, 1.0),
-                    "acc_r": acc_r,
-                    "acc_f": acc_f,
-                    "n_r": int(n_r),
-                    "n_f": int(n_f),
-                }
-            )
             step += 1
+            if len(pending) >= READBACK:
+                state.steps += read_back(pending, epoch, targets, max_loss)
+        state.steps += read_back(pending, epoch, targets, max_loss)
         state.epoch = epoch + 1
         state.seconds += time.perf_counter() - start
         if on_epoch_end is not None:

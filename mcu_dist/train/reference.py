@@ -26,6 +26,7 @@ def train_supervised(lab: Lab, positions: torch.Tensor, seed: int) -> nn.Module:
         lambda e: lab.batches(positions, r.batch_size, seed=seed, epoch=e),
         cross_entropy,
         opt,
+        autocast=lab.autocast,
         max_loss=lab.cfg.max_loss,
     )
 
