@@ -256,7 +256,14 @@ class EvalConfig:
     t_points: int = 20  # evenly spaced over [0, 1], both ends included
     t_dense_near_one: int = 0  # extra points evenly spaced over [0.75, 1]
     t_grid: list[float] | None = None  # an explicit grid overrides the two above
-    t_star_range: list[float] = field(default_factory=lambda: [0.75, 1.0])
+    t_star_range: list[float] = field(  # the window t* is chosen in (paper: [0.75, 1])
+        default_factory=lambda: [0.75, 1.0], metadata=_cli("--t-star-range", "window of t*: lo,hi")
+    )
+    # <baseline>+line: the same t* selection on the untrained straight line θ_o -> θ_p (one more path
+    # evaluation per baseline), the control that shows what training the curve adds
+    line_control: bool = field(
+        default=True, metadata=_cli("--line-control", "evaluate the <baseline>+line control row")
+    )
     bn_set: str = field(  # the samples BatchNorm statistics are re-estimated on at each θ(t)
         default="subset", metadata=_cli("--bn-set", "BN re-estimation set: train | retain | subset")
     )
@@ -303,6 +310,12 @@ class EvalConfig:
                 "a grid that includes t = 1",
                 self.t_grid,
             )
+        _check(
+            len(self.t_star_range) == 2,
+            "eval.t_star_range",
+            "[lo, hi] with 0 <= lo < hi <= 1",
+            self.t_star_range,
+        )
         lo, hi = self.t_star_range
         _check(0 <= lo < hi <= 1, "eval.t_star_range", "[lo, hi] with 0 <= lo < hi <= 1", self.t_star_range)
         _check(

@@ -1,15 +1,21 @@
 """One experiment without Ray Tune: Original, Retrain, each baseline, baseline+MCU, baseline+MCU-β.
 
 Comparisons: the baseline row is θ_p as the baseline produced it (its own BN buffers); the MCU rows
-are θ(t*) with BN recalibrated at t*. RTE is in minutes; an MCU row's RTE is the total (baseline +
-curve training + path evaluation) with the parts beside it.
+are θ(t*) with BN recalibrated at t*. So that a gain is attributed honestly, two controls sit beside
+each baseline: ``<baseline>+BN`` (θ_p with BN re-estimated on the same BN set: the path's t = 1) and,
+when paths run and ``eval.line_control`` is on, ``<baseline>+line`` (the same t* selection on the
+untrained straight line θ_o -> θ_p). Each MCU row carries its Avg. Gap gain over all three
+(``gain_vs_baseline``, ``gain_vs_bn``, ``gain_vs_line``; positive: MCU is closer to θ_r), whether the
+path gained anything at all (``path_gain``: t* < 1 and a non-empty effective region) and its
+``selection_regret``. RTE is in minutes; an MCU row's RTE is the total (baseline + curve training +
+path evaluation) with the parts beside it.
 """
 
 from __future__ import annotations
 
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from mcu_dist.config import ExperimentConfig, to_yaml
@@ -21,7 +27,7 @@ from mcu_dist.evaluate.point import evaluate_outcomes
 from mcu_dist.lab import Lab
 from mcu_dist.path.beta import variant_name
 from mcu_dist.path.mask import Mask
-from mcu_dist.pipeline import PathResult, run_path
+from mcu_dist.pipeline import PathResult, Selection, bn_control, line_control, run_path
 from mcu_dist.references import baseline_model, endpoints, has_budget_control, prepare_references
 from mcu_dist.store import key_hash, write_table, write_text
 from mcu_dist.train.mcu import retain_prime_record
@@ -34,6 +40,7 @@ class ExperimentResult:
     paths: dict[str, PathResult]
     out_dir: Path | None
     mask: Mask | None
+    lines: dict[str, Selection] = field(default_factory=dict)  # <baseline>+line controls, by baseline
 
 
 def curve_run_name(cfg: ExperimentConfig, lab: Lab, key: str) -> str:
@@ -95,9 +102,22 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path | None = None, log
             f"{100 * mask.fraction:.1f}% selected"
         )
     paths: dict[str, PathResult] = {}
+    lines: dict[str, Selection] = {}
     for name, (endpoint, seconds) in endpoints(lab, original).items():
         rows.append({"model": name, **scored(endpoint), "RTE": seconds / 60})
         baseline_row = rows[-1]
+        rows.append({"model": f"{name}+BN", **bn_control(lab, endpoint), "RTE": seconds / 60})
+        if cfg.mcu.beta_schedule and cfg.eval.line_control:
+            line = lines[name] = line_control(lab, original, endpoint, cal, retrain_row)
+            rows.append(
+                {
+                    "model": f"{name}+line",
+                    **with_intervals(line.row, line.outcomes),
+                    "t_star": line.t_star,
+                    "region_size": len(line.effective_region),
+                    "RTE": (seconds + line.seconds) / 60,
+                }
+            )
         if cfg.baselines.budget_control and cfg.mcu.beta_schedule and has_budget_control(name):
             continued, total = baseline_model(lab, name, original, more_epochs=cfg.mcu.epochs)
             rows.append(
@@ -135,10 +155,12 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path | None = None, log
             log(
                 f"{key}: t* = {result.t_star:.2f}, effective region {len(result.effective_region)}/"
                 f"{len(result.path_table)} grid points, Avg. Gap {result.row['avg_gap']:.2f}"
+                + ("" if result.row["path_gain"] else " (no path gain)")
             )
     for row in rows:
         row["avg_gap"] = avg_gap(row, retrain_row)
-    ci_s, eval_s = sum(r["ci_s"] for r in rows), sum(r.get("RTE_eval", 0.0) * 60 for r in rows)
+    add_gains(rows, paths)
+    ci_s, eval_s = sum(r.get("ci_s", 0.0) for r in rows), sum(r.get("RTE_eval", 0.0) * 60 for r in rows)
     log(
         f"intervals ({cfg.eval.bootstrap} replicates, {cfg.eval.shadow_draws} shadow draws) cost "
         f"{ci_s:.1f} s for {len(rows)} rows; path evaluation took {eval_s:.1f} s"
@@ -149,23 +171,53 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path | None = None, log
             out / "results.parquet",
             {"dataset_id": lab.bundle.dataset_id, "forget_sha256": lab.splits.manifest_hash},
         )
-    return ExperimentResult(rows, paths, out, mask)
+    return ExperimentResult(rows, paths, out, mask, lines)
+
+
+def add_gains(rows: list[dict], paths: dict[str, PathResult]) -> None:
+    """Each MCU row's Avg. Gap gain over its baseline, baseline+BN and baseline+line (when present)."""
+    by_name = {r["model"]: r for r in rows}
+    for key in paths:
+        base = key.rsplit("+", 1)[0]
+        row = by_name[key]
+        for suffix, col in (
+            ("", "gain_vs_baseline"),
+            ("+BN", "gain_vs_bn"),
+            ("+line", "gain_vs_line"),
+            ("+budget", "gain_vs_budget"),
+        ):
+            if base + suffix in by_name:
+                row[col] = by_name[base + suffix]["avg_gap"] - row["avg_gap"]
 
 
 def format_table(rows: list[dict]) -> str:
     head = (
         f"{'model':<24}{'UA':>8}{'RA':>8}{'TA':>8}{'MIA':>8}{'AvgGap':>8}{'95% interval':>16}"
-        f"{'RTE(min)':>10}{'t*':>6}{'mask%':>7}"
+        f"{'RTE(min)':>10}{'t*':>6}{'mask%':>7}{'vs base':>9}{'vs +BN':>8}{'vs +line':>9}{'vs +budget':>11}"
+        f"{'regret':>8}  note"
     )
     lines = [head, "-" * len(head)]
     for r in rows:
-        ts = f"{r['t_star']:.2f}" if "t_star" in r else ""
-        sel = f"{100 * r['mask_fraction']:.1f}" if "mask_fraction" in r else ""
-        ci = f"[{r['avg_gap_lo']:.2f}, {r['avg_gap_hi']:.2f}]" if "avg_gap_lo" in r else ""
+        cells = [f"{r['t_star']:.2f}" if "t_star" in r else ""]
+        cells.append(f"{100 * r['mask_fraction']:.1f}" if "mask_fraction" in r else "")
+        cells.append(f"[{r['avg_gap_lo']:.2f}, {r['avg_gap_hi']:.2f}]" if "avg_gap_lo" in r else "")
+        cells += [
+            f"{r[k]:+.2f}" if k in r else ""
+            for k in ("gain_vs_baseline", "gain_vs_bn", "gain_vs_line", "gain_vs_budget")
+        ]
+        cells.append(f"{r['selection_regret']:.2f}" if "selection_regret" in r else "")
+        note = "no path gain" if r.get("path_gain") == 0.0 else ""
         lines.append(
             f"{r['model']:<24}{r['UA']:8.2f}{r['RA']:8.2f}{r['TA']:8.2f}{r['MIA']:8.2f}"
-            f"{r['avg_gap']:8.2f}{ci:>16}{r['RTE']:10.3f}{ts:>6}{sel:>7}"
+            f"{r['avg_gap']:8.2f}{cells[2]:>16}{r['RTE']:10.3f}{cells[0]:>6}{cells[1]:>7}{cells[3]:>9}"
+            f"{cells[4]:>8}{cells[5]:>9}{cells[6]:>11}{cells[7]:>8}  {note}".rstrip()
         )
+    lines.append(
+        "vs base / +BN / +line: Avg. Gap gain of the MCU row over the baseline as produced, over θ_p with BN "
+        "re-estimated (the path's t = 1), and over the same selection on the untrained line (> 0: MCU closer "
+        "to θ_r); vs +budget: over the baseline continued for the curve's epochs; regret: Avg. Gap at "
+        "t* / best Avg. Gap on the grid; no path gain: t* = 1 or an empty region"
+    )
     return "\n".join(lines)
 
 

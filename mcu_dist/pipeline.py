@@ -1,10 +1,14 @@
 """One MCU path from end to end: mask -> curve training -> path evaluation -> t* -> θ(t*).
 
-Used by ``python -m mcu_dist.run`` for every (baseline, variant) pair and by the Python API.
+Used by ``python -m mcu_dist.run`` for every (baseline, variant) pair and by the Python API. Beside
+it, the two controls an honest comparison needs (MCU_METHOD.md section 6.6): ``<baseline>+BN``, θ_p
+with BN re-estimated (the path's t = 1 point: what recalibration alone gives), and ``<baseline>+line``,
+the same t* selection on the untrained straight line θ_o -> θ_p (what training the curve adds).
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 from collections.abc import Callable
@@ -13,13 +17,20 @@ from pathlib import Path
 
 from torch import nn
 
-from mcu_dist.evaluate.bn import bn_set_positions
+from mcu_dist.evaluate.bn import bn_set_positions, recalibrate_bn
 from mcu_dist.evaluate.bootstrap import Outcomes
 from mcu_dist.evaluate.metrics import avg_gap
 from mcu_dist.evaluate.mia import FEATURES
 from mcu_dist.evaluate.path_eval import evaluate_path, model_at
 from mcu_dist.evaluate.point import evaluate_outcomes
-from mcu_dist.evaluate.selection import effective_region, gap_cal, region_intervals, t_star
+from mcu_dist.evaluate.selection import (
+    effective_region,
+    gap_cal,
+    has_path_gain,
+    region_intervals,
+    selection_regret,
+    t_star,
+)
 from mcu_dist.lab import Lab
 from mcu_dist.path.beta import CalTargets, beta_shares, variant_name
 from mcu_dist.path.bezier import BezierCurve, curve_between
@@ -58,6 +69,58 @@ class PathResult:
         return model
 
 
+@dataclass
+class Selection:
+    """A path's table and its chosen model: t* by gap_cal over ``eval.t_star_range``, θ(t*) evaluated."""
+
+    path_table: list[dict]
+    t_star: float
+    effective_region: list[float]
+    region_intervals: list[tuple[float, float]]
+    row: dict  # θ(t*) evaluated, every MIA feature included; selection_regret when θ_r is known
+    model: nn.Module
+    seconds: float
+    outcomes: Outcomes  # θ(t*)'s per-sample results, for intervals against θ_r
+
+
+def select_on_path(curve: BezierCurve, lab: Lab, cal: CalTargets, retrain_row: dict | None) -> Selection:
+    """Evaluate ``curve`` on the grid, choose t* without θ_r, evaluate θ(t*) (BN re-estimated there)."""
+    cfg = lab.cfg
+    start = time.perf_counter()
+    table = evaluate_path(curve, lab, cfg.eval.grid(), cal, retrain_row)
+    ts, gaps = [r["t"] for r in table], [r["gap_cal"] for r in table]
+    chosen = t_star(ts, gaps, *cfg.eval.t_star_range)
+    model = model_at(curve, chosen, lab, bn_set_positions(lab, cfg.eval, cfg.seeds.eval))
+    row, outcomes = evaluate_outcomes(model, lab, features=FEATURES, shadow_draws=cfg.eval.shadow_draws)
+    row["gap_cal"] = gap_cal(row["RA"], row["FA"], cal)
+    region = effective_region(ts, gaps)
+    row["path_gain"] = float(has_path_gain(chosen, region))
+    if retrain_row is not None:
+        row["avg_gap"] = avg_gap(row, retrain_row)
+        row["selection_regret"] = selection_regret(row["avg_gap"], [r["avg_gap"] for r in table])
+    return Selection(
+        table, chosen, region, region_intervals(ts, gaps), row, model, time.perf_counter() - start, outcomes
+    )
+
+
+def line_control(
+    lab: Lab, original: nn.Module, endpoint: nn.Module, cal: CalTargets, retrain_row: dict | None
+) -> Selection:
+    """``<baseline>+line``: the same selection on the untrained straight line θ_o -> θ_p (what training the
+    curve adds is measured against it)."""
+    names = [n for n, _ in original.named_parameters()]
+    return select_on_path(curve_between(original, endpoint, 2, names).to(lab.device), lab, cal, retrain_row)
+
+
+def bn_control(lab: Lab, endpoint: nn.Module) -> dict:
+    """``<baseline>+BN``: θ_p with BN re-estimated on the BN set (the path's t = 1 point), evaluated."""
+    cfg = lab.cfg
+    model = recalibrate_bn(
+        copy.deepcopy(endpoint), lab, bn_set_positions(lab, cfg.eval, cfg.seeds.eval), cfg.eval.batch_size
+    )
+    return evaluate_outcomes(model, lab, features=FEATURES)[0]
+
+
 def run_path(
     lab: Lab,
     original: nn.Module,
@@ -83,31 +146,22 @@ def run_path(
         hook = (lambda st, _opt: on_epoch_end(st, curve)) if on_epoch_end else None
         state = train_curve(curve, lab, cfg.mcu, schedule, cal, cfg.seeds.unlearn, on_epoch_end=hook)
     train_s = time.perf_counter() - start
-    start = time.perf_counter()
-    table = evaluate_path(curve, lab, cfg.eval.grid(), cal, retrain_row)
-    ts, gaps = [r["t"] for r in table], [r["gap_cal"] for r in table]
-    chosen = t_star(ts, gaps, *cfg.eval.t_star_range)
-    model = model_at(curve, chosen, lab, bn_set_positions(lab, cfg.eval, cfg.seeds.eval))
-    row, outcomes = evaluate_outcomes(model, lab, features=FEATURES, shadow_draws=cfg.eval.shadow_draws)
-    row["gap_cal"] = gap_cal(row["RA"], row["FA"], cal)
-    if retrain_row is not None:
-        row["avg_gap"] = avg_gap(row, retrain_row)
-    row.update(beta_shares([s["beta"] for s in state.steps], schedule, cfg.mcu))
-    eval_s = time.perf_counter() - start
+    sel = select_on_path(curve, lab, cal, retrain_row)
+    sel.row.update(beta_shares([s["beta"] for s in state.steps], schedule, cfg.mcu))
     result = PathResult(
         variant,
         schedule,
         curve,
-        table,
+        sel.path_table,
         state.steps,
-        chosen,
-        effective_region(ts, gaps),
-        region_intervals(ts, gaps),
-        row,
-        model,
+        sel.t_star,
+        sel.effective_region,
+        sel.region_intervals,
+        sel.row,
+        sel.model,
         lab,
-        {"curve": train_s, "path_eval": eval_s},
-        outcomes,
+        {"curve": train_s, "path_eval": sel.seconds},
+        sel.outcomes,
     )
     if out_dir is not None:
         save_path(

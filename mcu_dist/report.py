@@ -1,11 +1,14 @@
 """``python -m mcu_dist.report --experiment NAME``: from MLflow to the paper's tables and plots.
 
-Rows per forgetting scenario: Retrain, each baseline, baseline+budget (the compute-matched control:
-the baseline continued from θ_p for the curve's epochs), and baseline+<path> per β schedule, named as
-in ``python -m mcu_dist.run`` (mcu: fixed β, mcu_beta: adaptive_step, mcu_<schedule> otherwise);
-columns UA, RA, TA, MIA-Efficacy, Avg. Gap, RTE as mean ± std over seeds with a 95% interval of the
-seed mean, the mask's selected fraction and the β actually used. The interval combines each seed's
-bootstrap interval (forget/test samples, MIA shadow draws) in quadrature:
+Rows per forgetting scenario: Retrain, each baseline, its controls <baseline>+BN (θ_p with BN
+re-estimated), <baseline>+line (the same t* selection on the untrained straight line; their RTE is
+the baseline's) and <baseline>+budget (the compute-matched control: the baseline continued from θ_p
+for the curve's epochs), and baseline+<path> per β schedule, named as in ``python -m mcu_dist.run``
+(mcu: fixed β, mcu_beta: adaptive_step, mcu_<schedule> otherwise), marked "no path gain in k/n" when
+k of its n seeds chose t* = 1 or had an empty effective region (``no_path_gain``); columns UA, RA,
+TA, MIA-Efficacy, Avg. Gap, RTE as mean ± std over seeds with a 95% interval of the seed mean, the
+mask's selected fraction and the β actually used. The interval combines each seed's bootstrap
+interval (forget/test samples, MIA shadow draws) in quadrature:
 
     lo = mean − √(Σ_s (x_s − lo_s)²) / S,   hi = mean + √(Σ_s (hi_s − x_s)²) / S
 
@@ -40,6 +43,8 @@ from mcu_dist.store import atomic, write_table, write_text
 METRICS = (*GAP_METRICS, "avg_gap", "rte_min")
 WITH_INTERVALS = (*GAP_METRICS, "avg_gap")
 EXTRAS = ("mask_fraction", "beta_0", "beta_low", "beta_high", "beta_fixed", "beta_other")
+# trial metric prefix -> row suffix; +budget is the compute-matched control
+CONTROLS = {"baseline_bn": "+BN", "line": "+line", "budget": "+budget"}
 SWEPT = (
     "mcu.curve_order",
     "mcu.k",
@@ -79,15 +84,20 @@ def trial_records(runs: list) -> list[dict[str, Any]]:
         }
         rec.update({k: _num(p.get(k)) for k in SWEPT if k in p})
         bounds = [f"{k}_{side}" for k in WITH_INTERVALS for side in ("lo", "hi")]
-        rec.update({k: m.get(k) for k in METRICS + EXTRAS + ("t_star", "rte_curve_min", "rte_eval_min")})
+        rec.update(
+            {k: m.get(k) for k in METRICS + EXTRAS + ("t_star", "rte_curve_min", "rte_eval_min", "path_gain")}
+        )
         rec.update({k: m.get(k) for k in bounds})
         rec["baseline"] = {k: m.get(f"baseline/{k}") for k in (*GAP_METRICS, *bounds)}
         rec["baseline"]["avg_gap"] = m.get("baseline_avg_gap")
         rec["baseline"]["rte_min"] = m["rte_min"] - m.get("rte_curve_min", 0) - m.get("rte_eval_min", 0)
+        for control in CONTROLS:  # <method>+BN, +line, +budget: present when the trial evaluated them
+            if m.get(f"{control}_avg_gap") is not None:
+                rec[control] = {k: m.get(f"{control}/{k}") for k in (*GAP_METRICS, *bounds)}
+                rte = m.get(f"{control}/rte_min", rec["baseline"]["rte_min"])
+                rec[control].update({"avg_gap": m[f"{control}_avg_gap"], "rte_min": rte})
         rec["retrain"] = {k: m.get(f"retrain/{k}") for k in (*GAP_METRICS, *bounds)}
         rec["retrain"].update({"avg_gap": 0.0, "rte_min": m.get("retrain_rte_min")})
-        if "budget/avg_gap" in m:
-            rec["budget"] = {k: m.get(f"budget/{k}") for k in (*METRICS, *bounds)}
         out.append(rec)
     return out
 
@@ -122,15 +132,18 @@ def table(records: list[dict]) -> list[dict[str, Any]]:
             mine = [r for r in recs if r["method"] == method]
             base_by_seed = {r["seed"]: r["baseline"] for r in mine}
             rows.append(_row(scenario, method, list(base_by_seed.values())))
-            budget_by_seed = {r["seed"]: r["budget"] for r in mine if "budget" in r}
-            if budget_by_seed:
-                rows.append(_row(scenario, f"{method}+budget", list(budget_by_seed.values())))
+            for control, suffix in CONTROLS.items():
+                by_seed = {r["seed"]: r[control] for r in mine if control in r}
+                if by_seed:
+                    rows.append(_row(scenario, method + suffix, list(by_seed.values())))
             cells: dict[tuple, list[dict]] = defaultdict(list)
             for r in mine:
                 cells[(r["variant"], *(r.get(k) for k in extra))].append(r)
             for key in sorted(cells, key=str):
                 label = f"{method}+{key[0]}" + _label(dict(zip(extra, key[1:], strict=True)), cells[key])
-                rows.append(_row(scenario, label, cells[key]))
+                row = _row(scenario, label, cells[key])
+                row["no_path_gain"] = sum(1 for r in cells[key] if r.get("path_gain") == 0.0)
+                rows.append(row)
     return rows
 
 
@@ -177,16 +190,17 @@ def markdown(rows: list[dict]) -> str:
             f"### {scenario}",
             "",
             "| model | UA | RA | TA | MIA | Avg. Gap | RTE (min) | mask % | β = 0 / low / high (% steps) "
-            "| seeds |",
-            "|---|---|---|---|---|---|---|---|---|---|",
+            "| seeds | note |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in (r for r in rows if r["scenario"] == scenario):
             cells = [_cell(r, k) for k in METRICS[:-1]]
+            note = f"no path gain in {r['no_path_gain']}/{r['n']} seeds" if r.get("no_path_gain") else ""
             lines.append(
                 f"| {r['model']} | "
                 + " | ".join(cells)
                 + f" | {r['rte_min']:.2f} | {_pct(r['mask_fraction'])} | "
-                f"{_betas(r)} | {r['n']} |"
+                f"{_betas(r)} | {r['n']} | {note} |"
             )
         lines.append("")
     return "\n".join(lines)

@@ -5,7 +5,10 @@ runs), ``best_config.yaml`` (a space file whose only point is the winner: ``pyth
 --space best_config.yaml`` reruns it), ``trials.csv`` (every trial: params, metrics, status), and
 ``sweep.png`` (the objective against trial order and against each searched dimension: a scatter for a
 numeric one, a box per value for a categorical one), plus ``pareto.png`` when the sweep is multi-objective.
-Per baseline, the gain is baseline Avg. Gap − best MCU Avg. Gap (> 0: MCU moved closer to Retrain).
+Per baseline, the gain is baseline Avg. Gap − best MCU Avg. Gap (> 0: MCU moved closer to Retrain),
+shown beside the controls of that trial: the baseline with BN re-estimated (+BN, the path's t = 1) and
+the same selection on the untrained line (+line); a trial whose t* is 1 or whose effective region is
+empty is marked "no path gain".
 """
 
 from __future__ import annotations
@@ -50,11 +53,17 @@ def console_table(rows: list[dict], objective: str, n: int = 5) -> str:
     failed = [r for r in rows if r.get(objective) is None]
     for r in failed:
         lines.append(f"  {r['trial_id']:<46} failed: {r.get('error') or ''}"[:160])
-    lines.append("Per baseline, Avg. Gap: baseline alone → best MCU trial (gain):")
+    lines.append("Per baseline, Avg. Gap: baseline alone [+BN, +line] → best MCU trial (gain):")
     for name, base, r in per_baseline(ok, objective):
+        controls = ", ".join(
+            f"{label} {r[k]:.2f}"
+            for label, k in (("+BN", "baseline_bn_avg_gap"), ("+line", "line_avg_gap"))
+            if r.get(k) is not None
+        )
         lines.append(
-            f"  {name:<14}{base or float('nan'):8.2f} → {r['avg_gap']:7.2f}  ({base - r['avg_gap']:+.2f})  "
-            f"{r.get('name') or r['trial_id']}"
+            f"  {name:<14}{base or float('nan'):8.2f} [{controls}] → {r['avg_gap']:7.2f}  "
+            f"({base - r['avg_gap']:+.2f})  {r.get('name') or r['trial_id']}"
+            + ("  no path gain" if r.get("path_gain") == 0.0 else "")
         )
     return "\n".join(lines)
 

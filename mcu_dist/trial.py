@@ -25,7 +25,7 @@ from mcu_dist.evaluate.point import evaluate_outcomes
 from mcu_dist.evaluate.selection import gap_cal
 from mcu_dist.lab import Lab
 from mcu_dist.path.beta import CalTargets, variant_name
-from mcu_dist.pipeline import run_path
+from mcu_dist.pipeline import bn_control, line_control, run_path
 from mcu_dist.references import baseline_model, has_budget_control, prepare_references
 from mcu_dist.store import write_text
 from mcu_dist.train.mcu import retain_prime_record
@@ -132,12 +132,13 @@ def _compute(cfg, params, ctx, report, tracker, run_id, sweep) -> dict[str, floa
         return {**row, "avg_gap": avg_gap(row, retrain_row), **intervals(oc, retrain_oc, *boot)}
 
     baseline_row = scored(endpoint)
-    controls = {}
+    controls = {"baseline_bn": bn_control(lab, endpoint)}
+    if cfg.eval.line_control:
+        line = line_control(lab, original, endpoint, cal, retrain_row)
+        controls["line"] = {**line.row, **intervals(line.outcomes, retrain_oc, *boot)}
     if cfg.baselines.budget_control and has_budget_control(method):
         continued, budget_s = baseline_model(lab, method, original, more_epochs=cfg.mcu.epochs)
-        controls = {f"budget/{k}": v for k, v in scored(continued).items()} | {
-            "budget/rte_min": budget_s / 60
-        }
+        controls["budget"] = {**scored(continued), "rte_min": budget_s / 60}
     on_epoch = None
     if report is not None and sweep.asha and not cfg.scale.distributed:
 
@@ -169,17 +170,19 @@ def _compute(cfg, params, ctx, report, tracker, run_id, sweep) -> dict[str, floa
             **mask.summary(),
             "baseline_avg_gap": base_gap,
             "baseline_gap_cal": gap_cal(baseline_row["RA"], baseline_row["FA"], cal),
+            **{f"{name}_avg_gap": avg_gap(r, retrain_row) for name, r in controls.items()},
+            "selection_regret": row["selection_regret"],
+            "path_gain": row["path_gain"],
             "rte_min": (base_s + result.seconds["curve"] + result.seconds["path_eval"]) / 60,
             "rte_curve_min": result.seconds["curve"] / 60,
             "rte_eval_min": result.seconds["path_eval"] / 60,
             "retrain_rte_min": refs.retrain_seconds / 60,
             "trial_s": time.perf_counter() - start,
             "final": 1,
-            **controls,
         }
     )
     if tracker:
-        _log_path(tracker, run_id, result, metrics, baseline_row, retrain_row, mask, out)
+        _log_path(tracker, run_id, result, metrics, baseline_row, retrain_row, mask, out, controls)
         tracker.log_datasets(run_id, _datasets(lab, out))
         tracker.describe(run_id, describe_trial(cfg, params, metrics, result, baseline_row, retrain_row))
     return metrics
@@ -240,7 +243,9 @@ def describe_trial(cfg, params, metrics, result, baseline_row, retrain_row) -> s
     )
 
 
-def _log_path(tracker, run_id, result, metrics, baseline_row, retrain_row, mask, out: Path) -> None:
+def _log_path(
+    tracker, run_id, result, metrics, baseline_row, retrain_row, mask, out: Path, controls: dict
+) -> None:
     from mcu_dist.tracking import t_step
 
     # t is the step (t_step): a path/t metric would only repeat it (and be a flat line in Compare)
@@ -269,6 +274,7 @@ def _log_path(tracker, run_id, result, metrics, baseline_row, retrain_row, mask,
         **{f"mask/layer/{k}": v for k, v in mask.layer_fractions().items()},
         **{f"baseline/{k}": v for k, v in baseline_row.items()},
         **{f"retrain/{k}": v for k, v in retrain_row.items()},
+        **{f"{name}/{k}": v for name, r in controls.items() for k, v in r.items()},
     }
     tracker.log_series(run_id, [(0, final)])
     tracker.log_series(run_id, per_t + per_epoch)

@@ -1,7 +1,7 @@
 """A headless Chromium driven over the DevTools protocol (one websocket, no driver binary).
 
 Used by ``tests/test_ui.py`` to read the MLflow UI the way a researcher sees it, and by
-``python -m tests.browser --screenshots docs/img`` to take the README's screenshots of the same pages.
+``python -m tests.browser URL --screenshots docs/img`` to take the README's screenshots of the same pages.
 The MLflow UI is a React app: every check waits for a condition in the page, never for a fixed time.
 """
 
@@ -184,3 +184,69 @@ class Browser:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
             shutil.rmtree(self.profile, ignore_errors=True)
+
+
+# -- the pages a researcher opens, shared by tests/test_ui.py and the README's screenshots --------------
+def open_runs(b: Browser, link: str, last_name: str) -> str:
+    """The runs table at the sweep's printed URL, once ``last_name`` and the avg_gap column are shown."""
+    b.goto(link)
+    b.wait_text(last_name)
+    b.close_panels()
+    b.wait_text("avg_gap")
+    return b.text()
+
+
+def open_run(b: Browser, run_url: str, needle: str) -> str:
+    b.goto(run_url)
+    b.wait_text(needle)
+    b.close_panels()
+    return b.text()
+
+
+def open_artifact(b: Browser, run_url: str, path: str, listed: tuple[str, ...]) -> None:
+    """A run's artifact (an image), with the names in ``listed`` shown in its artifact tree."""
+    b.goto(run_url.replace("?", f"/artifacts/{path}?") if "?" in run_url else f"{run_url}/artifacts/{path}")
+    for name in listed:
+        b.wait_text(name)
+    b.close_panels()
+    b.wait("[...document.images].some(i => i.complete && i.naturalWidth > 200)", what=f"{path} shown")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m tests.browser URL --screenshots DIR``: the README's screenshots of a finished sweep, from
+    the runs URL it printed (the same pages, in the same way, as tests/test_ui.py)."""
+    import argparse
+    import re
+
+    from mlflow.tracking import MlflowClient
+
+    p = argparse.ArgumentParser(prog="python -m tests.browser", description=main.__doc__.splitlines()[0])
+    p.add_argument("url", help="the 'MLflow runs, best first' URL a sweep printed")
+    p.add_argument(
+        "--screenshots", required=True, help="folder for runs.png, trial.png, parent.png, report.png"
+    )
+    args = p.parse_args(argv)
+    base, exp = re.match(r"(https?://[^/#]+)/#/experiments/(\d+)/", args.url).groups()
+    runs = MlflowClient(base).search_runs([exp], max_results=1000)
+    parent = next(r for r in runs if r.data.tags.get("mcu.kind") == "sweep")
+    trials = sorted((r for r in runs if "avg_gap" in r.data.metrics), key=lambda r: r.data.metrics["avg_gap"])
+    run_url = lambda r: f"{base}/#/experiments/{exp}/runs/{r.info.run_id}?workflowType=machine_learning"  # noqa: E731
+    out = Path(args.screenshots)
+    out.mkdir(parents=True, exist_ok=True)
+    b = Browser(ensure_chromium() or CHROMIUM)
+    try:
+        open_runs(b, args.url, trials[-1].info.run_name)
+        b.screenshot(out / "runs.png", optimise=True)
+        open_run(b, run_url(trials[0]), "Avg. Gap to Retrain")
+        b.screenshot(out / "trial.png", optimise=True)
+        open_run(b, run_url(parent), "trials completed")
+        b.screenshot(out / "parent.png", optimise=True)
+        open_artifact(b, run_url(parent), "report/sweep.png", ("best_config.yaml", "report.md"))
+        b.screenshot(out / "report.png", optimise=True)
+    finally:
+        b.close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

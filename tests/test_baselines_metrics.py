@@ -245,7 +245,7 @@ def test_experiment_rows_against_retrain(digits_lab, digits_original, session_di
     validate(cfg)
     result = run_experiment(cfg, log=lambda *_: None)
     rows = {r["model"]: r for r in result.rows}
-    assert list(rows) == ["Original", "Retrain", "ft", "retrain"]
+    assert list(rows) == ["Original", "Retrain", "ft", "ft+BN", "retrain", "retrain+BN"]
     assert result.paths == {} and result.mask is None, "mcu.beta_schedule = [] runs no MCU"
     assert rows["Retrain"]["avg_gap"] == 0.0
     assert rows["retrain"]["avg_gap"] == 0.0, "the Retrain baseline is θ_r itself"

@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,6 @@ import yaml
 from mlflow.tracking import MlflowClient
 from torch import nn
 
-from mcu_dist import ablate
 from mcu_dist.guard import DivergenceError
 from mcu_dist.tracking import PARENT_TAG, TRIAL_TAG
 from tests.conftest import digits_config
@@ -110,11 +108,23 @@ def _yaml(tmp: Path, data: dict) -> Path:
     return path
 
 
+def _start(module: str, *args: str) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    return subprocess.Popen(
+        [sys.executable, "-m", module, *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
 @pytest.mark.slow
-def test_killed_and_diverged_trials_are_failed_in_mlflow_and_counted(ray_cluster, tmp_path, capsys):
-    """A grid where one model's trials die in their process (as on OOM or node loss) and one learning rate
-    diverges: only the sound cell finishes; every other run is FAILED with its cause; exit code 1."""
-    grid = tmp_path / "grid.yaml"
+def test_two_sweeps_on_a_new_sqlite_store_while_trials_are_killed_and_diverge(ray_cluster, tmp_path):
+    """Two sweeps start together on one new sqlite store. One is a grid where one model's trials die in
+    their process (as on OOM or node loss) and one learning rate diverges: only its sound cell finishes,
+    every other run is FAILED with its cause, and it exits 1 saying so. The other finishes cleanly."""
+    grid, space = tmp_path / "grid.yaml", tmp_path / "space.yaml"
     grid.write_text(
         yaml.safe_dump(
             {
@@ -127,12 +137,26 @@ def test_killed_and_diverged_trials_are_failed_in_mlflow_and_counted(ray_cluster
             }
         )
     )
-    uri = f"sqlite:///{tmp_path / 'm.db'}"
-    code = ablate.main(
-        ["--grid", str(grid), "--storage", str(tmp_path / "st"), "--tracking-uri", uri, "--name", "faults"]
+    space.write_text(
+        yaml.safe_dump(
+            {
+                "fixed": SMALL,
+                "search": {"mcu.k": {"type": "float", "low": 0.2, "high": 1.0}},
+                "sweep": {"num_samples": 1, "max_concurrent": 1},
+            }
+        )
     )
-    err = capsys.readouterr().err
-    assert code == 1 and "error: 3 of 4 trials failed" in err, err[-2000:]
+    uri = f"sqlite:///{tmp_path / 'fresh' / 'm.db'}"
+    common = ["--storage", str(tmp_path / "st"), "--tracking-uri", uri]
+    faults = _start("mcu_dist.ablate", "--grid", str(grid), *common, "--name", "faults")
+    clean = _start("mcu_dist.sweep", "--space", str(space), *common, "--name", "clean")
+    (_, faults_err), (_, clean_err) = faults.communicate(timeout=900), clean.communicate(timeout=900)
+
+    assert clean.returncode == 0, clean_err[-3000:]
+    (child,) = _children(uri, "clean")
+    assert child.info.status == "FINISHED" and child.data.tags[TRIAL_TAG]
+
+    assert faults.returncode == 1 and "error: 3 of 4 trials failed" in faults_err, faults_err[-3000:]
     children = _children(uri, "faults")
     assert len(children) == 4 and not [c for c in children if c.info.status == "RUNNING"]
     by_cell = {(c.data.params["model.name"], float(c.data.params["mcu.lr"])): c for c in children}
@@ -143,40 +167,6 @@ def test_killed_and_diverged_trials_are_failed_in_mlflow_and_counted(ray_cluster
         killed = by_cell[("tests.fault_models:dies_in_trial", lr)]
         assert killed.info.status == "FAILED"
         assert "died" in killed.data.tags["mcu.error"].lower(), killed.data.tags["mcu.error"]
-
-
-@pytest.mark.slow
-def test_two_sweeps_started_together_on_a_new_sqlite_store_both_finish(ray_cluster, tmp_path):
-    space = tmp_path / "space.yaml"
-    space.write_text(
-        yaml.safe_dump(
-            {
-                "fixed": SMALL,
-                "search": {"mcu.k": {"type": "float", "low": 0.2, "high": 1.0}},
-                "sweep": {"num_samples": 1},
-            }
-        )
-    )
-    uri = f"sqlite:///{tmp_path / 'fresh' / 'm.db'}"
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "mcu_dist.sweep", "--space", str(space), "--storage", str(tmp_path / "st")]
-            + ["--tracking-uri", uri, "--name", name],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for name in ("first", "second")
-    ]
-    deadline = time.time() + 600
-    outputs = [p.communicate(timeout=max(1, deadline - time.time()))[0] for p in procs]
-    for p, out in zip(procs, outputs, strict=True):
-        assert p.returncode == 0, out[-3000:]
-    for name in ("first", "second"):
-        (child,) = _children(uri, name)
-        assert child.info.status == "FINISHED" and child.data.tags[TRIAL_TAG]
 
 
 def test_a_truncated_cache_entry_is_moved_aside_and_retrained(tmp_path, capsys):

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from mcu_dist import sweep as sweep_cli
-from tests.browser import Browser, ensure_chromium
+from tests.browser import Browser, ensure_chromium, open_artifact, open_run, open_runs
 from tests.test_sweep import _mlflow_server, _runs
 
 pytestmark = pytest.mark.slow
@@ -78,11 +78,7 @@ def test_the_printed_url_lists_trials_by_name_best_first_with_avg_gap(browser, f
     ranked = [r.info.run_name for r in sorted(children, key=lambda r: r.data.metrics["avg_gap"])]
     assert len(ranked) == 3 and all(" · " in name for name in ranked)  # named by content, not trial-<hash>
 
-    browser.goto(link)
-    browser.wait_text(ranked[-1])
-    browser.close_panels()
-    browser.wait_text("avg_gap")
-    text = browser.text()
+    text = open_runs(browser, link, ranked[-1])
     # best first: the names appear in the table in avg_gap order, and the avg_gap column is there
     assert sorted(ranked, key=text.index) == ranked
     best = min(children, key=lambda r: r.data.metrics["avg_gap"])
@@ -98,17 +94,11 @@ def test_the_sweep_run_shows_its_summary_and_report(browser, finished_sweep):
     from mcu_dist.tracking import Tracker
 
     tracker = Tracker(url, "mcu-default")
-    browser.goto(tracker.run_url(parent.info.run_id))
-    browser.wait_text("trials completed")
-    browser.close_panels()
-    text = browser.text()
+    text = open_run(browser, tracker.run_url(parent.info.run_id), "trials completed")
     assert "3 of 3 trials completed" in text and "Best config" in text
     _shot(browser, "parent.png")
-    browser.goto(tracker.run_url(parent.info.run_id).replace("?", "/artifacts/report/sweep.png?"))
-    for name in ("report.md", "best_config.yaml", "trials.csv", "paths.png"):
-        browser.wait_text(name)
-    browser.close_panels()
-    browser.wait("[...document.images].some(i => i.complete && i.naturalWidth > 200)", what="sweep.png shown")
+    listed = ("report.md", "best_config.yaml", "trials.csv", "paths.png")
+    open_artifact(browser, tracker.run_url(parent.info.run_id), "report/sweep.png", listed)
     _shot(browser, "report.png")
 
 
@@ -118,10 +108,7 @@ def test_a_trial_run_leads_with_its_answer(browser, finished_sweep):
     best = min(children, key=lambda r: r.data.metrics["avg_gap"])
     from mcu_dist.tracking import Tracker
 
-    browser.goto(Tracker(url, "mcu-default").run_url(best.info.run_id))
-    browser.wait_text("Avg. Gap to Retrain")
-    browser.close_panels()
-    text = browser.text()
+    text = open_run(browser, Tracker(url, "mcu-default").run_url(best.info.run_id), "Avg. Gap to Retrain")
     metrics = text[text.index("Metrics (") :]
     assert metrics.index("avg_gap") < metrics.index("path/")  # the final metrics lead, the path's follow
     assert "forget classes:1" in text or "digits" in text  # datasets as inputs

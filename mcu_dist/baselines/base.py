@@ -1,13 +1,15 @@
-"""The baseline registry: a unit is ``Baseline(name, defaults, run)``, registered with ``@baseline``.
+"""The baseline registry: a unit is ``Baseline(name, defaults, run, space)``, registered with ``@baseline``.
 
 ``run(model, lab, hp, seed)`` changes ``model`` (a copy of θ_o) in place and returns it; ``hp`` is
 ``defaults`` with the configured overrides applied (``resolve``), each coerced to its default's type.
+``space`` is where tuning searches each of the unit's own hyperparameters, one search dimension per
+key in the form of ``tune_spaces/*.yaml`` (``{type: logfloat, low: 1e-4, high: 1e-1}``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from torch import nn
@@ -21,6 +23,7 @@ class Baseline:
     name: str
     defaults: dict[str, Any]
     run: Callable[..., nn.Module]
+    space: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def resolve(self, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
         hp = dict(self.defaults)
@@ -36,9 +39,9 @@ class Baseline:
 BASELINES: Registry[Baseline] = Registry("baselines.methods")
 
 
-def baseline(name: str, defaults: dict[str, Any]):
+def baseline(name: str, defaults: dict[str, Any], space: dict[str, dict[str, Any]] | None = None):
     def deco(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        BASELINES.register(name)(Baseline(name, defaults, fn))
+        BASELINES.register(name)(Baseline(name, defaults, fn, dict(space or {})))
         return fn
 
     return deco

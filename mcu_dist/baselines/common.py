@@ -12,6 +12,11 @@ from mcu_dist.lab import Lab
 from mcu_dist.train.fit import fit, sgd
 
 SGD = {"momentum": 0.9, "weight_decay": 5e-4, "batch_size": 128}  # every training unit declares these too
+# where tuning searches the knobs every SGD unit has; a unit adds its own (``@baseline(..., space=...)``)
+SPACE = {
+    "lr": {"type": "logfloat", "low": 1e-4, "high": 1e-1},
+    "epochs": {"type": "int", "low": 1, "high": 10},
+}
 
 
 def forget_flags(lab: Lab) -> torch.Tensor:

@@ -1,3 +1,3 @@
 """Imports every baseline unit so that each registers itself."""
 
-from mcu_dist.baselines import ascent, finetune, negtv, relabel, retrain  # noqa: F401
+from mcu_dist.baselines import ascent, finetune, negtv, relabel, retrain, scrub, sfron  # noqa: F401

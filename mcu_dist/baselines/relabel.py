@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from mcu_dist.baselines.base import baseline
-from mcu_dist.baselines.common import SGD, random_wrong_labels, train_on
+from mcu_dist.baselines.common import SGD, SPACE, random_wrong_labels, train_on
 from mcu_dist.lab import Lab
 
 
@@ -23,7 +23,7 @@ def _relabelled_ce(labels: torch.Tensor, device: torch.device):
     return loss
 
 
-@baseline("rl", defaults={"lr": 0.01, "epochs": 3, **SGD})
+@baseline("rl", defaults={"lr": 0.01, "epochs": 3, **SGD}, space=SPACE)
 def rl(model: nn.Module, lab: Lab, hp: dict, seed: int) -> nn.Module:
     positions = torch.cat([lab.splits.forget, lab.splits.retain])
     return train_on(
@@ -45,7 +45,11 @@ def saliency_mask(model: nn.Module, lab: Lab, ratio: float) -> dict[str, torch.T
     return {n: g >= threshold for n, g in grads.items()}
 
 
-@baseline("salun", defaults={"lr": 0.01, "epochs": 3, "mask_ratio": 0.5, **SGD})
+@baseline(
+    "salun",
+    defaults={"lr": 0.01, "epochs": 3, "mask_ratio": 0.5, **SGD},
+    space={**SPACE, "mask_ratio": {"type": "float", "low": 0.1, "high": 0.9}},
+)
 def salun(model: nn.Module, lab: Lab, hp: dict, seed: int) -> nn.Module:
     mask = saliency_mask(model, lab, hp["mask_ratio"])
     frozen = {n: p.detach().clone() for n, p in model.named_parameters()}

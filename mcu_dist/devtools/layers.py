@@ -42,7 +42,14 @@ FLOORS: list[tuple[str, tuple[str, ...]]] = [
     ),
     (
         "entry points",
-        ("mcu_dist.run", "mcu_dist.sweep", "mcu_dist.report", "mcu_dist.summarize", "mcu_dist.sweep_report"),
+        (
+            "mcu_dist.run",
+            "mcu_dist.sweep",
+            "mcu_dist.report",
+            "mcu_dist.summarize",
+            "mcu_dist.sweep_report",
+            "mcu_dist.connect",
+        ),
     ),
     ("drivers on the sweep", ("mcu_dist.ablate", "mcu_dist.bench", "mcu_dist.bench_pipeline")),
     ("the package", ("mcu_dist", "mcu_dist.devtools")),

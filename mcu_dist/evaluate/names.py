@@ -9,11 +9,17 @@ TRIAL_METRICS = (*GAP_METRICS, "avg_gap", "gap_cal", "t_star")  # θ(t*) of a tr
 # a final row's other reported values: bootstrap intervals (<metric>_lo/_hi), the MIA shadow draws'
 # range, the β shares of the path
 ROW_PREFIXES = ("UA_", "RA_", "TA_", "MIA_shadow", "MIA_lo", "MIA_hi", "avg_gap_", "beta_")
-SUMMARY_METRICS = (  # a sweep's trials table
+# a sweep's trials table: the trial, its baseline as produced, the baseline+BN, baseline+line and
+# baseline+budget (compute-matched) controls
+SUMMARY_METRICS = (
     *TRIAL_METRICS,
     "region_size",
+    "path_gain",
+    "selection_regret",
     "baseline_avg_gap",
-    "budget/avg_gap",  # the compute-matched control <baseline>+budget
+    "baseline_bn_avg_gap",
+    "line_avg_gap",
+    "budget_avg_gap",
     "avg_gap_lo",
     "avg_gap_hi",
     "mask_fraction",
