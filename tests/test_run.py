@@ -59,9 +59,9 @@ def test_smoke_run_prints_the_table_and_writes_every_artifact(tmp_path):
             assert r["avg_gap_lo"] <= r["avg_gap_hi"]
         if "+mcu" in r["model"]:
             assert 0 < r["mask_fraction"] <= 1 and r["beta_mean"] >= 0
+            assert r["RTE"] == pytest.approx(r["RTE_base"] + r["RTE_curve"] + r["RTE_eval"])
         if "+mcu" in r["model"] or "+line" in r["model"]:
             assert 0.75 <= r["t_star"] <= 1.0
-            assert r["RTE"] == pytest.approx(r["RTE_base"] + r["RTE_curve"] + r["RTE_eval"])
     assert (run / "config.yaml").is_file() and (run / "forget_manifest.parquet").is_file()
     path = run / "paths" / "ga+mcu_beta"
     for name in (
