@@ -348,7 +348,8 @@ class ScaleConfig:
     cpus_per_worker: float = 1.0
     per_rank_t: bool = False  # default: the same t on every rank at each step
     storage: str | None = field(
-        default=None, metadata=_cli("--storage", "Ray Train storage path (local dir or NFS mount)")
+        default=None,
+        metadata=_cli("--storage", "Ray Train storage: a local dir, an NFS mount, or s3://bucket/prefix"),
     )
     max_failures: int = 2  # worker-group restarts from the latest checkpoint
     address: str | None = None  # Ray cluster to join; None: RAY_ADDRESS or a new local instance
@@ -408,9 +409,9 @@ class ExperimentConfig:
     accel: AccelConfig = field(default_factory=AccelConfig)
     cache_dir: str = field(
         default_factory=lambda: default_cache_dir(),
-        metadata=_cli("--cache-dir", "reference-model and dataset cache"),
+        metadata=_cli("--cache-dir", "model cache: a local dir or a URI (s3://...)"),
     )
-    out: str = field(default="runs", metadata=_cli("--out", "parent folder of run folders"))
+    out: str = field(default="runs", metadata=_cli("--out", "parent folder of run folders (or s3://...)"))
     device: str = "cpu"
     max_loss: float = field(
         default=1e4,

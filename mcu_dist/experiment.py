@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mcu_dist import fs
 from mcu_dist.config import ExperimentConfig, to_yaml
 from mcu_dist.data import write_manifest
 from mcu_dist.evaluate.bootstrap import Outcomes, intervals
@@ -221,12 +222,13 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def run_folder(parent: str | Path, cfg: ExperimentConfig) -> Path:
+def run_folder(parent: str | Path, cfg: ExperimentConfig) -> fs.Location:
+    """A new folder under ``parent`` (a local path or a URI) named after the time, dataset and forget set."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
     # the forget spec may hold a user's file path: one safe path component, never a way out of --out
     scenario = re.sub(r"[^A-Za-z0-9.-]+", "_", cfg.forget.spec.replace(",", "-"))[:80]
-    base = Path(parent) / f"{stamp}-{cfg.data.dataset}-{scenario}"
+    base = fs.join(parent, f"{stamp}-{cfg.data.dataset}-{scenario}")
     path, i = base, 1
-    while path.exists():
-        path, i = Path(f"{base}-{i}"), i + 1
-    return path
+    while fs.exists(path) or fs.list_names(path):
+        path, i = f"{base}-{i}", i + 1
+    return path if fs.is_remote(path) else Path(path)

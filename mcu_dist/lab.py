@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from mcu_dist import accel
-from mcu_dist.config import ExperimentConfig
+from mcu_dist import accel, fs
+from mcu_dist.config import ExperimentConfig, default_cache_dir
 from mcu_dist.data import DatasetBundle, Normalizer, Splits, iterate, load_dataset, make_splits
 from mcu_dist.data.loader import Epoch
 from mcu_dist.models import create_model
@@ -36,7 +36,9 @@ class Lab:
 
     @classmethod
     def build(cls, cfg: ExperimentConfig) -> Lab:
-        bundle = load_dataset(cfg.data, cfg.seeds.split, cfg.cache_dir)
+        # decoded datasets are memory-mapped arrays: on a node-local path when the model cache is remote
+        data_cache = default_cache_dir() if fs.is_remote(cfg.cache_dir) else cfg.cache_dir
+        bundle = load_dataset(cfg.data, cfg.seeds.split, data_cache)
         splits = make_splits(bundle, cfg.forget, cfg.seeds.split)
         return cls(cfg, bundle, splits, torch.device(cfg.device), ModelCache(cfg.cache_dir))
 

@@ -34,6 +34,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from mcu_dist import fs
 from mcu_dist.config import ConfigError
 from mcu_dist.evaluate.names import GAP_METRICS
 from mcu_dist.path.beta import variant_name
@@ -350,7 +351,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="report", help="folder for report.md/.csv/.parquet and the plots")
     args = p.parse_args(argv)
     try:
-        writable_dir(args.out, "--out")
+        if not fs.is_remote(args.out):
+            writable_dir(args.out, "--out")
         tracker = Tracker(args.tracking_uri, args.experiment)
         runs = tracker.client.search_runs([tracker.experiment_id], max_results=50000)
     except ServiceError as e:
@@ -371,14 +373,15 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    out = Path(args.out)
-    text = write_report(tracker, records, out)
     sweeps = [r for r in runs if r.data.tags.get(KIND_TAG) == "sweep"]
-    if sweeps:
-        tracker.log_artifacts(sweeps[0].info.run_id, out, "report")
+    with fs.staged(args.out) as out:  # a URI gets the finished report's files
+        text = write_report(tracker, records, out)
+        if sweeps:
+            tracker.log_artifacts(sweeps[0].info.run_id, out, "report")
     print(text)
     print(
-        f"report written to {out}/" + (f" and logged to MLflow run {sweeps[0].info.run_id}" if sweeps else "")
+        f"report written to {args.out}/"
+        + (f" and logged to MLflow run {sweeps[0].info.run_id}" if sweeps else "")
     )
     return 0
 

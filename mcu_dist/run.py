@@ -11,6 +11,7 @@ import dataclasses
 import sys
 import typing
 
+from mcu_dist import fs
 from mcu_dist.config import SMOKE, ConfigError, ExperimentConfig, cli_fields, load_yaml, with_overrides
 from mcu_dist.guard import DivergenceError
 from mcu_dist.services import writable_dir
@@ -63,8 +64,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg, _ = config_from_args(args)
         validate(cfg)
-        writable_dir(cfg.out, "--out")
-        writable_dir(cfg.cache_dir, "--cache-dir")
+        for loc, flag in ((cfg.out, "--out"), (cfg.cache_dir, "--cache-dir")):
+            if fs.is_remote(loc):
+                fs.probe(loc, flag)
+            else:
+                writable_dir(loc, flag)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -72,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
 
     out = run_folder(cfg.out, cfg)
     try:
-        result = run_experiment(cfg, out)
+        with fs.staged(out) as local:  # a URI gets the finished folder's files
+            result = run_experiment(cfg, local)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -12,10 +12,11 @@
   ``architecture`` fingerprints the state's names and shapes, ``digest`` is the SHA-256 of its
   tensors (checked on load). A user's plain state dict (or ``{"state_dict": ...}``) loads too.
 - ``ModelCache``: content-addressed models (reference and baseline models) keyed by a hash of exactly
-  the fields they depend on, with a file lock so two processes never train one key twice; a model with
-  a non-finite tensor is never written, and an entry that fails to load is moved aside and retrained.
+  the fields they depend on, each trained once: a file lock on a POSIX path, a lease object written
+  with conditional puts on an object store (``mcu_dist.lease``); a model with a non-finite tensor is
+  never written, and an entry that fails to load is moved aside and retrained.
 
-Locations are strings or paths on a local or shared POSIX file system.
+Locations are local paths or URIs (``s3://bucket/prefix``, ``gs://...``): ``mcu_dist.fs`` resolves them.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import io
 import json
 import os
 import sys
@@ -36,6 +38,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from mcu_dist import fs
 from mcu_dist.config import ConfigError
 from mcu_dist.guard import check_finite_model
 
@@ -46,8 +49,13 @@ Location = str | Path
 
 @contextlib.contextmanager
 def atomic(path: Location) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success it replaces ``path`` in one rename."""
-    path = Path(path)
+    """Yield a temporary path beside ``path``; on success it replaces ``path`` in one rename (a URI: the
+    finished file is uploaded as one object, which S3 makes visible only once complete)."""
+    if fs.is_remote(path):
+        with _remote_atomic(str(path)) as tmp:
+            yield tmp
+        return
+    path = fs.local_path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.stem}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp{path.suffix}")
     try:
@@ -55,6 +63,16 @@ def atomic(path: Location) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _remote_atomic(uri: str) -> Iterator[Path]:
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="mcu-put-") as d:
+        tmp = Path(d) / fs.name(uri)
+        yield tmp
+        fs.upload(tmp, uri)
 
 
 def write_text(path: Location, text: str) -> None:
@@ -81,6 +99,8 @@ def write_table(rows: list[dict] | Any, path: Location, metadata: dict[str, Any]
 
 
 def file_digest(path: Location) -> str:
+    if fs.is_remote(path):
+        return hashlib.sha256(fs.read_bytes(path)).hexdigest()
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -140,7 +160,8 @@ def save_model(model: nn.Module, path: Location, meta: dict[str, Any] | None = N
 def load_checkpoint(path: Location, field_name: str = "checkpoint", kind: str | None = None) -> Checkpoint:
     """Read a checkpoint (``weights_only=True`` always); a plain state dict is accepted as kind ``model``."""
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        source = io.BytesIO(fs.read_bytes(path)) if fs.is_remote(path) else path
+        obj = torch.load(source, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for a damaged file
         raise ConfigError(
             f"{field_name}: cannot load {path} ({type(e).__name__}); allowed: a torch checkpoint "
@@ -184,15 +205,23 @@ def load_model(model: nn.Module, path: Location, field_name: str) -> tuple[nn.Mo
 
 
 class ModelCache:
-    """Models under ``<root>/models/<kind>-<hash of fields>.pt``, each trained once."""
+    """Models under ``<root>/models/<kind>-<hash of fields>.pt``, each trained once.
 
-    def __init__(self, root: Location):
-        self.root = Path(root) / "models"
-        self.root.mkdir(parents=True, exist_ok=True)
+    Once-only: on a POSIX path a ``flock`` on ``<entry>.lock``; on an object store a lease object
+    ``<entry>.lease`` created with a conditional put (``mcu_dist.lease``), renewed while its holder trains,
+    taken over when it stops changing for ``lease_s`` seconds (a killed holder)."""
+
+    def __init__(self, root: Location, lease_s: float = 60.0):
+        self.root: Location = fs.join(root, "models")
+        if not fs.is_remote(self.root):  # a local cache keeps Path locations
+            self.root = Path(self.root)
+            self.root.mkdir(parents=True, exist_ok=True)
+        self.lease_s = lease_s
         self.trained: list[str] = []  # keys this process trained (cache misses)
 
-    def path(self, kind: str, fields: dict) -> Path:
-        return self.root / f"{kind}-{key_hash({'format': FORMAT, **fields})}.pt"
+    def path(self, kind: str, fields: dict) -> Location:
+        entry = f"{kind}-{key_hash({'format': FORMAT, **fields})}.pt"
+        return self.root / entry if isinstance(self.root, Path) else fs.join(self.root, entry)
 
     def get(
         self, kind: str, fields: dict, template: nn.Module, build: Callable[[], nn.Module]
@@ -201,9 +230,9 @@ class ModelCache:
         fails to load (truncated by a full disk or a killed copy) is moved aside and trained again."""
         path = self.path(kind, fields)
         for attempt in (1, 2):
-            if not path.exists():
+            if not fs.exists(path):
                 with self._lock(path):
-                    if not path.exists():
+                    if not fs.exists(path):
                         start = time.perf_counter()
                         model = check_finite_model(build(), kind)  # a non-finite model is never cached
                         meta = {
@@ -212,9 +241,9 @@ class ModelCache:
                             "cache_kind": kind,
                         }
                         save_model(model, path, meta)
-                        self.trained.append(path.stem)
+                        self.trained.append(fs.name(path)[: -len(".pt")])
             try:
-                model, header = load_model(template, path, f"cache entry {path.name}")
+                model, header = load_model(template, path, f"cache entry {fs.name(path)}")
                 return model.eval(), header
             except ConfigError as e:
                 if attempt == 2:
@@ -222,26 +251,39 @@ class ModelCache:
                 self._quarantine(path, e)
         raise AssertionError("unreachable")
 
-    def _quarantine(self, path: Path, error: ConfigError) -> None:
-        with self._lock(path):
+    def _quarantine(self, path: Location, error: ConfigError) -> None:
+        with self._lock(path, wait_for_entry=False):
             with contextlib.suppress(ConfigError):  # another process may have replaced it meanwhile
-                load_checkpoint(path, path.name)
+                load_checkpoint(path, fs.name(path))
                 return
-            if path.exists():
-                aside = path.with_name(f"{path.stem}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}{path.suffix}")
-                os.replace(path, aside)
+            if fs.exists(path):
+                aside = f"{str(path)[: -len('.pt')]}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}.pt"
+                fs.move(path, aside)
                 print(
-                    f"cache: {error}; moved to {aside.name}, training it again", file=sys.stderr, flush=True
+                    f"cache: {error}; moved to {fs.name(aside)}, training it again",
+                    file=sys.stderr,
+                    flush=True,
                 )
 
     @contextlib.contextmanager
-    def _lock(self, path: Path):
-        with open(path.with_suffix(".lock"), "w") as fh:
+    def _lock(self, path: Location, wait_for_entry: bool = True):
+        """Held by one process at a time; with ``wait_for_entry`` a waiter on an object store also stops
+        waiting once the entry exists (its holder finished)."""
+        if fs.is_remote(path):
+            from mcu_dist.lease import Lease
+
+            done = (lambda: fs.exists(path)) if wait_for_entry else (lambda: False)
+            with Lease(f"{path}.lease", self.lease_s, done=done):
+                yield
+            return
+        with open(Path(path).with_suffix(".lock"), "w") as fh:
             try:
                 fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:  # say what we wait for: another process is training this entry
                 print(
-                    f"cache: waiting for another process to finish {path.name}", file=sys.stderr, flush=True
+                    f"cache: waiting for another process to finish {fs.name(path)}",
+                    file=sys.stderr,
+                    flush=True,
                 )
                 fcntl.flock(fh, fcntl.LOCK_EX)
             try:

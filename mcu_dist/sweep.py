@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from mcu_dist import fs
 from mcu_dist.config import SMOKE, ConfigError
 from mcu_dist.evaluate.names import SUMMARY_METRICS
 from mcu_dist.guard import DivergenceError
@@ -66,8 +67,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--max-concurrent", type=int, help="trials at once")
     p.add_argument(
         "--storage",
-        help="storage for Tune, Train checkpoints and the model cache: a local path, or an "
-        "NFS mount on multi-node clusters (default ~/mcu_dist_runs)",
+        help="storage for Tune, Train checkpoints and the model cache: a local path, an NFS mount, or a "
+        "bucket (s3://bucket/prefix) on multi-node clusters (default ~/mcu_dist_runs)",
     )
     p.add_argument("--name", help="sweep name (default: the space's sweep.name)")
     p.add_argument("--resume", action="store_true", help="continue the sweep stored under --storage/--name")
@@ -103,17 +104,14 @@ def resolve(args: argparse.Namespace, loader=load_space) -> tuple[SearchSpace, s
             sweep.num_samples = min(sweep.num_samples, 2)
         sweep.asha = False
     sweep.validate()
-    storage = args.storage or default_storage()
-    if "://" in storage:
-        raise ConfigError(
-            f"--storage: got {storage!r}; allowed: a local path or a shared (NFS) mount, since the "
-            "model cache and the curve checkpoints live under it"
-        )
-    storage = str(writable_dir(Path(storage).resolve(), "--storage"))
+    storage = fs.check_location(args.storage or default_storage(), "--storage")
+    fs.probe(storage, "--storage")
+    if not fs.is_remote(storage):
+        storage = str(writable_dir(fs.local_path(storage).resolve(), "--storage"))
     if args.resume:
-        check_resumable(f"{storage.rstrip('/')}/{sweep.name}")
-    space.fixed.setdefault("cache_dir", str(Path(storage) / "cache"))
-    space.fixed.setdefault("scale.storage", str(Path(storage) / "train"))
+        check_resumable(fs.join(storage, sweep.name))
+    space.fixed.setdefault("cache_dir", fs.join(storage, "cache"))
+    space.fixed.setdefault("scale.storage", fs.join(storage, "train"))
     base = space.base_config()
     from mcu_dist.data.registry import DATASETS, default_root
 
@@ -131,9 +129,15 @@ def resolve(args: argparse.Namespace, loader=load_space) -> tuple[SearchSpace, s
     from mcu_dist.dispatch import check_sweep_resources
 
     check_sweep_resources(sweep, space.base_config())
-    writable_dir(space.base_config().cache_dir, "cache_dir")
+    if not fs.is_remote(space.base_config().cache_dir):
+        writable_dir(space.base_config().cache_dir, "cache_dir")
     uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     if uri is None and in_ray_job():
+        if fs.is_remote(storage):
+            raise ConfigError(
+                f"--tracking-uri: none given for a job with --storage {storage}; allowed: an MLflow "
+                "tracking server (http://...), since a job's working directory is thrown away"
+            )
         uri = f"sqlite:///{Path(storage) / 'mlflow.db'}"  # a job's working directory is thrown away
     return space, storage, resolve_tracking_uri(uri), args.experiment or sweep.experiment or sweep.name
 
@@ -259,7 +263,7 @@ def build_tuner(space: SearchSpace, storage: str, context: dict, resume: bool):
 
     sweep = space.sweep
     trainable = with_trial_resources(tune.with_parameters(tune_trainable, context=context), space)
-    path = f"{storage.rstrip('/')}/{sweep.name}"
+    path = fs.join(storage, sweep.name)
     if resume:
         check_resumable(path)
         return tune.Tuner.restore(path, trainable=trainable, resume_errored=True, restart_errored=False)
@@ -299,7 +303,7 @@ def tune_trainable(config: dict, context: dict) -> None:
         context["experiment"],
         context["parent_run_id"],
         trial_id,
-        Path(context["storage_dir"]) / "trials" / trial_id,
+        fs.join(context["storage_dir"], "trials", trial_id),
     )
     params = _searched(space, config)
     tune.report(run_trial(params, ctx, report=tune.report))
@@ -407,7 +411,8 @@ def _run(args: argparse.Namespace, loader, tuner_factory) -> int:
     quiet(args.verbose)
     try:
         probe_tracking(use_credentials(uri))  # bounded, before anything is written
-        _lock = hold_sweep_lock(f"{storage.rstrip('/')}/{space.sweep.name}")  # held until the process ends
+        if not fs.is_remote(storage):  # an object store has no lock a dead process releases; see README
+            _lock = hold_sweep_lock(fs.join(storage, space.sweep.name))  # held until the process ends
         tracker = Tracker(uri, experiment)
         tracker.check()
     except ServiceError:
@@ -436,7 +441,7 @@ def _run(args: argparse.Namespace, loader, tuner_factory) -> int:
     except DivergenceError as e:  # before the parent run: nothing to close in MLflow
         print(f"error: {e}", file=sys.stderr)
         return 1
-    storage_dir = f"{storage.rstrip('/')}/{sweep.name}"
+    storage_dir = fs.join(storage, sweep.name)
     parent = tracker.start_run(
         sweep.name, {KIND_TAG: "sweep", "mcu.sweep_path": storage_dir}, reuse=args.resume
     )
@@ -475,9 +480,6 @@ def _run(args: argparse.Namespace, loader, tuner_factory) -> int:
     tracker.close_orphans(parent, {Path(r.path).name: str(r.error) for r in results if r.error})
     from mcu_dist.store import write_table, write_text
 
-    table = Path(storage_dir) / "trials.parquet"
-    write_table(rows or [{"trial_id": None}], table)
-    tracker.log_artifact(parent, table)
     compute = sum(float((r.metrics or {}).get("trial_s") or 0) for r in results)
     summary = {
         "trials": len(rows),
@@ -490,21 +492,26 @@ def _run(args: argparse.Namespace, loader, tuner_factory) -> int:
         "overhead_per_trial_s": max(0.0, fit_s * min(sweep.max_concurrent, len(rows) or 1) - compute)
         / max(len(rows), 1),
     }
-    write_text(Path(storage_dir) / "summary.json", json.dumps(summary, indent=1))
+    with fs.staged(storage_dir) as out:  # beside Tune's state: a local folder, or uploaded to the bucket
+        out.mkdir(parents=True, exist_ok=True)
+        write_table(rows or [{"trial_id": None}], out / "trials.parquet")
+        tracker.log_artifact(parent, out / "trials.parquet")
+        write_text(out / "summary.json", json.dumps(summary, indent=1))
+        if sweep.multi_objective:
+            front = pareto_front(ok, (sweep.objective, "rte_min"))
+            write_table(front or [{"trial_id": None}], out / "pareto.parquet")
+            tracker.log_artifact(parent, out / "pareto.parquet")
     if ok:
         summary["best_" + sweep.objective] = ok[0][sweep.objective]
         tracker.set_tags(parent, {"mcu.best_trial": ok[0]["trial_id"]})
-    if sweep.multi_objective:
-        front = pareto_front(ok, (sweep.objective, "rte_min"))
-        write_table(front or [{"trial_id": None}], Path(storage_dir) / "pareto.parquet")
-        tracker.log_artifact(parent, Path(storage_dir) / "pareto.parquet")
     tracker.log_metrics(parent, summary)
     import yaml
 
     from mcu_dist.sweep_report import console_table, summary_markdown, write_report
 
     raw = yaml.safe_load(space.to_yaml())
-    write_report(tracker, parent, rows, raw, sweep.objective, sweep.name, Path(storage_dir) / "report")
+    with fs.staged(fs.join(storage_dir, "report")) as report_dir:
+        write_report(tracker, parent, rows, raw, sweep.objective, sweep.name, report_dir)
     tracker.describe(parent, summary_markdown(rows, sweep.objective, summary, ok[0] if ok else None))
     view = tracker.share_view(
         sweep.objective, ["avg_gap", "gain", "gap_cal", "t_star"], [d.key for d in space.dims][:4]

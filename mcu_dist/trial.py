@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from mcu_dist import fs
 from mcu_dist.config import ExperimentConfig, to_yaml
 from mcu_dist.data import write_manifest
 from mcu_dist.evaluate.bn import recalibrate_bn
@@ -72,7 +73,7 @@ class TrialContext:
     experiment: str
     parent_run_id: str | None
     trial_id: str
-    out_dir: Path
+    out_dir: fs.Location  # the trial's folder: a local path, or a URI its files are uploaded to
 
 
 def proxy_gap_cal(curve, lab: Lab, cal: CalTargets, ts=(0.8, 0.9, 1.0), n: int = 256, seed: int = 0) -> float:
@@ -113,10 +114,14 @@ def run_trial(params: dict[str, Any], ctx: TrialContext, report=None) -> dict[st
 
 
 def _compute(cfg, params, ctx, report, tracker, run_id, sweep) -> dict[str, float]:
+    with fs.staged(ctx.out_dir) as out:  # a URI gets the trial folder's files when the trial ends
+        return _compute_in(cfg, params, ctx, report, tracker, run_id, sweep, out)
+
+
+def _compute_in(cfg, params, ctx, report, tracker, run_id, sweep, out: Path) -> dict[str, float]:
     start = time.perf_counter()
     lab = Lab.build(cfg)
     refs = prepare_references(lab)  # refuses a mask that selects nothing, before the trial writes anything
-    out = ctx.out_dir
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / "config.yaml", to_yaml(cfg))
     write_manifest(lab.bundle, lab.splits, out / "forget_manifest.parquet", retain_prime_record(lab))
@@ -183,12 +188,12 @@ def _compute(cfg, params, ctx, report, tracker, run_id, sweep) -> dict[str, floa
     )
     if tracker:
         _log_path(tracker, run_id, result, metrics, baseline_row, retrain_row, mask, out, controls)
-        tracker.log_datasets(run_id, _datasets(lab, out))
+        tracker.log_datasets(run_id, _datasets(lab, ctx.out_dir))
         tracker.describe(run_id, describe_trial(cfg, params, metrics, result, baseline_row, retrain_row))
     return metrics
 
 
-def _datasets(lab: Lab, out: Path) -> list[dict[str, Any]]:
+def _datasets(lab: Lab, out: fs.Location) -> list[dict[str, Any]]:
     """The data a trial saw and the forget set it unlearned, as MLflow dataset inputs."""
     import hashlib
 
@@ -204,7 +209,7 @@ def _datasets(lab: Lab, out: Path) -> list[dict[str, Any]]:
         {
             "name": f"forget {cfg.forget.spec}",
             "digest": lab.splits.manifest_hash,
-            "source": str(out / "forget_manifest.parquet"),
+            "source": fs.join(out, "forget_manifest.parquet"),
             "context": "forget",
             "profile": {"samples": len(lab.splits.forget), "retain": len(lab.splits.retain)},
         },

@@ -11,6 +11,7 @@ from __future__ import annotations
 from mcu_dist.baselines import check_baselines
 from mcu_dist.config import ExperimentConfig
 from mcu_dist.data import check_data
+from mcu_dist.fs import check_location
 from mcu_dist.models import check_model
 from mcu_dist.path.beta import check_schedule
 
@@ -23,4 +24,7 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
     check_baselines(cfg.baselines)
     check_schedule(cfg.mcu)
     cfg.validate()
+    for name, loc in (("cache_dir", cfg.cache_dir), ("out", cfg.out), ("scale.storage", cfg.scale.storage)):
+        if loc:
+            check_location(loc, name)
     return cfg

@@ -7,10 +7,12 @@ import secrets
 from pathlib import Path
 
 from tests.ray_cluster import LOOPBACK
+from tests.s3_server import s3_env
 
 # Ray reads these when it is imported: set them before any test module imports it. The test cluster
-# has its own token, and token authentication stays on.
-os.environ.update({**LOOPBACK, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(24)})
+# has its own token, and token authentication stays on. The loopback S3 server's endpoint and fake keys
+# are set now too, so that every Ray node a test starts inherits them.
+os.environ.update({**LOOPBACK, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(24), **s3_env()})
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -53,6 +55,18 @@ def digits_original(digits_lab):
 
     model, _ = original_model(digits_lab, digits_lab.cache)
     return model
+
+
+@pytest.fixture(scope="session")
+def s3():
+    """The loopback S3 server (moto), started once for the tests that ask for it."""
+    from tests.s3_server import start_s3, stop
+
+    proc = start_s3()
+    try:
+        yield os.environ["AWS_ENDPOINT_URL"]
+    finally:
+        stop(proc)
 
 
 @pytest.fixture(scope="session")

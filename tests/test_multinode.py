@@ -1,5 +1,6 @@
-"""Multi-node for real: a head and a second node (two `ray start` processes on loopback), shared storage,
-an MLflow server; an ablation whose trials run on both nodes, then a node lost mid-grid.
+"""Multi-node for real: a head and a second node (two `ray start` processes on loopback), shared storage
+or an S3 bucket (no shared path), an MLflow server; ablations whose trials run on both nodes, then a node
+lost mid-grid.
 
 The module runs its own two-node cluster (not the session one) and kills a node: keep it last.
 """
@@ -11,12 +12,15 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
+from mcu_dist import fs
 from tests.ray_cluster import start_head, start_worker
+from tests.s3_server import make_bucket
 from tests.test_sweep import _mlflow_server
 
 pytestmark = pytest.mark.slow
@@ -54,7 +58,7 @@ def _grid(tmp, name: str, grid: dict, **sweep) -> str:
     return str(path)
 
 
-def _ablate(head, url: str, tmp, grid: str) -> subprocess.Popen:
+def _ablate(head, url: str, tmp, grid: str, storage: str | None = None) -> subprocess.Popen:
     return subprocess.Popen(
         [
             sys.executable,
@@ -63,7 +67,7 @@ def _ablate(head, url: str, tmp, grid: str) -> subprocess.Popen:
             "--grid",
             grid,
             "--storage",
-            str(tmp / "shared"),
+            storage or str(tmp / "shared"),
             "--tracking-uri",
             url,
         ],
@@ -116,10 +120,26 @@ def test_ablation_runs_trials_on_both_nodes_and_reports(two_nodes):
     assert "| 2 |" in text  # mean ± std over the two seeds
 
 
-def test_losing_the_worker_node_mid_grid_reschedules_its_trials(two_nodes):
+def test_no_shared_path_the_grid_on_s3_spreads_and_trains_the_cache_once(two_nodes, s3):
+    head, _, url, tmp = two_nodes
+    bucket = make_bucket(f"mcu-{uuid.uuid4().hex[:12]}")
+    grid = _grid(tmp, "s3spread", {"baseline": ["ga", "rl"], "seed": [0]})
+    proc = _ablate(head, url, tmp, grid, storage=f"{bucket}/ablate")
+    out, _ = proc.communicate(timeout=900)
+    assert proc.returncode == 0, out[-3000:]
+    children = _children(url, "s3spread")
+    assert len(children) == 2 and all(c.info.status == "FINISHED" for c in children)
+    assert len({c.data.tags["mcu.node_id"] for c in children}) == 2  # both nodes ran trials
+    models = fs.list_names(f"{bucket}/ablate/cache/models")
+    assert len([m for m in models if m.startswith("original-")]) == 1  # trained once, read by both nodes
+    assert not [m for m in models if m.endswith(".lease")]
+
+
+def test_losing_the_worker_node_mid_grid_reschedules_its_trials(two_nodes, s3):
+    """On object storage, as on a cloud cluster: the lost node leaves nothing behind that others need."""
     head, worker, url, tmp = two_nodes
     grid = _grid(tmp, "lossy", {"baseline": ["ga", "rl", "ft"], "seed": [0, 1]}, max_failures=2)
-    proc = _ablate(head, url, tmp, grid)
+    proc = _ablate(head, url, tmp, grid, storage=f"{make_bucket(f'mcu-{uuid.uuid4().hex[:12]}')}/ablate")
     deadline = time.time() + 600
     while time.time() < deadline and proc.poll() is None:
         runs = _children(url, "lossy")

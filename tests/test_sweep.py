@@ -206,7 +206,8 @@ def _terminated_in_tune_state(experiment_dir: Path) -> set[str]:
     return done
 
 
-def _mlflow_server(tmp_path: Path) -> tuple[subprocess.Popen, str]:
+def _mlflow_server(tmp_path: Path, artifacts: str | None = None) -> tuple[subprocess.Popen, str]:
+    """A tracking server on loopback; its artifact store is ``artifacts`` (a folder or s3://...)."""
     (port,) = free_ports(1)
     proc = subprocess.Popen(
         [
@@ -217,7 +218,7 @@ def _mlflow_server(tmp_path: Path) -> tuple[subprocess.Popen, str]:
             "--backend-store-uri",
             f"sqlite:///{tmp_path / 'server.db'}",
             "--artifacts-destination",
-            str(tmp_path / "artifacts"),
+            artifacts or str(tmp_path / "artifacts"),
             "--host",
             "127.0.0.1",
             "--port",

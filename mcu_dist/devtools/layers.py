@@ -18,7 +18,7 @@ PACKAGE = Path(__file__).resolve().parent.parent
 # places only the package's __init__).
 FLOORS: list[tuple[str, tuple[str, ...]]] = [
     ("config", ("mcu_dist.config", "mcu_dist.registry")),
-    ("store", ("mcu_dist.store", "mcu_dist.guard", "mcu_dist.services")),
+    ("store", ("mcu_dist.store", "mcu_dist.fs", "mcu_dist.lease", "mcu_dist.guard", "mcu_dist.services")),
     ("rooms: data and models", ("mcu_dist.data", "mcu_dist.models", "mcu_dist.accel")),
     ("lab", ("mcu_dist.lab",)),
     ("path", ("mcu_dist.path",)),

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from mcu_dist import fs
 from mcu_dist.config import ConfigError, ExperimentConfig, from_dict
 from mcu_dist.lab import Lab
 from mcu_dist.path.beta import CalTargets
@@ -165,12 +166,13 @@ def fit_distributed(
             "cannot reach Ray Train workers; allowed: 1 worker, or a registered dataset and model"
         )
     connect(cfg)
-    storage = cfg.scale.storage or str(Path(cfg.cache_dir).resolve() / "ray_storage")
-    run_dir = Path(storage) / name
+    storage = cfg.scale.storage or fs.join(
+        cfg.cache_dir if fs.is_remote(cfg.cache_dir) else Path(cfg.cache_dir).resolve(), "ray_storage"
+    )
     paths = {}
     for key, model in (("original", original), ("endpoint", endpoint)):
-        paths[key] = str(run_dir / f"{key}.pt")
-        if not Path(paths[key]).exists():
+        paths[key] = fs.join(storage, name, f"{key}.pt")
+        if not fs.exists(paths[key]):
             save_model(model, paths[key])
     experiment = asdict(cfg)
     trainer = TorchTrainer(
