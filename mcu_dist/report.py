@@ -324,7 +324,8 @@ def write_report(tracker, runs: list, out: Path) -> str:
     write_text(out / "report.md", text)
     write_table(rows, out / "report.parquet")
     csv_text = io.StringIO()
-    writer = csv.DictWriter(csv_text, fieldnames=list(rows[0]))
+    # rows differ in their keys (e.g. a no-path gain only where a path exists): every key is a column
+    writer = csv.DictWriter(csv_text, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
     writer.writeheader()
     writer.writerows(rows)
     write_text(out / "report.csv", csv_text.getvalue())
