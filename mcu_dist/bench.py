@@ -178,14 +178,14 @@ def masked_epoch(lab: Lab, k: float, batch_size: int, epochs: int) -> dict:
     selected_at_k = []
     for kk in (1.0, k):
         mask = compute_mask(original, lab, kk, 0.0)
-        curve = curve_between(original, endpoint, 2, mask["selected"]).to(lab.device)
+        curve = curve_between(original, endpoint, 2, mask.selected).to(lab.device)
         train_curve(curve, lab, cfg, "fixed", cal, seed=0)  # warm-up epoch(s)
         _sync(lab.device)
         start = time.perf_counter()
         train_curve(curve, lab, cfg, "fixed", cal, seed=1)
         _sync(lab.device)
         out[kk] = (time.perf_counter() - start) / epochs
-        selected_at_k = mask["selected"]
+        selected_at_k = mask.selected
     x = lab.normalize(lab.bundle.train.images[:batch_size].to(lab.device))
     bound = mask_bound(layer_macs(copy.deepcopy(original), x), set(selected_at_k))
     return {

@@ -219,7 +219,7 @@ def epoch_rows(lab: Lab, original, endpoint, rows: list[dict], k: float = 0.1) -
         return lambda seed: train_curve(curve, lab, cfg, schedule, cal, seed)
 
     names = [n for n, _ in original.named_parameters()]
-    masked = compute_mask(original, lab, k, 0.0)["selected"]
+    masked = compute_mask(original, lab, k, 0.0).selected
     variants = [
         ("FT epoch", ft_epoch),
         ("curve epoch, fixed β", curve_epoch(names, "fixed")),

@@ -160,6 +160,13 @@ class BaselineConfig:
     endpoint: str | None = field(
         default=None, metadata=_cli("--endpoint", "checkpoint of the user's own pre-unlearned model")
     )
+    budget_control: bool = field(
+        default=True,
+        metadata=_cli(
+            "--budget-control",
+            "add <baseline>+budget: the baseline's own update continued from θ_p for mcu.epochs epochs",
+        ),
+    )
 
     def validate(self) -> None:
         """The endpoint; names and hyperparameters: ``mcu_dist.baselines.check_baselines``."""
@@ -178,6 +185,10 @@ class BaselineConfig:
             )
 
 
+MASK_KINDS = ("gradient", "random", "random_matched")
+MASK_MODES = ("paper", "budget")
+
+
 @dataclass
 class MCUConfig:
     """Curve training (MCU_METHOD.md sections 2-5); defaults are the paper's."""
@@ -185,7 +196,16 @@ class MCUConfig:
     curve_order: int = field(default=2, metadata=_cli("--curve-order", "Bezier degree n >= 2"))
     k: float = field(default=0.5, metadata=_cli("--k", "fraction of parameters selected (1 = no mask)"))
     k_r: float = field(default=0.0, metadata=_cli("--k-r", "fraction excluded first by retain saliency"))
-    mask: str = "gradient"  # gradient | random
+    mask: str = field(
+        default="gradient",
+        metadata=_cli(
+            "--mask", "gradient | random | random_matched (random, same size as the gradient mask)"
+        ),
+    )
+    mask_mode: str = field(
+        default="paper",
+        metadata=_cli("--mask-mode", "paper (select while below k, may overshoot) | budget (nearest to k)"),
+    )
     beta: float = field(default=0.2, metadata=_cli("--beta", "beta of the fixed schedule"))
     # The β schedules to run, one path each; a path is named after its schedule (path.beta.variant_name):
     # fixed -> mcu (the paper's MCU), adaptive_step -> mcu_beta (the paper's MCU-β).
@@ -218,7 +238,8 @@ class MCUConfig:
         _check(0 < self.k <= 1 or not self.beta_schedule, "mcu.k", "a number in (0, 1]", self.k)
         _check(0 <= self.k_r <= 1, "mcu.k_r", "a number in [0, 1]", self.k_r)
         _check(self.k + self.k_r <= 1, "mcu.k_r", f"k + k_r <= 1 (k is {self.k})", self.k_r)
-        _check(self.mask in ("gradient", "random"), "mcu.mask", "gradient, random", self.mask)
+        _check(self.mask in MASK_KINDS, "mcu.mask", ", ".join(MASK_KINDS), self.mask)
+        _check(self.mask_mode in MASK_MODES, "mcu.mask_mode", ", ".join(MASK_MODES), self.mask_mode)
         _check(self.beta >= 0, "mcu.beta", "a number >= 0", self.beta)
         _check(
             0 <= self.beta_low <= self.beta_high, "mcu.beta_low", "0 <= beta_low <= beta_high", self.beta_low
@@ -248,6 +269,15 @@ class EvalConfig:
     )
     bn_set_size: int = 2000
     mia_cap: int = 2000
+    bootstrap: int = field(
+        default=1000,
+        metadata=_cli("--bootstrap", "bootstrap replicates of the final rows' intervals (0: none)"),
+    )
+    shadow_draws: int = field(
+        default=5,
+        metadata=_cli("--shadow-draws", "MIA shadow-set draws of the final rows (1: the headline's only)"),
+    )
+    ci_level: float = 0.95  # percentile bootstrap interval
     batch_size: int = 512
     workers: int = 1  # processes evaluating t points in parallel; 0 = one per core
 
@@ -296,6 +326,14 @@ class EvalConfig:
         )
         _check(self.bn_set_size >= 1, "eval.bn_set_size", "an integer >= 1", self.bn_set_size)
         _check(self.mia_cap >= 10, "eval.mia_cap", "an integer >= 10", self.mia_cap)
+        _check(
+            self.bootstrap == 0 or self.bootstrap >= 100,
+            "eval.bootstrap",
+            "0 or an integer >= 100",
+            self.bootstrap,
+        )
+        _check(self.shadow_draws >= 1, "eval.shadow_draws", "an integer >= 1", self.shadow_draws)
+        _check(0 < self.ci_level < 1, "eval.ci_level", "a number in (0, 1)", self.ci_level)
         _check(self.workers >= 0, "eval.workers", "an integer >= 0", self.workers)
 
 

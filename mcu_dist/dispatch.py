@@ -11,7 +11,8 @@ file lock or lease — so the cache must be on storage every node reaches (a sha
 
 A trial asks ``sweep.cpus_per_trial`` CPUs and ``sweep.gpus_per_trial`` of ``sweep.gpu_resource``;
 fractions pack trials (0.25: four trials share a GPU). A trial whose curve runs on Ray Train DDP
-asks no GPU itself: its ``scale.workers`` Train workers hold one each.
+keeps ``scale.workers`` GPUs in its Train workers; its own ``gpus_per_trial`` share (0: none) is where
+its path evaluation runs.
 """
 
 from __future__ import annotations
@@ -49,11 +50,6 @@ def task_options(cpus: float, gpus: float, resource: str) -> dict[str, Any]:
 
 def check_sweep_resources(sweep, base: ExperimentConfig) -> None:
     """Checks that need the base config, before Ray starts (one error line naming the field)."""
-    if sweep.gpus_per_trial > 0 and base.scale.distributed:
-        raise ConfigError(
-            f"sweep.gpus_per_trial: got {sweep.gpus_per_trial!r}; allowed: 0 when scale.workers >= 2 or "
-            "scale.gpu (the curve's Ray Train workers hold the GPUs)"
-        )
     if base.device.startswith("cuda") and sweep.reference_gpus == 0:
         import torch
 

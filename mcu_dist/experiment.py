@@ -21,14 +21,17 @@ from pathlib import Path
 from mcu_dist import fs
 from mcu_dist.config import ExperimentConfig, to_yaml
 from mcu_dist.data import write_manifest
+from mcu_dist.evaluate.bootstrap import Outcomes, intervals
 from mcu_dist.evaluate.metrics import avg_gap
 from mcu_dist.evaluate.mia import FEATURES
-from mcu_dist.evaluate.point import evaluate_model
+from mcu_dist.evaluate.point import evaluate_outcomes
 from mcu_dist.lab import Lab
 from mcu_dist.path.beta import variant_name
+from mcu_dist.path.mask import Mask
 from mcu_dist.pipeline import PathResult, Selection, bn_control, line_control, run_path
-from mcu_dist.references import endpoints, prepare_references
+from mcu_dist.references import baseline_model, endpoints, has_budget_control, prepare_references
 from mcu_dist.store import key_hash, write_table, write_text
+from mcu_dist.train.mcu import retain_prime_record
 from mcu_dist.validation import validate
 
 
@@ -37,7 +40,7 @@ class ExperimentResult:
     rows: list[dict]
     paths: dict[str, PathResult]
     out_dir: Path | None
-    mask: dict | None
+    mask: Mask | None
     lines: dict[str, Selection] = field(default_factory=dict)  # <baseline>+line controls, by baseline
 
 
@@ -69,26 +72,40 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path | None = None, log
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         write_text(out / "config.yaml", to_yaml(cfg))
-        write_manifest(lab.bundle, lab.splits, out / "forget_manifest.parquet")
+        write_manifest(lab.bundle, lab.splits, out / "forget_manifest.parquet", retain_prime_record(lab))
     original, retrain_row, cal, mask = refs.original, refs.retrain_row, refs.cal, refs.mask
+
+    def with_intervals(row: dict, outcomes: Outcomes) -> dict:
+        start = time.perf_counter()
+        bounds = intervals(
+            outcomes, refs.retrain_outcomes, cfg.eval.bootstrap, cfg.eval.ci_level, cfg.seeds.eval
+        )
+        return {**row, **bounds, "ci_s": row.get("ci_s", 0.0) + time.perf_counter() - start}
+
+    def scored(model) -> dict:
+        return with_intervals(
+            *evaluate_outcomes(model, lab, features=FEATURES, shadow_draws=cfg.eval.shadow_draws)
+        )
+
     rows = [
+        {"model": "Original", **scored(original), "RTE": refs.original_seconds / 60},
         {
-            "model": "Original",
-            **evaluate_model(original, lab, features=FEATURES),
-            "RTE": refs.original_seconds / 60,
+            "model": "Retrain",
+            **with_intervals(retrain_row, refs.retrain_outcomes),
+            "RTE": refs.retrain_seconds / 60,
         },
-        {"model": "Retrain", **retrain_row, "RTE": refs.retrain_seconds / 60},
     ]
     log(f"calibration targets: Cal_r = {cal.cal_r:.2f}, Cal_f = {cal.cal_f:.2f}")
     if mask is not None:
         log(
-            f"mask {mask['sha256'][:12]}: {len(mask['selected'])} tensors, "
-            f"{mask['selected_params']}/{mask['total_params']} parameters"
+            f"mask {mask.sha256[:12]} ({mask.kind}, {mask.mode}, k = {mask.k}): "
+            f"{len(mask.selected)} tensors, {mask.selected_params}/{mask.total_params} parameters = "
+            f"{100 * mask.fraction:.1f}% selected"
         )
     paths: dict[str, PathResult] = {}
     lines: dict[str, Selection] = {}
     for name, (endpoint, seconds) in endpoints(lab, original).items():
-        rows.append({"model": name, **evaluate_model(endpoint, lab, features=FEATURES), "RTE": seconds / 60})
+        rows.append({"model": name, **scored(endpoint), "RTE": seconds / 60})
         baseline_row = rows[-1]
         rows.append({"model": f"{name}+BN", **bn_control(lab, endpoint), "RTE": seconds / 60})
         if cfg.mcu.beta_schedule and cfg.eval.line_control:
@@ -96,12 +113,18 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path | None = None, log
             rows.append(
                 {
                     "model": f"{name}+line",
-                    **line.row,
+                    **with_intervals(line.row, line.outcomes),
                     "t_star": line.t_star,
                     "region_size": len(line.effective_region),
                     "RTE": (seconds + line.seconds) / 60,
                 }
             )
+        if cfg.baselines.budget_control and cfg.mcu.beta_schedule and has_budget_control(name):
+            continued, total = baseline_model(lab, name, original, more_epochs=cfg.mcu.epochs)
+            rows.append(
+                {"model": f"{name}+budget", **scored(continued), "RTE": total / 60, "RTE_base": seconds / 60}
+            )
+            log(f"{name}+budget: {name} continued from θ_p for {cfg.mcu.epochs} epochs (MCU's curve budget)")
         for schedule in cfg.mcu.beta_schedule:
             key = f"{name}+{variant_name(schedule)}"
             result = run_path(
@@ -120,9 +143,10 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path | None = None, log
             rows.append(
                 {
                     "model": key,
-                    **result.row,
+                    **with_intervals(result.row, result.outcomes),
                     "t_star": result.t_star,
                     "region_size": len(result.effective_region),
+                    **mask.summary(),
                     "RTE": (seconds + result.seconds["curve"] + result.seconds["path_eval"]) / 60,
                     "RTE_base": seconds / 60,
                     "RTE_curve": result.seconds["curve"] / 60,
@@ -137,6 +161,11 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path | None = None, log
     for row in rows:
         row["avg_gap"] = avg_gap(row, retrain_row)
     add_gains(rows, paths)
+    ci_s, eval_s = sum(r.get("ci_s", 0.0) for r in rows), sum(r.get("RTE_eval", 0.0) * 60 for r in rows)
+    log(
+        f"intervals ({cfg.eval.bootstrap} replicates, {cfg.eval.shadow_draws} shadow draws) cost "
+        f"{ci_s:.1f} s for {len(rows)} rows; path evaluation took {eval_s:.1f} s"
+    )
     if out is not None:
         write_table(
             rows,
@@ -152,33 +181,43 @@ def add_gains(rows: list[dict], paths: dict[str, PathResult]) -> None:
     for key in paths:
         base = key.rsplit("+", 1)[0]
         row = by_name[key]
-        for suffix, col in (("", "gain_vs_baseline"), ("+BN", "gain_vs_bn"), ("+line", "gain_vs_line")):
+        for suffix, col in (
+            ("", "gain_vs_baseline"),
+            ("+BN", "gain_vs_bn"),
+            ("+line", "gain_vs_line"),
+            ("+budget", "gain_vs_budget"),
+        ):
             if base + suffix in by_name:
                 row[col] = by_name[base + suffix]["avg_gap"] - row["avg_gap"]
 
 
 def format_table(rows: list[dict]) -> str:
     head = (
-        f"{'model':<22}{'UA':>8}{'RA':>8}{'TA':>8}{'MIA':>8}{'AvgGap':>8}{'RTE(min)':>10}{'t*':>6}"
-        f"{'vs base':>9}{'vs +BN':>8}{'vs +line':>9}{'regret':>8}  note"
+        f"{'model':<24}{'UA':>8}{'RA':>8}{'TA':>8}{'MIA':>8}{'AvgGap':>8}{'95% interval':>16}"
+        f"{'RTE(min)':>10}{'t*':>6}{'mask%':>7}{'vs base':>9}{'vs +BN':>8}{'vs +line':>9}{'vs +budget':>11}"
+        f"{'regret':>8}  note"
     )
     lines = [head, "-" * len(head)]
     for r in rows:
         cells = [f"{r['t_star']:.2f}" if "t_star" in r else ""]
+        cells.append(f"{100 * r['mask_fraction']:.1f}" if "mask_fraction" in r else "")
+        cells.append(f"[{r['avg_gap_lo']:.2f}, {r['avg_gap_hi']:.2f}]" if "avg_gap_lo" in r else "")
         cells += [
-            f"{r[k]:+.2f}" if k in r else "" for k in ("gain_vs_baseline", "gain_vs_bn", "gain_vs_line")
+            f"{r[k]:+.2f}" if k in r else ""
+            for k in ("gain_vs_baseline", "gain_vs_bn", "gain_vs_line", "gain_vs_budget")
         ]
         cells.append(f"{r['selection_regret']:.2f}" if "selection_regret" in r else "")
         note = "no path gain" if r.get("path_gain") == 0.0 else ""
         lines.append(
-            f"{r['model']:<22}{r['UA']:8.2f}{r['RA']:8.2f}{r['TA']:8.2f}{r['MIA']:8.2f}"
-            f"{r['avg_gap']:8.2f}{r['RTE']:10.3f}{cells[0]:>6}{cells[1]:>9}{cells[2]:>8}{cells[3]:>9}"
-            f"{cells[4]:>8}  {note}".rstrip()
+            f"{r['model']:<24}{r['UA']:8.2f}{r['RA']:8.2f}{r['TA']:8.2f}{r['MIA']:8.2f}"
+            f"{r['avg_gap']:8.2f}{cells[2]:>16}{r['RTE']:10.3f}{cells[0]:>6}{cells[1]:>7}{cells[3]:>9}"
+            f"{cells[4]:>8}{cells[5]:>9}{cells[6]:>11}{cells[7]:>8}  {note}".rstrip()
         )
     lines.append(
         "vs base / +BN / +line: Avg. Gap gain of the MCU row over the baseline as produced, over θ_p with BN "
         "re-estimated (the path's t = 1), and over the same selection on the untrained line (> 0: MCU closer "
-        "to θ_r); regret: Avg. Gap at t* / best Avg. Gap on the grid; no path gain: t* = 1 or an empty region"
+        "to θ_r); vs +budget: over the baseline continued for the curve's epochs; regret: Avg. Gap at "
+        "t* / best Avg. Gap on the grid; no path gain: t* = 1 or an empty region"
     )
     return "\n".join(lines)
 

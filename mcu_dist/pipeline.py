@@ -18,10 +18,11 @@ from pathlib import Path
 from torch import nn
 
 from mcu_dist.evaluate.bn import bn_set_positions, recalibrate_bn
+from mcu_dist.evaluate.bootstrap import Outcomes
 from mcu_dist.evaluate.metrics import avg_gap
 from mcu_dist.evaluate.mia import FEATURES
 from mcu_dist.evaluate.path_eval import evaluate_path, model_at
-from mcu_dist.evaluate.point import evaluate_model
+from mcu_dist.evaluate.point import evaluate_outcomes
 from mcu_dist.evaluate.selection import (
     effective_region,
     gap_cal,
@@ -31,9 +32,11 @@ from mcu_dist.evaluate.selection import (
     t_star,
 )
 from mcu_dist.lab import Lab
-from mcu_dist.path.beta import CalTargets, variant_name
+from mcu_dist.path.beta import CalTargets, beta_shares, variant_name
 from mcu_dist.path.bezier import BezierCurve, curve_between
-from mcu_dist.store import save_checkpoint, save_model, write_table, write_text
+from mcu_dist.path.checkpoint import save_curve
+from mcu_dist.path.mask import Mask
+from mcu_dist.store import save_model, write_table, write_text
 from mcu_dist.train.distributed import fit_distributed
 from mcu_dist.train.mcu import CurveState, train_curve
 
@@ -52,6 +55,7 @@ class PathResult:
     model: nn.Module  # θ(t*), BN recalibrated
     lab: Lab  # the data the path was trained and evaluated on
     seconds: dict = field(default_factory=dict)  # curve training, path evaluation
+    outcomes: Outcomes | None = None  # θ(t*)'s per-sample results, for intervals against θ_r
 
     def export(self, t: float, path: str | Path) -> nn.Module:
         """θ(t), BN recalibrated as θ(t*) was, saved as a model checkpoint: any point of the region."""
@@ -76,6 +80,7 @@ class Selection:
     row: dict  # θ(t*) evaluated, every MIA feature included; selection_regret when θ_r is known
     model: nn.Module
     seconds: float
+    outcomes: Outcomes  # θ(t*)'s per-sample results, for intervals against θ_r
 
 
 def select_on_path(curve: BezierCurve, lab: Lab, cal: CalTargets, retrain_row: dict | None) -> Selection:
@@ -86,7 +91,7 @@ def select_on_path(curve: BezierCurve, lab: Lab, cal: CalTargets, retrain_row: d
     ts, gaps = [r["t"] for r in table], [r["gap_cal"] for r in table]
     chosen = t_star(ts, gaps, *cfg.eval.t_star_range)
     model = model_at(curve, chosen, lab, bn_set_positions(lab, cfg.eval, cfg.seeds.eval))
-    row = evaluate_model(model, lab, features=FEATURES)
+    row, outcomes = evaluate_outcomes(model, lab, features=FEATURES, shadow_draws=cfg.eval.shadow_draws)
     row["gap_cal"] = gap_cal(row["RA"], row["FA"], cal)
     region = effective_region(ts, gaps)
     row["path_gain"] = float(has_path_gain(chosen, region))
@@ -94,7 +99,7 @@ def select_on_path(curve: BezierCurve, lab: Lab, cal: CalTargets, retrain_row: d
         row["avg_gap"] = avg_gap(row, retrain_row)
         row["selection_regret"] = selection_regret(row["avg_gap"], [r["avg_gap"] for r in table])
     return Selection(
-        table, chosen, region, region_intervals(ts, gaps), row, model, time.perf_counter() - start
+        table, chosen, region, region_intervals(ts, gaps), row, model, time.perf_counter() - start, outcomes
     )
 
 
@@ -113,7 +118,7 @@ def bn_control(lab: Lab, endpoint: nn.Module) -> dict:
     model = recalibrate_bn(
         copy.deepcopy(endpoint), lab, bn_set_positions(lab, cfg.eval, cfg.seeds.eval), cfg.eval.batch_size
     )
-    return evaluate_model(model, lab, features=FEATURES)
+    return evaluate_outcomes(model, lab, features=FEATURES)[0]
 
 
 def run_path(
@@ -121,7 +126,7 @@ def run_path(
     original: nn.Module,
     endpoint: nn.Module,
     schedule: str,
-    mask: dict,
+    mask: Mask,
     cal: CalTargets,
     retrain_row: dict | None,
     out_dir: Path | None = None,
@@ -133,7 +138,7 @@ def run_path(
     ``plot`` adds to the path plot (``title``, ``baseline_row``)."""
     cfg = lab.cfg
     variant = variant_name(schedule)
-    curve = curve_between(original, endpoint, cfg.mcu.curve_order, mask["selected"]).to(lab.device)
+    curve = curve_between(original, endpoint, cfg.mcu.curve_order, mask.selected).to(lab.device)
     start = time.perf_counter()
     if cfg.scale.distributed:
         state = fit_distributed(lab, original, endpoint, curve, schedule, cal, run_name or f"curve-{variant}")
@@ -142,6 +147,7 @@ def run_path(
         state = train_curve(curve, lab, cfg.mcu, schedule, cal, cfg.seeds.unlearn, on_epoch_end=hook)
     train_s = time.perf_counter() - start
     sel = select_on_path(curve, lab, cal, retrain_row)
+    sel.row.update(beta_shares([s["beta"] for s in state.steps], schedule, cfg.mcu))
     result = PathResult(
         variant,
         schedule,
@@ -155,6 +161,7 @@ def run_path(
         sel.model,
         lab,
         {"curve": train_s, "path_eval": sel.seconds},
+        sel.outcomes,
     )
     if out_dir is not None:
         save_path(
@@ -164,7 +171,7 @@ def run_path(
 
 
 def save_path(
-    result: PathResult, mask: dict, out_dir: Path, retrain_row: dict | None, plot: dict | None = None
+    result: PathResult, mask: Mask, out_dir: Path, retrain_row: dict | None, plot: dict | None = None
 ) -> None:
     """Path table + step table (Parquet), plot (PNG), mask (JSON), θ(t*) checkpoint."""
     from mcu_dist.plots import plot_path
@@ -174,22 +181,19 @@ def save_path(
         "schedule": result.schedule,
         "t_star": result.t_star,
         "effective_region": json.dumps(result.effective_region),
-        "mask_sha256": mask["sha256"],
+        "mask_sha256": mask.sha256,
+        "mask_fraction": mask.fraction,
+        **{k: v for k, v in result.row.items() if k.startswith("beta_")},
     }
     write_table(result.path_table, out_dir / "path_table.parquet", meta)
     write_table(result.steps, out_dir / "steps.parquet", meta)
-    write_text(out_dir / "mask.json", json.dumps(mask, indent=1, sort_keys=True))
+    write_text(out_dir / "mask.json", json.dumps(mask.to_json(), indent=1, sort_keys=True))
     save_model(
         result.model,
         out_dir / "unlearned_t_star.pt",
-        {"t": result.t_star, "variant": result.variant, "mask_sha256": mask["sha256"]},
+        {"t": result.t_star, "variant": result.variant, "mask_sha256": mask.sha256},
     )
-    save_checkpoint(
-        out_dir / "curve.pt",
-        "curve",
-        result.curve.control_state(),
-        {"order": result.curve.order, "selected": sorted(result.curve.selected)},
-    )
+    save_curve(result.curve, out_dir / "curve.pt")
     plot = {"title": f"{out_dir.name}: {result.variant} ({result.schedule} β)", **(plot or {})}
     plot_path(
         result.path_table, result.t_star, result.region_intervals, retrain_row, out_dir / "path.png", **plot

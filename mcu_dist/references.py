@@ -5,7 +5,9 @@
 - the calibration targets Cal_r (θ_o's accuracy on its training data) and Cal_f (θ_o's test
   accuracy, 0 when class-wise) that β schedules and gap_cal compare against;
 - the tensor mask (k, k_r) on θ_o, refused when it selects nothing (before θ_r is trained);
-- each baseline's θ_p, trained once per (references, method, hyperparameters, seed) into the cache.
+- each baseline's θ_p, trained once per (references, method, hyperparameters, seed) into the cache,
+  and its compute-matched control (the baseline's own update continued from θ_p for the curve's
+  epochs), likewise.
 """
 
 from __future__ import annotations
@@ -17,12 +19,13 @@ from torch import nn
 
 from mcu_dist.baselines import BASELINES
 from mcu_dist.config import ConfigError
+from mcu_dist.evaluate.bootstrap import Outcomes
 from mcu_dist.evaluate.mia import FEATURES
-from mcu_dist.evaluate.point import evaluate_model
+from mcu_dist.evaluate.point import evaluate_outcomes
 from mcu_dist.guard import check_finite_model, stage
 from mcu_dist.lab import Lab
 from mcu_dist.path.beta import CalTargets
-from mcu_dist.path.mask import compute_mask
+from mcu_dist.path.mask import Mask, mask_for
 from mcu_dist.store import load_model
 from mcu_dist.train.mcu import calibration_targets
 from mcu_dist.train.reference import original_model, retrained_model
@@ -36,7 +39,8 @@ class References:
     retrained: nn.Module | None = None
     retrain_seconds: float = 0.0
     retrain_row: dict | None = None  # θ_r evaluated, every MIA feature included
-    mask: dict | None = None
+    retrain_outcomes: Outcomes | None = None  # θ_r's per-sample results: intervals are paired with them
+    mask: Mask | None = None
 
 
 def prepare_references(
@@ -52,26 +56,34 @@ def prepare_references(
         original, seconds, calibration_targets(original, lab, lab.splits.classwise, cfg.eval.batch_size)
     )
     if mask:  # before θ_r: a mask that selects nothing stops here, having trained only θ_o
-        refs.mask = compute_mask(original, lab, cfg.mcu.k, cfg.mcu.k_r, cfg.mcu.mask, cfg.seeds.unlearn)
+        refs.mask = mask_for(original, lab)
         require_selection(refs.mask)
     if retrain:
         refs.retrained, meta = retrained_model(lab, lab.cache)
         refs.retrain_seconds = float(meta.get("seconds", 0.0))
-        refs.retrain_row = evaluate_model(refs.retrained, lab, features=FEATURES)
+        refs.retrain_row, refs.retrain_outcomes = evaluate_outcomes(
+            refs.retrained, lab, features=FEATURES, shadow_draws=cfg.eval.shadow_draws
+        )
     return refs
 
 
-def require_selection(mask: dict) -> None:
+def require_selection(mask: Mask) -> None:
     """Refuse a mask that selects no tensor (k_r excluded them all): there would be nothing to train."""
-    if not mask["selected"]:
+    if not mask.selected:
         raise ConfigError(
-            f"mcu.k_r: got {mask['k_r']!r}; allowed: a k_r that leaves tensors for k = {mask['k']!r} to "
-            f"select (the mask excluded every tensor of this model's {mask['total_params']} parameters)"
+            f"mcu.k_r: got {mask.k_r!r}; allowed: a k_r that leaves tensors for k = {mask.k!r} to "
+            f"select (the mask excluded every tensor of this model's {mask.total_params} parameters)"
         )
 
 
-def baseline_model(lab: Lab, method: str, original: nn.Module) -> tuple[nn.Module, float]:
-    """θ_p for ``method`` from the cache (trained once per key); returns the model and its RTE in seconds."""
+def baseline_model(
+    lab: Lab, method: str, original: nn.Module, more_epochs: int = 0
+) -> tuple[nn.Module, float]:
+    """θ_p for ``method`` from the cache (trained once per key); returns the model and its RTE in seconds.
+
+    ``more_epochs > 0`` gives the compute-matched control instead: the baseline's own update (its loss,
+    data stream and optimiser settings) run again from θ_p for that many epochs; its RTE includes θ_p's.
+    """
     unit = BASELINES[method]
     hp = unit.resolve(lab.cfg.baselines.params.get(method))
     fields = {
@@ -81,13 +93,20 @@ def baseline_model(lab: Lab, method: str, original: nn.Module) -> tuple[nn.Modul
         "hp": hp,
         "unlearn_seed": lab.cfg.seeds.unlearn,
     }
+    start, kind, before = original, f"baseline-{method}", 0.0
+    if more_epochs:
+        start, before = baseline_model(lab, method, original)
+        fields, kind = {**fields, "more_epochs": more_epochs}, f"budget-{method}"
+        hp = {**hp, "epochs": more_epochs}
     model, meta = lab.cache.get(
-        f"baseline-{method}",
-        fields,
-        lab.new_model(),
-        lambda: _run_baseline(unit, method, original, lab, hp),
+        kind, fields, lab.new_model(), lambda: _run_baseline(unit, method, start, lab, hp)
     )
-    return model.eval(), float(meta.get("seconds", 0.0))
+    return model.eval(), before + float(meta.get("seconds", 0.0))
+
+
+def has_budget_control(method: str) -> bool:
+    """Baselines with an iterative update (an ``epochs`` setting) can be continued for MCU's budget."""
+    return method in BASELINES and "epochs" in BASELINES[method].defaults
 
 
 def _run_baseline(unit, method: str, original: nn.Module, lab: Lab, hp: dict) -> nn.Module:

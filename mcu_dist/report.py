@@ -1,13 +1,21 @@
 """``python -m mcu_dist.report --experiment NAME``: from MLflow to the paper's tables and plots.
 
 Rows per forgetting scenario: Retrain, each baseline, its controls <baseline>+BN (θ_p with BN
-re-estimated) and <baseline>+line (the same t* selection on the untrained straight line; their RTE is
-the baseline's), and baseline+<path> per β schedule, named as in ``python -m mcu_dist.run``
+re-estimated), <baseline>+line (the same t* selection on the untrained straight line; their RTE is
+the baseline's) and <baseline>+budget (the compute-matched control: the baseline continued from θ_p
+for the curve's epochs), and baseline+<path> per β schedule, named as in ``python -m mcu_dist.run``
 (mcu: fixed β, mcu_beta: adaptive_step, mcu_<schedule> otherwise), marked "no path gain in k/n" when
-k of its n seeds chose t* = 1 or had an empty effective region (``no_path_gain``);
-columns UA, RA, TA, MIA-Efficacy, Avg. Gap, RTE as mean ± std over seeds. A cell is every
-trial that differs only in its seed; when a grid varies more than the scenario, the baseline and
-the β schedule (curve order, k, ...), those values are part of the row's name. Written
+k of its n seeds chose t* = 1 or had an empty effective region (``no_path_gain``); columns UA, RA,
+TA, MIA-Efficacy, Avg. Gap, RTE as mean ± std over seeds with a 95% interval of the seed mean, the
+mask's selected fraction and the β actually used. The interval combines each seed's bootstrap
+interval (forget/test samples, MIA shadow draws) in quadrature:
+
+    lo = mean − √(Σ_s (x_s − lo_s)²) / S,   hi = mean + √(Σ_s (hi_s − x_s)²) / S
+
+(the sampling uncertainty of the mean over S seeds; ± std is the spread between seeds). A cell is
+every trial that differs only in its seed; when a grid varies more than the scenario, the baseline
+and the β schedule (curve order, k, ...), those values are part of the row's name, k with the
+fraction the mask actually selected. Written
 as Markdown, CSV and Parquet with plots (paths of each cell overlaid with their effective regions,
 Avg. Gap by curve order / k / k_r / β schedule, the Avg. Gap–RTE Pareto front), and logged to MLflow
 as artifacts of the experiment's sweep run.
@@ -19,6 +27,7 @@ import argparse
 import csv
 import io
 import json
+import math
 import statistics
 import sys
 from collections import defaultdict
@@ -33,8 +42,21 @@ from mcu_dist.services import ServiceError, redact, writable_dir
 from mcu_dist.store import atomic, write_table, write_text
 
 METRICS = (*GAP_METRICS, "avg_gap", "rte_min")
-CONTROLS = {"baseline_bn": "+BN", "line": "+line"}  # trial metric prefix -> row suffix
-SWEPT = ("mcu.curve_order", "mcu.k", "mcu.k_r", "mcu.mask", "mcu.lr", "mcu.beta", "mcu.epochs")
+WITH_INTERVALS = (*GAP_METRICS, "avg_gap")
+EXTRAS = ("mask_fraction", "beta_0", "beta_low", "beta_high", "beta_fixed", "beta_other")
+# trial metric prefix -> row suffix; +budget is the compute-matched control
+CONTROLS = {"baseline_bn": "+BN", "line": "+line", "budget": "+budget"}
+SWEPT = (
+    "mcu.curve_order",
+    "mcu.k",
+    "mcu.k_r",
+    "mcu.mask",
+    "mcu.mask_mode",
+    "mcu.lr",
+    "mcu.beta",
+    "mcu.epochs",
+)
+MASK_KEYS = ("mcu.k", "mcu.k_r", "mcu.mask", "mcu.mask_mode")
 
 
 def _method(params: dict) -> str:
@@ -62,17 +84,20 @@ def trial_records(runs: list) -> list[dict[str, Any]]:
             "effective_region": json.loads(r.data.tags.get("mcu.effective_region", "[]")),
         }
         rec.update({k: _num(p.get(k)) for k in SWEPT if k in p})
-        rec.update({k: m.get(k) for k in METRICS + ("t_star", "rte_curve_min", "rte_eval_min", "path_gain")})
-        rec["baseline"] = {k: m.get(f"baseline/{k}") for k in GAP_METRICS}
+        bounds = [f"{k}_{side}" for k in WITH_INTERVALS for side in ("lo", "hi")]
+        rec.update(
+            {k: m.get(k) for k in METRICS + EXTRAS + ("t_star", "rte_curve_min", "rte_eval_min", "path_gain")}
+        )
+        rec.update({k: m.get(k) for k in bounds})
+        rec["baseline"] = {k: m.get(f"baseline/{k}") for k in (*GAP_METRICS, *bounds)}
         rec["baseline"]["avg_gap"] = m.get("baseline_avg_gap")
         rec["baseline"]["rte_min"] = m["rte_min"] - m.get("rte_curve_min", 0) - m.get("rte_eval_min", 0)
-        for control in CONTROLS:  # <method>+BN, <method>+line: present when the trial evaluated them
+        for control in CONTROLS:  # <method>+BN, +line, +budget: present when the trial evaluated them
             if m.get(f"{control}_avg_gap") is not None:
-                rec[control] = {k: m.get(f"{control}/{k}") for k in GAP_METRICS}
-                rec[control].update(
-                    {"avg_gap": m[f"{control}_avg_gap"], "rte_min": rec["baseline"]["rte_min"]}
-                )
-        rec["retrain"] = {k: m.get(f"retrain/{k}") for k in GAP_METRICS}
+                rec[control] = {k: m.get(f"{control}/{k}") for k in (*GAP_METRICS, *bounds)}
+                rte = m.get(f"{control}/rte_min", rec["baseline"]["rte_min"])
+                rec[control].update({"avg_gap": m[f"{control}_avg_gap"], "rte_min": rte})
+        rec["retrain"] = {k: m.get(f"retrain/{k}") for k in (*GAP_METRICS, *bounds)}
         rec["retrain"].update({"avg_gap": 0.0, "rte_min": m.get("retrain_rte_min")})
         out.append(rec)
     return out
@@ -116,14 +141,35 @@ def table(records: list[dict]) -> list[dict[str, Any]]:
             for r in mine:
                 cells[(r["variant"], *(r.get(k) for k in extra))].append(r)
             for key in sorted(cells, key=str):
-                label = f"{method}+{key[0]}" + "".join(
-                    f" {k.split('.')[-1]}={v:g}" if isinstance(v, float) else f" {k.split('.')[-1]}={v}"
-                    for k, v in zip(extra, key[1:], strict=True)
-                )
+                label = f"{method}+{key[0]}" + _label(dict(zip(extra, key[1:], strict=True)), cells[key])
                 row = _row(scenario, label, cells[key])
                 row["no_path_gain"] = sum(1 for r in cells[key] if r.get("path_gain") == 0.0)
                 rows.append(row)
     return rows
+
+
+def _label(values: dict[str, Any], recs: list[dict]) -> str:
+    """`` k=0.1 mask=random_matched (sel 24%)``: the varying values, and when the mask varies, the
+    fraction it actually selected (mean over the cell's seeds)."""
+    text = "".join(
+        f" {k.split('.')[-1]}={v:g}" if isinstance(v, float) else f" {k.split('.')[-1]}={v}"
+        for k, v in values.items()
+    )
+    selected = [r["mask_fraction"] for r in recs if r.get("mask_fraction") is not None]
+    if any(k in MASK_KEYS for k in values) and selected:
+        text += f" (sel {100 * statistics.fmean(selected):.0f}%)"
+    return text
+
+
+def pooled_interval(recs: list[dict], k: str) -> tuple[float, float]:
+    """The seed mean's interval from each seed's (x, lo, hi), half-widths combined in quadrature."""
+    trip = [(r[k], r[f"{k}_lo"], r[f"{k}_hi"]) for r in recs if r.get(f"{k}_lo") is not None]
+    if not trip or len(trip) < len([r for r in recs if r.get(k) is not None]):
+        return float("nan"), float("nan")
+    mean, s = statistics.fmean(x for x, _, _ in trip), len(trip)
+    below = math.sqrt(sum(max(x - lo, 0.0) ** 2 for x, lo, _ in trip)) / s
+    above = math.sqrt(sum(max(hi - x, 0.0) ** 2 for x, _, hi in trip)) / s
+    return mean - below, mean + above
 
 
 def _row(scenario: str, name: str, recs: list[dict]) -> dict[str, Any]:
@@ -131,6 +177,10 @@ def _row(scenario: str, name: str, recs: list[dict]) -> dict[str, Any]:
     for k in METRICS:
         mean, std, n = _agg([r.get(k) for r in recs])
         row[k], row[f"{k}_std"], row["n"] = mean, std, max(n, row.get("n", 0))
+    for k in WITH_INTERVALS:
+        row[f"{k}_lo"], row[f"{k}_hi"] = pooled_interval(recs, k)
+    for k in EXTRAS:
+        row[k] = _agg([r.get(k) for r in recs])[0]
     return row
 
 
@@ -140,17 +190,39 @@ def markdown(rows: list[dict]) -> str:
         lines += [
             f"### {scenario}",
             "",
-            "| model | UA | RA | TA | MIA | Avg. Gap | RTE (min) | seeds | note |",
-            "|---|---|---|---|---|---|---|---|---|",
+            "| model | UA | RA | TA | MIA | Avg. Gap | RTE (min) | mask % | β = 0 / low / high (% steps) "
+            "| seeds | note |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in (r for r in rows if r["scenario"] == scenario):
-            cells = [f"{r[k]:.2f} ± {r[k + '_std']:.2f}" for k in METRICS[:-1]]
+            cells = [_cell(r, k) for k in METRICS[:-1]]
             note = f"no path gain in {r['no_path_gain']}/{r['n']} seeds" if r.get("no_path_gain") else ""
             lines.append(
-                f"| {r['model']} | " + " | ".join(cells) + f" | {r['rte_min']:.2f} | {r['n']} | {note} |"
+                f"| {r['model']} | "
+                + " | ".join(cells)
+                + f" | {r['rte_min']:.2f} | {_pct(r['mask_fraction'])} | "
+                f"{_betas(r)} | {r['n']} | {note} |"
             )
         lines.append("")
     return "\n".join(lines)
+
+
+def _cell(r: dict, k: str) -> str:
+    text = f"{r[k]:.2f} ± {r[k + '_std']:.2f}"
+    lo, hi = r.get(f"{k}_lo"), r.get(f"{k}_hi")
+    return text + (f" [{lo:.2f}, {hi:.2f}]" if lo == lo and lo is not None else "")
+
+
+def _pct(v: float | None) -> str:
+    return f"{100 * v:.1f}" if v is not None and v == v else ""
+
+
+def _betas(r: dict) -> str:
+    if r.get("beta_fixed") == r.get("beta_fixed") and r.get("beta_fixed") is not None:
+        return f"fixed β {_pct(r['beta_fixed'])}, β = 0 {_pct(r['beta_0'])}"
+    if r.get("beta_0") is None or r["beta_0"] != r["beta_0"]:
+        return ""
+    return " / ".join(_pct(r.get(k)) for k in ("beta_0", "beta_low", "beta_high"))
 
 
 def plots(records: list[dict], histories: dict[str, dict[str, list]], out: Path) -> list[Path]:
@@ -183,6 +255,9 @@ def plots(records: list[dict], histories: dict[str, dict[str, list]], out: Path)
         values = sorted({r.get(param) for r in records if r.get(param) is not None}, key=str)
         if len(values) < 2:
             continue
+        if param in ("mcu.k", "mcu.k_r"):  # the axis is what the mask selected, not what k asked for
+            made.append(_by_selected_fraction(records, param, out))
+            continue
         fig, ax = plt.subplots(figsize=(5, 3.2))
         if len(values) > 6 and all(isinstance(v, float) for v in values):  # continuous: one dot per trial
             have = [r for r in records if r.get(param) is not None]
@@ -211,6 +286,25 @@ def plots(records: list[dict], histories: dict[str, dict[str, list]], out: Path)
     return made
 
 
+def _by_selected_fraction(records: list[dict], param: str, out: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    for v in sorted({r[param] for r in records if r.get(param) is not None}):
+        mine = [r for r in records if r.get(param) == v and r.get("mask_fraction") is not None]
+        ax.scatter(
+            [100 * r["mask_fraction"] for r in mine],
+            [r["avg_gap"] for r in mine],
+            s=16,
+            label=f"{param}={v:g}",
+        )
+    ax.set_xlabel("parameters selected by the mask (%)")
+    ax.set_ylabel("Avg. Gap (lower is better)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return _save(fig, out / f"avg_gap_by_{param.split('.')[-1]}.png")
+
+
 def _save(fig, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
@@ -230,7 +324,7 @@ def write_report(tracker, runs: list, out: Path) -> str:
     write_text(out / "report.md", text)
     write_table(rows, out / "report.parquet")
     csv_text = io.StringIO()
-    # rows differ in their columns (a control that ran for some cells only): the union, in first-seen order
+    # rows differ in their keys (e.g. a no-path gain only where a path exists): every key is a column
     writer = csv.DictWriter(csv_text, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
     writer.writeheader()
     writer.writerows(rows)

@@ -51,6 +51,8 @@ def redact(uri: str | None) -> str:
     if "@" in netloc:
         netloc = "***@" + netloc.rpartition("@")[2]
     query = re.sub(r"(?i)((?:token|password|secret|key)[^=&]*=)[^&]*", r"\1***", parts.query)
+    if (netloc, query) == (parts.netloc, parts.query):
+        return uri  # nothing secret; unsplitting would also turn sqlite:////abs into sqlite://abs
     return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 

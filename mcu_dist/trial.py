@@ -19,15 +19,17 @@ from mcu_dist import fs
 from mcu_dist.config import ExperimentConfig, to_yaml
 from mcu_dist.data import write_manifest
 from mcu_dist.evaluate.bn import recalibrate_bn
+from mcu_dist.evaluate.bootstrap import intervals
 from mcu_dist.evaluate.metrics import avg_gap, predict
-from mcu_dist.evaluate.names import PATH_METRICS, TRIAL_METRICS
-from mcu_dist.evaluate.point import evaluate_model
+from mcu_dist.evaluate.names import PATH_METRICS, ROW_PREFIXES, TRIAL_METRICS
+from mcu_dist.evaluate.point import evaluate_outcomes
 from mcu_dist.evaluate.selection import gap_cal
 from mcu_dist.lab import Lab
 from mcu_dist.path.beta import CalTargets, variant_name
 from mcu_dist.pipeline import bn_control, line_control, run_path
-from mcu_dist.references import baseline_model, prepare_references
+from mcu_dist.references import baseline_model, has_budget_control, prepare_references
 from mcu_dist.store import write_text
+from mcu_dist.train.mcu import retain_prime_record
 from mcu_dist.tune_space import SearchSpace
 from mcu_dist.validation import validate
 
@@ -122,13 +124,26 @@ def _compute_in(cfg, params, ctx, report, tracker, run_id, sweep, out: Path) -> 
     refs = prepare_references(lab)  # refuses a mask that selects nothing, before the trial writes anything
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / "config.yaml", to_yaml(cfg))
-    write_manifest(lab.bundle, lab.splits, out / "forget_manifest.parquet")
+    write_manifest(lab.bundle, lab.splits, out / "forget_manifest.parquet", retain_prime_record(lab))
     original, retrain_row, cal, mask = refs.original, refs.retrain_row, refs.cal, refs.mask
-    endpoint, base_s = baseline_model(lab, cfg.baselines.methods[0], original)
-    baseline_row = evaluate_model(endpoint, lab)
+    retrain_oc, draws = refs.retrain_outcomes, cfg.eval.shadow_draws
+    boot = (cfg.eval.bootstrap, cfg.eval.ci_level, cfg.seeds.eval)
+    retrain_row = {**retrain_row, **intervals(retrain_oc, retrain_oc, *boot)}
+    method = cfg.baselines.methods[0]
+    endpoint, base_s = baseline_model(lab, method, original)
+
+    def scored(model) -> dict[str, float]:
+        row, oc = evaluate_outcomes(model, lab, shadow_draws=draws)
+        return {**row, "avg_gap": avg_gap(row, retrain_row), **intervals(oc, retrain_oc, *boot)}
+
+    baseline_row = scored(endpoint)
     controls = {"baseline_bn": bn_control(lab, endpoint)}
     if cfg.eval.line_control:
-        controls["line"] = line_control(lab, original, endpoint, cal, retrain_row).row
+        line = line_control(lab, original, endpoint, cal, retrain_row)
+        controls["line"] = {**line.row, **intervals(line.outcomes, retrain_oc, *boot)}
+    if cfg.baselines.budget_control and has_budget_control(method):
+        continued, budget_s = baseline_model(lab, method, original, more_epochs=cfg.mcu.epochs)
+        controls["budget"] = {**scored(continued), "rte_min": budget_s / 60}
     on_epoch = None
     if report is not None and sweep.asha and not cfg.scale.distributed:
 
@@ -149,13 +164,15 @@ def _compute_in(cfg, params, ctx, report, tracker, run_id, sweep, out: Path) -> 
         on_epoch_end=on_epoch,
         plot={"title": f"{trial_name(cfg, params)}   (trial {ctx.trial_id})", "baseline_row": baseline_row},
     )
-    row = result.row
-    metrics = {k: float(row[k]) for k in TRIAL_METRICS if k in row} | {"t_star": result.t_star}
+    row = {**result.row, **intervals(result.outcomes, retrain_oc, *boot)}
+    metrics = {k: float(v) for k, v in row.items() if k in TRIAL_METRICS or k.startswith(ROW_PREFIXES)}
     base_gap = avg_gap(baseline_row, retrain_row)
     metrics.update(
         {
+            "t_star": result.t_star,
             "gain": base_gap - metrics["avg_gap"],  # > 0: MCU moved the baseline closer to Retrain
             "region_size": float(len(result.effective_region)),
+            **mask.summary(),
             "baseline_avg_gap": base_gap,
             "baseline_gap_cal": gap_cal(baseline_row["RA"], baseline_row["FA"], cal),
             **{f"{name}_avg_gap": avg_gap(r, retrain_row) for name, r in controls.items()},
@@ -259,6 +276,7 @@ def _log_path(
     final = {
         **{k: metrics[k] for k in HEADLINE if k in metrics},
         **{k: v for k, v in metrics.items() if k != "final"},
+        **{f"mask/layer/{k}": v for k, v in mask.layer_fractions().items()},
         **{f"baseline/{k}": v for k, v in baseline_row.items()},
         **{f"retrain/{k}": v for k, v in retrain_row.items()},
         **{f"{name}/{k}": v for name, r in controls.items() for k, v in r.items()},
@@ -269,7 +287,7 @@ def _log_path(
         run_id,
         {
             "mcu.effective_region": result.effective_region,
-            "mcu.mask_sha256": mask["sha256"],
+            "mcu.mask_sha256": mask.sha256,
             "mcu.t_star": result.t_star,
             "mcu.node_id": _node_id(),
         },

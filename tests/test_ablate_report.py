@@ -105,14 +105,29 @@ def test_report_builds_the_paper_table_from_mlflow(tmp_path):
     out = tmp_path / "report"
     assert report.main(["--experiment", "grid", "--tracking-uri", uri, "--out", str(out)]) == 0
     rows = pq.read_table(out / "report.parquet").to_pylist()
-    assert [r["model"] for r in rows] == ["Retrain", "ga", "ga+BN", "ga+line", "ga+mcu", "ga+mcu_beta"]
+    assert [r["model"] for r in rows] == [
+        "Retrain",
+        "ga",
+        "ga+BN",
+        "ga+line",
+        "ga+budget",
+        "ga+mcu",
+        "ga+mcu_beta",
+    ]
     assert rows[0]["avg_gap"] == 0.0 and rows[0]["n"] == 2
-    for i, control in ((2, "baseline_bn_avg_gap"), (3, "line_avg_gap")):  # one value per seed, not per cell
-        assert rows[i]["n"] == 2
+    for i, control in ((2, "baseline_bn_avg_gap"), (3, "line_avg_gap"), (4, "budget_avg_gap")):
+        assert rows[i]["n"] == 2  # one value per seed, not per cell
         assert rows[i]["avg_gap"] == pytest.approx(
             statistics.fmean(metrics[("fixed", s)][control] for s in (0, 1))
         )
-    mcu = rows[4]
+    for r in rows:
+        if r["model"] != "ga+BN":  # every other row carries the seed mean's interval
+            for m in ("UA", "RA", "TA", "MIA", "avg_gap"):
+                assert r[f"{m}_lo"] <= r[m] <= r[f"{m}_hi"], (r["model"], m)
+    assert rows[6]["beta_0"] + rows[6]["beta_low"] + rows[6]["beta_high"] + rows[6][
+        "beta_other"
+    ] == pytest.approx(1)
+    mcu = rows[5]
     assert mcu["no_path_gain"] == sum(metrics[("fixed", s)]["path_gain"] == 0.0 for s in (0, 1))
     gaps = [metrics[("fixed", s)]["avg_gap"] for s in (0, 1)]
     assert mcu["avg_gap"] == pytest.approx(statistics.fmean(gaps))
@@ -137,11 +152,12 @@ def test_report_on_an_empty_experiment_is_a_clear_error(tmp_path, capsys):
     assert "--experiment" in capsys.readouterr().err
 
 
-def test_shipped_smoke_grid_parses():
+@pytest.mark.parametrize("name,references", [("ablation_smoke.yaml", 4), ("ablation_mask_smoke.yaml", 2)])
+def test_shipped_smoke_grid_parses(name, references):
     from pathlib import Path
 
-    space = load_space(Path(__file__).resolve().parents[1] / "tune_spaces" / "ablation_smoke.yaml")
-    assert space.grid and space.sweep.num_samples == 16 and len(reference_cells(space)) == 4
+    space = load_space(Path(__file__).resolve().parents[1] / "tune_spaces" / name)
+    assert space.grid and space.sweep.num_samples == 16 and len(reference_cells(space)) == references
 
 
 def test_asha_trials_report_a_gap_cal_proxy_every_epoch(tmp_path):

@@ -403,6 +403,7 @@ def test_credentials_in_a_tracking_uri_are_never_shown():
 
     uri = "http://alice:s3cr%40t@mlflow.example:5000/prefix?token=abc&x=1"
     assert redact(uri) == "http://***@mlflow.example:5000/prefix?token=***&x=1"
+    assert redact("sqlite:////abs/m.db") == "sqlite:////abs/m.db"  # nothing to hide: unchanged
     assert "s3cr" not in redact_text(f"ConnectionError: GET {uri}/api failed; see https://docs.example")
     clean = use_credentials(uri)
     assert clean == "http://mlflow.example:5000/prefix?token=abc&x=1"

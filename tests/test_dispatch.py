@@ -128,17 +128,10 @@ def test_resource_options_and_checks():
     check_cluster(SweepConfig(gpus_per_trial=0.25, reference_gpus=1), {"GPU": 1})
 
 
-def test_gpu_trials_with_ddp_curves_and_gpu_trials_without_gpu_references_are_refused(tmp_path):
+def test_gpu_trials_without_gpu_references_on_a_cpu_driver_are_refused(tmp_path):
     from mcu_dist.sweep import parse_args, resolve
 
     space_file = tmp_path / "s.yaml"
-    space_file.write_text(
-        "fixed: {data.dataset: digits, scale.workers: 2}\n"
-        "search: {mcu.k: {type: float, low: 0.1, high: 0.5}}\n"
-        "sweep: {gpus_per_trial: 0.5}\n"
-    )
-    with pytest.raises(ConfigError, match=r"^sweep.gpus_per_trial: got 0.5; allowed: 0 when scale.workers"):
-        resolve(parse_args(["--space", str(space_file), "--storage", str(tmp_path / "st")]))
     import torch
 
     if not torch.cuda.is_available():

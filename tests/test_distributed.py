@@ -103,7 +103,7 @@ def test_killed_worker_resumes_from_its_checkpoint(ray_cluster, tmp_path):
         for p in endpoint.parameters():
             p.add_(0.02 * torch.randn_like(p, generator=torch.Generator().manual_seed(0)))
     cal = calibration_targets(original, lab, classwise=True)
-    selected = compute_mask(original, lab, cfg.mcu.k, cfg.mcu.k_r)["selected"]
+    selected = compute_mask(original, lab, cfg.mcu.k, cfg.mcu.k_r).selected
     uninterrupted = curve_between(original, endpoint, 2, selected)
     reference = train_curve(uninterrupted, lab, cfg.mcu, "adaptive_step", cal, cfg.seeds.unlearn)
 

@@ -29,7 +29,7 @@ def endpoint(digits_original):
 def _train(lab, original, endpoint, schedule, order=2, k=0.3, k_r=0.1, weight_decay=5e-4, epochs=2):
     cfg = MCUConfig(curve_order=order, k=k, k_r=k_r, epochs=epochs, weight_decay=weight_decay, batch_size=64)
     mask = compute_mask(original, lab, cfg.k, cfg.k_r)
-    curve = curve_between(original, endpoint, order, mask["selected"])
+    curve = curve_between(original, endpoint, order, mask.selected)
     before = {f"{j}.{n}": curve.point(j, n).detach().clone() for j in range(order + 1) for n in curve.names}
     cal = calibration_targets(original, lab, classwise=True)
     state = train_curve(curve, lab, cfg, schedule, cal, seed=0)
@@ -43,7 +43,7 @@ def test_selected_tensors_move_and_unselected_stay_bit_identical(
     digits_lab, digits_original, endpoint, schedule, order
 ):
     curve, mask, before, state = _train(digits_lab, digits_original, endpoint, schedule, order)
-    selected = set(mask["selected"])
+    selected = set(mask.selected)
     assert 0 < len(selected) < len(curve.names)
     moved = 0
     for j in range(order + 1):
@@ -103,19 +103,19 @@ def test_two_stage_mask_on_hand_made_scores():
     assert select_tensors(sizes, s_r, s_f, k=0.3, k_r=0.4) == ["c", "d", "b"]
     assert select_tensors(sizes, s_r, s_f, k=0.5, k_r=0.0) == ["a"]
     assert select_tensors(sizes, s_r, s_f, k=1.0, k_r=0.0) == list(sizes)
-    chosen = random_tensors(sizes, 0.15, seed=0)
-    assert sum(sizes[n] for n in chosen) >= 15 and chosen == random_tensors(sizes, 0.15, seed=0)
+    chosen = random_tensors(sizes, 15, seed=0)
+    assert sum(sizes[n] for n in chosen) >= 15 and chosen == random_tensors(sizes, 15, seed=0)
 
 
 def test_mask_artifact_is_hashed_and_no_mask_selects_everything(digits_lab, digits_original):
     full = compute_mask(digits_original, digits_lab, 1.0, 0.0)
-    assert full["selected_params"] == full["total_params"]
+    assert full.selected_params == full.total_params and full.fraction == 1.0
     m1 = compute_mask(digits_original, digits_lab, 0.1, 0.0)
     m2 = compute_mask(digits_original, digits_lab, 0.1, 0.0)
-    assert m1["sha256"] == m2["sha256"] and m1["sha256"] != full["sha256"]
-    assert m1["selected_params"] < full["total_params"]
+    assert m1.sha256 == m2.sha256 and m1.sha256 != full.sha256
+    assert m1.selected_params < full.total_params
     rnd = compute_mask(digits_original, digits_lab, 0.1, 0.0, kind="random", seed=0)
-    assert rnd["selected_params"] >= 0.1 * rnd["total_params"] and rnd["sha256"] != m1["sha256"]
+    assert rnd.selected_params >= 0.1 * rnd.total_params and rnd.sha256 != m1.sha256
 
 
 @pytest.mark.parametrize(

@@ -41,20 +41,27 @@ def test_smoke_run_prints_the_table_and_writes_every_artifact(tmp_path):
         "ft",
         "ft+BN",
         "ft+line",
+        "ft+budget",
         "ft+mcu",
         "ft+mcu_beta",
         "ga",
         "ga+BN",
         "ga+line",
+        "ga+budget",
         "ga+mcu",
         "ga+mcu_beta",
     ]
     assert results[1]["avg_gap"] == 0.0
     for r in results:
+        if not r["model"].endswith("+BN"):  # every other final row carries intervals
+            for m in ("UA", "RA", "TA", "MIA"):
+                assert r[f"{m}_lo"] - 1e-9 <= r[m] <= r[f"{m}_hi"] + 1e-9, (r["model"], m)
+            assert r["avg_gap_lo"] <= r["avg_gap_hi"]
+        if "+mcu" in r["model"]:
+            assert 0 < r["mask_fraction"] <= 1 and r["beta_mean"] >= 0
+            assert r["RTE"] == pytest.approx(r["RTE_base"] + r["RTE_curve"] + r["RTE_eval"])
         if "+mcu" in r["model"] or "+line" in r["model"]:
             assert 0.75 <= r["t_star"] <= 1.0
-        if "+mcu" in r["model"]:
-            assert r["RTE"] == pytest.approx(r["RTE_base"] + r["RTE_curve"] + r["RTE_eval"])
     assert (run / "config.yaml").is_file() and (run / "forget_manifest.parquet").is_file()
     path = run / "paths" / "ga+mcu_beta"
     for name in (

@@ -144,8 +144,13 @@ def make_splits(bundle: DatasetBundle, cfg: ForgetConfig, seed: int) -> Splits:
     )
 
 
-def write_manifest(bundle: DatasetBundle, splits: Splits, path: str | Path) -> str:
-    """Write the forget manifest as Parquet (atomically); returns its content hash."""
+def write_manifest(
+    bundle: DatasetBundle, splits: Splits, path: str | Path, extra: dict[str, str] | None = None
+) -> str:
+    """Write the forget manifest as Parquet (atomically); returns its content hash.
+
+    ``extra``: more provenance in the file's metadata (the curve's retained sample D_r′).
+    """
     import pyarrow as pa
 
     idx = bundle.train.index[splits.forget]
@@ -160,6 +165,7 @@ def write_manifest(bundle: DatasetBundle, splits: Splits, path: str | Path) -> s
             "dataset_id": bundle.dataset_id,
             "sha256": splits.manifest_hash,
             "forget_classes": ",".join(map(str, splits.forget_classes or [])),
+            **(extra or {}),
         },
     )
     write_table(table, path)

@@ -43,6 +43,22 @@ def shadow_positions(n_retain: int, n_test: int, cap: int, seed: int) -> tuple[t
     return torch.randperm(n_retain, generator=g)[:n], torch.randperm(n_test, generator=g)[:n]
 
 
+def attack_verdicts(
+    retain: Outputs, test: Outputs, forget: Outputs, name: str, cap: int = 2000, seed: int = 0
+) -> torch.Tensor:
+    """The attack's verdict on every D_f sample (True: *non-member*), shadow sets drawn with ``seed``."""
+    from sklearn.svm import SVC
+
+    members, non_members = shadow_positions(len(retain.correct), len(test.correct), cap, seed)
+    x_train = np.concatenate(
+        [feature(retain, name)[members.numpy()], feature(test, name)[non_members.numpy()]]
+    )
+    y_train = np.concatenate([np.ones(len(members)), np.zeros(len(non_members))])
+    clf = SVC(C=3, gamma="auto", kernel="rbf")
+    clf.fit(x_train, y_train)
+    return torch.from_numpy(clf.predict(feature(forget, name)) == 0)
+
+
 def mia_efficacy(
     retain: Outputs,
     test: Outputs,
@@ -52,20 +68,15 @@ def mia_efficacy(
     features: tuple[str, ...] = ("confidence",),
 ) -> dict[str, float]:
     """``{"MIA": ..., "MIA_<feature>": ..., "mia_n": n}`` for the requested features."""
-    from sklearn.svm import SVC
-
-    members, non_members = shadow_positions(len(retain.correct), len(test.correct), cap, seed)
-    result: dict[str, float] = {"mia_n": float(len(members))}
+    result: dict[str, float] = {"mia_n": float(min(len(retain.correct), len(test.correct), cap))}
     for name in features:
-        x_train = np.concatenate(
-            [feature(retain, name)[members.numpy()], feature(test, name)[non_members.numpy()]]
-        )
-        y_train = np.concatenate([np.ones(len(members)), np.zeros(len(non_members))])
-        clf = SVC(C=3, gamma="auto", kernel="rbf")
-        clf.fit(x_train, y_train)
-        pred = clf.predict(feature(forget, name))
-        value = 100.0 * float((pred == 0).mean())
+        value = 100.0 * attack_verdicts(retain, test, forget, name, cap, seed).double().mean().item()
         result[f"MIA_{name}"] = value
         if name == "confidence":
             result["MIA"] = value
     return result
+
+
+def shadow_seeds(seed: int, draws: int) -> list[int]:
+    """Seeds of ``draws`` shadow-set draws; the first is the headline's own."""
+    return [seed + 1_000_003 * i for i in range(draws)]

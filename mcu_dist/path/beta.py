@@ -87,3 +87,21 @@ def adaptive_smooth(acc_f: float, acc_r: float, cal: CalTargets, p: MCUConfig) -
     g_r = abs(acc_r - cal.cal_r) / 100.0
     ramp = min(1.0, g_f / p.beta_tau)
     return ramp * (p.beta_low + (p.beta_high - p.beta_low) / (1 + math.exp(-(g_f - g_r) / p.beta_tau)))
+
+
+def beta_shares(betas: list[float], schedule: str, p: MCUConfig) -> dict[str, float]:
+    """The β actually used on a path: the share of steps at each of the schedule's levels, and the mean.
+
+    Levels: 0 and β for ``fixed``; 0, β_low and β_high for the step rules; any other value (the smooth
+    schedule's) counts as ``beta_other``.
+    """
+    levels = (
+        {"0": 0.0, "fixed": p.beta}
+        if schedule == "fixed"
+        else {"0": 0.0, "low": p.beta_low, "high": p.beta_high}
+    )
+    counts = dict.fromkeys([*levels, "other"], 0)
+    for b in betas:
+        counts[next((name for name, v in levels.items() if b == v), "other")] += 1
+    n = max(len(betas), 1)
+    return {f"beta_{name}": c / n for name, c in counts.items()} | {"beta_mean": sum(betas) / n}

@@ -26,6 +26,7 @@ from mcu_dist.config import ConfigError, ExperimentConfig, from_dict
 from mcu_dist.lab import Lab
 from mcu_dist.path.beta import CalTargets
 from mcu_dist.path.bezier import BezierCurve, curve_between, has_batchnorm
+from mcu_dist.path.checkpoint import check_endpoints, curve_meta
 from mcu_dist.store import load_checkpoint, load_model, save_checkpoint, save_model
 from mcu_dist.train.mcu import CurveState, TorchDistComm, make_optimizer, train_curve
 
@@ -33,12 +34,14 @@ STATE_FILE = "curve_state.pt"
 
 
 def save_state(path: Path, curve: BezierCurve, optimizer: torch.optim.Optimizer, state: CurveState) -> None:
-    """The curve-training checkpoint: control points, optimiser and RNG state, epoch, step log, restarts."""
+    """The curve-training checkpoint: control points, optimiser and RNG state, epoch, step log, restarts,
+    and the endpoints' digests (a checkpoint of other endpoints is refused on restore)."""
     save_checkpoint(
         path,
         "curve_training",
         curve.control_state(),
         {
+            **curve_meta(curve),
             "epoch": state.epoch,
             "steps": json.dumps(state.steps),
             "seconds": state.seconds,
@@ -50,6 +53,7 @@ def save_state(path: Path, curve: BezierCurve, optimizer: torch.optim.Optimizer,
 
 def restore(curve: BezierCurve, optimizer: torch.optim.Optimizer | None, path: Path) -> CurveState:
     ckpt = load_checkpoint(path, "curve checkpoint", kind="curve_training")
+    check_endpoints(curve, ckpt.header, str(path))
     curve.load_control_state(ckpt.state)
     if optimizer is not None:
         optimizer.load_state_dict(ckpt.extra["optimizer"])

@@ -56,6 +56,20 @@ def retain_sample(retain: torch.Tensor, fraction: float, seed: int) -> torch.Ten
     return retain[torch.randperm(len(retain), generator=torch.Generator().manual_seed(seed))[:count]]
 
 
+def retain_prime_record(lab: Lab) -> dict[str, str]:
+    """D_r′ as the manifest records it: seed, fraction, size and SHA-256 of its dataset indices."""
+    from mcu_dist.data.forget import manifest_hash
+
+    m, seed = lab.cfg.mcu, lab.cfg.seeds.unlearn
+    positions = retain_sample(lab.splits.retain, m.retain_fraction, seed)
+    return {
+        "retain_prime_seed": str(seed),
+        "retain_prime_fraction": str(m.retain_fraction),
+        "retain_prime_size": str(len(positions)),
+        "retain_prime_sha256": manifest_hash(lab.bundle.dataset_id, lab.bundle.train.index[positions]),
+    }
+
+
 def step_t(seed: int, step: int) -> float:
     """t ~ U(0, 1) for global step ``step``: a pure function of (seed, step), so every rank agrees."""
     return float(torch.rand(1, generator=torch.Generator().manual_seed(seed * 1_000_033 + step)).item())
