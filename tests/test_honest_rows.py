@@ -32,7 +32,15 @@ def honest_run(session_dir):
 
 def test_rows_and_their_order(honest_run):
     _, result = honest_run
-    assert [r["model"] for r in result.rows] == ["Original", "Retrain", "ga", "ga+BN", "ga+line", "ga+mcu"]
+    assert [r["model"] for r in result.rows] == [
+        "Original",
+        "Retrain",
+        "ga",
+        "ga+BN",
+        "ga+line",
+        "ga+budget",
+        "ga+mcu",
+    ]
 
 
 def test_baseline_bn_row_is_the_paths_t1_point(honest_run):
@@ -85,5 +93,5 @@ def test_line_control_can_be_turned_off(session_dir):
         **{"baselines.methods": ["ga"], "mcu.beta_schedule": ["fixed"], "eval.line_control": False},
     )
     result = run_experiment(cfg, log=lambda *_: None)
-    assert [r["model"] for r in result.rows] == ["Original", "Retrain", "ga", "ga+BN", "ga+mcu"]
+    assert [r["model"] for r in result.rows] == ["Original", "Retrain", "ga", "ga+BN", "ga+budget", "ga+mcu"]
     assert "gain_vs_line" not in result.rows[-1] and "gain_vs_bn" in result.rows[-1]
