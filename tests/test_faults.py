@@ -19,17 +19,10 @@ from torch import nn
 from mcu_dist.guard import DivergenceError
 from mcu_dist.tracking import PARENT_TAG, TRIAL_TAG
 from tests.conftest import digits_config
+from tests.test_sweep import SMALL as SWEEP_SMALL
 
-SMALL = {
-    "data.dataset": "digits",
-    "forget.spec": "classes:1",
-    "reference.epochs": 2,
-    "mcu.epochs": 1,
-    "eval.t_points": 5,
-    "eval.mia_cap": 200,
-    "eval.bn_set_size": 256,
-    "baselines.methods": ["ft"],
-}
+# The sweep tests' small trial, on one digits class.
+SMALL = {"data.dataset": "digits", "forget.spec": "classes:1", **SWEEP_SMALL}
 
 
 def _children(uri: str, experiment: str) -> list:
