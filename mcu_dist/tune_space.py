@@ -10,12 +10,15 @@
       mcu.beta:          {type: float, low: 0.05, high: 0.5, when: {mcu.beta_schedule: fixed}}
       baseline:          {type: categorical, choices: [ft, ga, rl]}
       baseline.lr:       {type: logfloat, low: 1e-3, high: 1e-1}   # the chosen baseline's hyperparameter
+      baseline.epochs:   declared    # the range each baseline declares for it (baselines/<unit>.py)
     sweep:                      # SweepConfig fields
       num_samples: 8
 
 ``when`` makes a dimension conditional: it exists only when its parent took one of the given
 values (a value or a list). ``baseline`` picks the pre-unlearning method of a trial, and
-``baseline.<hp>`` searches that method's hyperparameter (it must be declared by every method offered).
+``baseline.<hp>`` searches that method's hyperparameter (it must be declared by every method offered);
+``declared`` in place of a range takes, for each method, the range the method itself declares, so a
+baseline's search range is written once, beside its defaults.
 Every key is checked (field exists, range well-formed, values of the field's type) before Ray starts.
 """
 
@@ -86,6 +89,14 @@ class Dimension:
     high: float | None = None
     choices: list | None = None
     when: dict[str, list] = field(default_factory=dict)
+    declared: dict[str, tuple] | None = (
+        None  # baseline -> (low, high) its unit declares; low/high: their hull
+    )
+
+    def bounds(self, chosen: dict[str, Any]) -> tuple:
+        if not self.declared:
+            return self.low, self.high
+        return self.declared.get(chosen.get("baseline"), next(iter(self.declared.values())))
 
 
 @dataclass
@@ -109,12 +120,13 @@ class SearchSpace:
         for d in self.dims:
             if any(chosen.get(parent) not in values for parent, values in d.when.items()):
                 continue
+            low, high = d.bounds(chosen)
             if d.kind == "float":
-                chosen[d.key] = trial.suggest_float(d.key, d.low, d.high)
+                chosen[d.key] = trial.suggest_float(d.key, low, high)
             elif d.kind == "logfloat":
-                chosen[d.key] = trial.suggest_float(d.key, d.low, d.high, log=True)
+                chosen[d.key] = trial.suggest_float(d.key, low, high, log=True)
             elif d.kind == "int":
-                chosen[d.key] = trial.suggest_int(d.key, int(d.low), int(d.high))
+                chosen[d.key] = trial.suggest_int(d.key, int(low), int(high))
             else:
                 chosen[d.key] = trial.suggest_categorical(d.key, d.choices)
         return chosen
@@ -122,7 +134,9 @@ class SearchSpace:
     def to_yaml(self) -> str:
         """The resolved space (flag overrides and defaults applied), as a grid file when it is one."""
         dims = {
-            d.key: {
+            d.key: "declared"
+            if d.declared
+            else {
                 k: v
                 for k, v in (("type", d.kind), ("low", d.low), ("high", d.high), ("choices", d.choices))
                 if v is not None
@@ -176,10 +190,38 @@ def _leaf_types(cls: type = ExperimentConfig, prefix: str = "") -> dict[str, Any
     return out
 
 
+def _declared(key: str, methods: list[str]) -> dict[str, Any]:
+    """``baseline.<hp>: declared``: each offered method's own declared range for ``hp``, as one dimension."""
+    hp, where = key.split(".", 1)[1], f"search.{key}"
+    for m in methods:
+        if hp not in BASELINES[m].space:
+            raise ConfigError(
+                f"{where}: baseline {m} declares no search range for {hp!r}; allowed: "
+                f"{', '.join(sorted(BASELINES[m].space)) or 'none'}, or a range written here"
+            )
+    specs = {m: BASELINES[m].space[hp] for m in methods}
+    kinds = sorted({s["type"] for s in specs.values()})
+    if len(kinds) != 1 or kinds[0] == "categorical":
+        raise ConfigError(f"{where}: declared as {kinds}; allowed: one numeric type across {methods}")
+    return {
+        "type": kinds[0],
+        "low": min(s["low"] for s in specs.values()),
+        "high": max(s["high"] for s in specs.values()),
+        "declared": {m: (s["low"], s["high"]) for m, s in specs.items()},
+    }
+
+
 def _dimension(key: str, spec: Any, leaves: dict[str, Any], methods: list[str]) -> Dimension:
     where = f"search.{key}"
+    declared = None
+    if spec == "declared" and key.startswith("baseline."):
+        spec = _declared(key, methods)
+        declared = spec.pop("declared")
     if not isinstance(spec, dict):
-        raise ConfigError(f"{where}: got {spec!r}; allowed: a mapping with type and its range or choices")
+        raise ConfigError(
+            f"{where}: got {spec!r}; allowed: a mapping with type and its range or choices"
+            + (", or 'declared' for a baseline.<hp>" if key.startswith("baseline.") else "")
+        )
     unknown = set(spec) - {"type", "low", "high", "choices", "when"}
     if unknown:
         raise ConfigError(f"{where}.{sorted(unknown)[0]}: unknown; allowed: type, low, high, choices, when")
@@ -198,7 +240,7 @@ def _dimension(key: str, spec: Any, leaves: dict[str, Any], methods: list[str]) 
     when = {p: v if isinstance(v, list) else [v] for p, v in raw_when.items()}
     if any(len(v) == 0 for v in when.values()):
         raise ConfigError(f"{where}.when: an empty list of parent values; allowed: at least one value")
-    dim = Dimension(key, kind, spec.get("low"), spec.get("high"), spec.get("choices"), when)
+    dim = Dimension(key, kind, spec.get("low"), spec.get("high"), spec.get("choices"), when, declared)
     if kind == "categorical":
         if not isinstance(dim.choices, list) or not dim.choices:
             raise ConfigError(f"{where}.choices: got {dim.choices!r}; allowed: a non-empty list")

@@ -204,6 +204,40 @@ def test_baseline_hyperparameter_lands_with_the_chosen_method():
         assert 1e-3 <= params["baseline.lr"] <= 1e-1
 
 
+def test_declared_takes_each_baselines_own_range():
+    """``baseline.lr: declared`` searches, for each method, the range its unit declares (written once)."""
+    from mcu_dist.baselines import BASELINES
+
+    space = parse_space(
+        _digits(
+            {
+                "baseline": {"type": "categorical", "choices": ["ft", "scrub", "sfron"]},
+                "baseline.lr": "declared",
+            }
+        )
+    )
+    seen = set()
+    for _, params in _samples(space, n=60, seed=3):
+        declared = BASELINES[params["baseline"]].space["lr"]
+        assert declared["low"] <= params["baseline.lr"] <= declared["high"]
+        assert space.trial_config(params).baselines.params[params["baseline"]] == {
+            "lr": params["baseline.lr"]
+        }
+        seen.add(params["baseline"])
+    assert seen == {"ft", "scrub", "sfron"}
+    assert yaml.safe_load(space.to_yaml())["search"]["baseline.lr"] == "declared"
+    assert parse_space(yaml.safe_load(space.to_yaml())).dims[1].declared == space.dims[1].declared
+    with pytest.raises(ConfigError, match=r"^search.baseline.alpha: baseline ft declares no search range"):
+        parse_space(
+            _digits(
+                {
+                    "baseline": {"type": "categorical", "choices": ["scrub", "ft"]},
+                    "baseline.alpha": "declared",
+                }
+            )
+        )
+
+
 def test_without_a_baseline_dimension_the_first_configured_method_runs():
     space = parse_space(
         _digits({"mcu.k": {"type": "float", "low": 0.1, "high": 0.9}}, **{"baselines.methods": ["ga", "ft"]})
