@@ -31,10 +31,16 @@ def quiet(verbose: bool) -> None:
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 
+def say(line: str) -> None:
+    """The console's default output. Not the builtin itself: Tune pickles its callbacks, and a Ray Train
+    run in the same process replaces ``builtins.print``, after which the original cannot be pickled."""
+    print(line)
+
+
 class Progress:
     """``[i/n] what  (elapsed)`` lines for the shared models trained before trials fan out."""
 
-    def __init__(self, total: int, log: Callable[[str], None] = print):
+    def __init__(self, total: int, log: Callable[[str], None] = say):
         self.total, self.done, self.log, self.start = total, 0, log, time.perf_counter()
 
     def step(self, what: str) -> None:
@@ -43,9 +49,7 @@ class Progress:
         self.log(f"  shared model {self.done}/{self.total}: {what} ready ({elapsed:.0f} s)")
 
 
-def trial_lines(
-    objective: str, total: int, name_of: Callable[[dict], str], log: Callable[[str], None] = print
-):
+def trial_lines(objective: str, total: int, name_of: Callable[[dict], str], log: Callable[[str], None] = say):
     """A Tune callback printing ``[k/n] name  objective  seconds`` as each trial finishes or fails."""
     from ray.tune import Callback
 

@@ -49,7 +49,8 @@ def test_two_workers_equal_one_worker_and_reference_models_train_once(ray_cluste
     )
     one = run_experiment(one_cfg, tmp_path / "one", log=lambda *_: None)
     cached = _cache_files(one_cfg)
-    assert len(cached) == 3  # original, retrain, ft: trained once, by the first run
+    # original, retrain, ft and ft's compute-matched control: trained once, by the first run
+    assert sorted(name.split("-")[0] for name in cached) == ["baseline", "budget", "original", "retrain"]
     two_cfg = with_overrides(one_cfg, {"scale.workers": 2, "scale.storage": str(tmp_path / "ray")})
     two = run_experiment(two_cfg, tmp_path / "two", log=lambda *_: None)
     assert _cache_files(two_cfg) == cached  # the distributed run trained no reference model again

@@ -126,7 +126,8 @@ WRITER = textwrap.dedent(
     import sys, torch
     from mcu_dist.store import save_checkpoint
     torch.manual_seed(0)
-    save_checkpoint(sys.argv[1], "model", {"w": torch.randn(12 * 1024 * 1024)})  # 48 MiB: several parts
+    # 192 MiB: many more parts than are uploaded at once, so the first part to land is far from the last
+    save_checkpoint(sys.argv[1], "model", {"w": torch.randn(48 * 1024 * 1024)})
     """
 )
 
