@@ -55,8 +55,9 @@ def _samples(space: SearchSpace, n: int = N_SAMPLES, seed: int = 0) -> list[tupl
     return out
 
 
-def _raw_when(spec: dict) -> dict[str, list]:
-    return {p: v if isinstance(v, list) else [v] for p, v in (spec.get("when") or {}).items()}
+def _raw_when(spec: dict | str) -> dict[str, list]:
+    when = spec.get("when") if isinstance(spec, dict) else None  # "declared" is never conditional
+    return {p: v if isinstance(v, list) else [v] for p, v in (when or {}).items()}
 
 
 def _digits(search: dict, sweep: dict | None = None, **fixed) -> dict:
