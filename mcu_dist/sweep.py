@@ -333,6 +333,20 @@ def pareto_front(rows: list[dict], keys: tuple[str, str]) -> list[dict]:
     ]
 
 
+def error_cause(error: BaseException) -> str:
+    """What made a trial fail, in one line: the exception raised inside the trial, its type and the first
+    line of its message (Ray wraps it in a RayTaskError whose text opens with the actor's name, pid and a
+    coloured traceback; without the original exception, the traceback's last line)."""
+    import re
+
+    cause = getattr(error, "cause", None)
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(cause if cause is not None else error))
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if cause is None:
+        return (lines[-1] if lines else type(error).__name__)[:500]
+    return f"{type(cause).__name__}: {lines[0] if lines else ''}"[:500]
+
+
 def summarize(results, space: SearchSpace) -> list[dict]:
     """One row per trial (name, status, params, final metrics), best first; ``order`` = finishing order."""
     rows = []
@@ -343,7 +357,7 @@ def summarize(results, space: SearchSpace) -> list[dict]:
             "trial_id": m.get("trial_id") or Path(r.path).name,
             "name": _safe_name(space, params),
             "status": "ERROR" if r.error else "OK",
-            "error": str(r.error)[:500] if r.error else None,
+            "error": error_cause(r.error) if r.error else None,
             "order": m.get("timestamp", 0),
         }
         row.update({f"param.{k}": v for k, v in params.items()})

@@ -52,7 +52,7 @@ def console_table(rows: list[dict], objective: str, n: int = 5) -> str:
         )
     failed = [r for r in rows if r.get(objective) is None]
     for r in failed:
-        lines.append(f"  {r['trial_id']:<46} failed: {r.get('error') or ''}"[:160])
+        lines.append(f"  {r.get('name') or r['trial_id']:<46.46} failed: {r.get('error') or ''}"[:160])
     lines.append("Per baseline, Avg. Gap: baseline alone [+BN, +line] → best MCU trial (gain):")
     for name, base, r in per_baseline(ok, objective):
         controls = ", ".join(

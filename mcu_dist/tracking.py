@@ -59,16 +59,19 @@ def artifact_location(uri: str, experiment: str) -> str | None:
     return None  # a tracking server decides (its --artifacts-destination)
 
 
-def retry(fn: Callable[..., T], *args: Any, attempts: int = 8, **kwargs: Any) -> T:
+def retry(
+    fn: Callable[..., T], *args: Any, attempts: int = 8, races: tuple[str, ...] = (), **kwargs: Any
+) -> T:
     """``fn`` again after a transient failure: up to ``attempts`` tries while a sqlite store is locked
-    (seconds), 3 tries (each bounded by MLflow's own, see services.MLFLOW_HTTP_BOUNDS) while a server does not
-    answer, each such wait announced on stderr."""
+    (seconds) or, for an idempotent write, while it lost one of the ``races`` named (error texts: two trials
+    creating one row at once, the loser sees a rolled-back insert), 3 tries (each bounded by MLflow's own,
+    see services.MLFLOW_HTTP_BOUNDS) while a server does not answer, each such wait announced on stderr."""
     for i in range(attempts):
         try:
             return fn(*args, **kwargs)
         except Exception as e:
             text = str(e).lower()
-            locked = any(s in text for s in ("locked", "busy"))
+            locked = any(s in text for s in ("locked", "busy", *races))
             down = any(s in text for s in ("connection", "temporarily", "503", "max retries"))
             if not (locked or down) or i == attempts - 1 or (down and not locked and i >= 2):
                 raise
@@ -257,7 +260,9 @@ class Tracker:
             )
             for d in datasets
         ]
-        retry(self.client.log_inputs, run_id, datasets=inputs)
+        # MLflow gets-or-creates each dataset per experiment; trials logging the same one at once race on its
+        # (experiment, name, digest) row and the loser's insert fails whole: again, it then finds the row.
+        retry(self.client.log_inputs, run_id, datasets=inputs, races=("unique constraint failed",))
 
     def share_view(self, objective: str, metrics: list[str], params: list[str]) -> str:
         """Store the runs table as a researcher wants it first (sorted by the objective, best first, with

@@ -127,7 +127,7 @@ def test_ray_job_submit_runs_the_smoke_sweep_into_mlflow(ray_cluster, tmp_path):
     assert any((tmp_path / "mlartifacts").rglob("path_table.parquet"))
 
 
-def test_a_failing_trial_is_recorded_and_the_sweep_goes_on(ray_cluster, tmp_path):
+def test_a_failing_trial_is_recorded_and_the_sweep_goes_on(ray_cluster, tmp_path, capsys):
     # "json:loads" imports fine but is no model factory: such a trial fails at run time, after its run started
     space = _space(
         tmp_path,
@@ -141,6 +141,10 @@ def test_a_failing_trial_is_recorded_and_the_sweep_goes_on(ray_cluster, tmp_path
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     code = sweep_cli.main(_sweep_flags(space, tmp_path, uri, "failing"))
     assert code == 1  # the sweep finishes, and its exit code says that trials failed
+    # the final table names each failed trial and its cause, not Ray's wrapper (actor, pid, colour codes)
+    table = [line for line in capsys.readouterr().out.splitlines() if " failed: " in line]
+    assert table and all(line.split(" failed: ")[1].startswith("TypeError: ") for line in table), table
+    assert not any("\x1b[" in line or "ray::" in line for line in table), table
     client, parents, children = _runs(uri, "failing")
     assert parents[0].info.status == "FINISHED" and len(children) == 4
     failed = [c for c in children if c.info.status == "FAILED"]
@@ -261,6 +265,45 @@ def test_trial_logs_to_a_real_mlflow_server(tmp_path):
         assert len(children) == 1 and children[0].data.metrics["avg_gap"] == pytest.approx(metrics["avg_gap"])
         _check_child(client, children[0])
         assert any((tmp_path / "artifacts").rglob("path_table.parquet"))  # stored by the server
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(30)
+
+
+def test_trials_logging_one_dataset_at_once_all_keep_it(tmp_path):
+    """Concurrent trials log the same datasets as run inputs; the server creates each dataset row once and
+    the trials that lose that race must still end up with it (found failing in CI: a FAILED trial)."""
+    import threading
+
+    from mcu_dist.tracking import Tracker
+
+    proc, url = _mlflow_server(tmp_path)
+    try:
+        tracker, width, rounds = Tracker(url, "race"), 6, 8
+        new_run = tracker.start_run
+        runs = [[new_run(f"r{i}-{j}", {}, reuse=False) for j in range(width)] for i in range(rounds)]
+        errors: list[BaseException] = []
+        for i, row in enumerate(runs):
+            gate = threading.Barrier(width)
+
+            def log(run_id: str, i: int = i, gate: threading.Barrier = gate) -> None:
+                gate.wait()
+                try:
+                    data = {"name": f"data{i}", "digest": f"{i:012d}", "source": "x", "context": "train"}
+                    tracker.log_datasets(run_id, [data, {**data, "name": f"forget{i}", "context": "forget"}])
+                except BaseException as e:  # noqa: BLE001 - collected, asserted below
+                    errors.append(e)
+
+            threads = [threading.Thread(target=log, args=(r,)) for r in row]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+        assert not errors, errors[0]
+        client = MlflowClient(url)
+        for row in runs:
+            for run_id in row:
+                assert len(client.get_run(run_id).inputs.dataset_inputs) == 2
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(30)
