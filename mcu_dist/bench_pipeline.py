@@ -135,7 +135,7 @@ class GpuSampler:
 def stage_rows(lab: Lab, rows: list[dict]) -> tuple:
     """Original, retrain, FT baseline, mask, one MCU-β path; returns (original, curve) for the other rows."""
     cfg, s = lab.cfg, lab.splits
-    n_ref = cfg.reference.epochs
+    n_ref = lab.recipe.epochs
     with Stage(lab, rows, "original", n_ref * len(lab.all_train), epochs=n_ref):
         original = train_supervised(lab, lab.all_train, cfg.seeds.model)
     with Stage(lab, rows, "retrain", n_ref * len(s.retain), epochs=n_ref):

@@ -132,22 +132,44 @@ class ModelConfig:
 
 @dataclass
 class TrainConfig:
-    """The standard recipe for reference models (original, retrain): SGD + momentum, cosine, weight decay."""
+    """Reference models (original, retrain): SGD + momentum, cosine. Each field left unset (None) takes the
+    value of the reference recipe (``mcu_dist.recipes``: by name, or ``auto`` = chosen from the dataset
+    and model); each one set overrides it."""
 
-    epochs: int = field(
-        default=20, metadata=_cli("--reference-epochs", "epochs of the original and retrained models")
+    epochs: int | None = field(
+        default=None, metadata=_cli("--reference-epochs", "epochs of the original and retrained models")
     )
-    lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    batch_size: int = 128
+    lr: float | None = None
+    momentum: float | None = None
+    weight_decay: float | None = None
+    batch_size: int | None = None
+    recipe: str = field(
+        default="auto",
+        metadata=_cli("--recipe", "reference recipe: auto (chosen from dataset and model) or a recipe name"),
+    )
 
     def validate(self, prefix: str = "reference") -> None:
-        _check(self.epochs >= 1, f"{prefix}.epochs", "an integer >= 1", self.epochs)
-        _check(self.lr > 0, f"{prefix}.lr", "a number > 0", self.lr)
-        _check(0 <= self.momentum < 1, f"{prefix}.momentum", "a number in [0, 1)", self.momentum)
-        _check(self.weight_decay >= 0, f"{prefix}.weight_decay", "a number >= 0", self.weight_decay)
-        _check(self.batch_size >= 1, f"{prefix}.batch_size", "an integer >= 1", self.batch_size)
+        def given(name: str, ok) -> None:
+            value = getattr(self, name)
+            if value is not None:
+                _check(ok(value), f"{prefix}.{name}", allowed[name], value)
+
+        allowed = {
+            "epochs": "an integer >= 1",
+            "lr": "a number > 0",
+            "momentum": "a number in [0, 1)",
+            "weight_decay": "a number >= 0",
+            "batch_size": "an integer >= 1",
+        }
+        given("epochs", lambda v: v >= 1)
+        given("lr", lambda v: v > 0)
+        given("momentum", lambda v: 0 <= v < 1)
+        given("weight_decay", lambda v: v >= 0)
+        given("batch_size", lambda v: v >= 1)
+        if prefix == "reference":
+            from mcu_dist.recipes import check_recipe
+
+            check_recipe(self.recipe)
 
 
 @dataclass
@@ -440,8 +462,15 @@ class ExperimentConfig:
         return dataclasses.asdict(self)
 
     def flat(self) -> dict[str, Any]:
-        """Every resolved leaf field as ``section.field`` -> value (tracking params)."""
-        return flatten(self.to_dict())
+        """Every resolved leaf field as ``section.field`` -> value (tracking params): the reference recipe
+        resolved (``reference.recipe`` its name, ``reference.*`` the values training uses)."""
+        from mcu_dist.recipes import resolve
+
+        recipe = resolve(self)
+        flat = flatten(self.to_dict())
+        flat.update({f"reference.{k}": v for k, v in recipe.training().items()})
+        flat["reference.recipe"] = recipe.name
+        return flat
 
 
 SMOKE = {  # --smoke-test: everything shrunk so that a run takes seconds

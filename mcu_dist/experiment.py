@@ -66,6 +66,7 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path | None = None, log
         f"data {lab.bundle.dataset_id}: |D_f| = {len(lab.splits.forget)}, |D_r| = {len(lab.splits.retain)}, "
         f"|D_test| = {len(lab.splits.test_eval)}; forget manifest {lab.splits.manifest_hash[:12]}"
     )
+    log(lab.recipe.describe())
     # the references check the mask before θ_r is trained; the run folder exists only after that
     refs = prepare_references(lab, mask=bool(cfg.mcu.beta_schedule))
     out = Path(out_dir) if out_dir is not None else None
@@ -88,7 +89,12 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path | None = None, log
         )
 
     rows = [
-        {"model": "Original", **scored(original), "RTE": refs.original_seconds / 60},
+        {
+            "model": "Original",
+            **scored(original),
+            "RTE": refs.original_seconds / 60,
+            "recipe": lab.recipe.name,
+        },
         {
             "model": "Retrain",
             **with_intervals(retrain_row, refs.retrain_outcomes),
@@ -107,7 +113,8 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path | None = None, log
     for name, (endpoint, seconds) in endpoints(lab, original).items():
         rows.append({"model": name, **scored(endpoint), "RTE": seconds / 60})
         baseline_row = rows[-1]
-        rows.append({"model": f"{name}+BN", **bn_control(lab, endpoint), "RTE": seconds / 60})
+        bn_row = with_intervals(*bn_control(lab, endpoint))
+        rows.append({"model": f"{name}+BN", **bn_row, "RTE": seconds / 60})
         if cfg.mcu.beta_schedule and cfg.eval.line_control:
             line = lines[name] = line_control(lab, original, endpoint, cal, retrain_row)
             rows.append(
@@ -160,6 +167,7 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path | None = None, log
             )
     for row in rows:
         row["avg_gap"] = avg_gap(row, retrain_row)
+    rows[0]["train_acc"] = training_accuracy(rows[0], len(lab.splits.forget), len(lab.splits.retain))
     add_gains(rows, paths)
     ci_s, eval_s = sum(r.get("ci_s", 0.0) for r in rows), sum(r.get("RTE_eval", 0.0) * 60 for r in rows)
     log(
@@ -173,6 +181,11 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path | None = None, log
             {"dataset_id": lab.bundle.dataset_id, "forget_sha256": lab.splits.manifest_hash},
         )
     return ExperimentResult(rows, paths, out, mask, lines)
+
+
+def training_accuracy(row: dict, n_forget: int, n_retain: int) -> float:
+    """Accuracy on the whole training set D = D_f ∪ D_r from a row's UA (100 − accuracy on D_f) and RA."""
+    return ((100 - row["UA"]) * n_forget + row["RA"] * n_retain) / (n_forget + n_retain)
 
 
 def add_gains(rows: list[dict], paths: dict[str, PathResult]) -> None:
@@ -212,6 +225,12 @@ def format_table(rows: list[dict]) -> str:
             f"{r['model']:<24}{r['UA']:8.2f}{r['RA']:8.2f}{r['TA']:8.2f}{r['MIA']:8.2f}"
             f"{r['avg_gap']:8.2f}{cells[2]:>16}{r['RTE']:10.3f}{cells[0]:>6}{cells[1]:>7}{cells[3]:>9}"
             f"{cells[4]:>8}{cells[5]:>9}{cells[6]:>11}{cells[7]:>8}  {note}".rstrip()
+        )
+    if "train_acc" in rows[0]:
+        lines.append(
+            f"Original (reference recipe {rows[0].get('recipe', '?')}): training accuracy "
+            f"{rows[0]['train_acc']:.2f}% on all of D, test accuracy {rows[0]['TA']:.2f}% (TA: the remaining "
+            "classes when class-wise)"
         )
     lines.append(
         "vs base / +BN / +line: Avg. Gap gain of the MCU row over the baseline as produced, over θ_p with BN "

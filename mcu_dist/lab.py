@@ -13,6 +13,7 @@ from mcu_dist.config import ExperimentConfig, default_cache_dir
 from mcu_dist.data import DatasetBundle, Normalizer, Splits, iterate, load_dataset, make_splits
 from mcu_dist.data.loader import Epoch
 from mcu_dist.models import create_model
+from mcu_dist.recipes import Recipe, resolve
 from mcu_dist.store import ModelCache, architecture_of, file_digest
 
 
@@ -25,8 +26,12 @@ class Lab:
     cache: ModelCache | None = None
     model_factory: Callable[[], nn.Module] | None = None  # a user's own architecture (Python API)
     normalize: Normalizer = field(init=False)
+    recipe: Recipe = field(init=False)  # how the reference models train (mcu_dist.recipes)
 
     def __post_init__(self) -> None:
+        self.recipe = resolve(self.cfg)
+        if self.recipe.augment is not None:  # the recipe's augmentation, or the user's data.augment
+            self.bundle.augment = self.recipe.augment
         self.normalize = Normalizer(self.bundle.mean, self.bundle.std, self.device)
         accel.configure_process(self.cfg.accel, self.device)
 
@@ -95,7 +100,7 @@ class Lab:
             "model": cfg.model.name,
             "arch": self.architecture(),
             "augment": self.bundle.augment,
-            "recipe": vars(cfg.reference).copy(),
+            "recipe": self.recipe.training(),
             "seed": cfg.seeds.model,
             "original": file_digest(cfg.model.original) if cfg.model.original else None,
         }

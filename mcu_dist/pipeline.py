@@ -112,13 +112,14 @@ def line_control(
     return select_on_path(curve_between(original, endpoint, 2, names).to(lab.device), lab, cal, retrain_row)
 
 
-def bn_control(lab: Lab, endpoint: nn.Module) -> dict:
-    """``<baseline>+BN``: θ_p with BN re-estimated on the BN set (the path's t = 1 point), evaluated."""
+def bn_control(lab: Lab, endpoint: nn.Module) -> tuple[dict, Outcomes]:
+    """``<baseline>+BN``: θ_p with BN re-estimated on the BN set (the path's t = 1 point), evaluated: its
+    row and its per-sample outcomes (for intervals, like every other row)."""
     cfg = lab.cfg
     model = recalibrate_bn(
         copy.deepcopy(endpoint), lab, bn_set_positions(lab, cfg.eval, cfg.seeds.eval), cfg.eval.batch_size
     )
-    return evaluate_outcomes(model, lab, features=FEATURES)[0]
+    return evaluate_outcomes(model, lab, features=FEATURES, shadow_draws=cfg.eval.shadow_draws)
 
 
 def run_path(

@@ -449,6 +449,9 @@ def _run(args: argparse.Namespace, loader, tuner_factory) -> int:
         f"storage {storage}; MLflow {redact(uri)} experiment {experiment}",
         flush=True,
     )
+    from mcu_dist import recipes
+
+    print(f"  {recipes.resolve(space.base_config()).describe()}", flush=True)
     start = time.perf_counter()
     try:
         prepare_shared_models(space)

@@ -137,7 +137,8 @@ def _compute_in(cfg, params, ctx, report, tracker, run_id, sweep, out: Path) -> 
         return {**row, "avg_gap": avg_gap(row, retrain_row), **intervals(oc, retrain_oc, *boot)}
 
     baseline_row = scored(endpoint)
-    controls = {"baseline_bn": bn_control(lab, endpoint)}
+    bn_row, bn_outcomes = bn_control(lab, endpoint)
+    controls = {"baseline_bn": {**bn_row, **intervals(bn_outcomes, retrain_oc, *boot)}}
     if cfg.eval.line_control:
         line = line_control(lab, original, endpoint, cal, retrain_row)
         controls["line"] = {**line.row, **intervals(line.outcomes, retrain_oc, *boot)}

@@ -52,11 +52,13 @@ def test_smoke_run_prints_the_table_and_writes_every_artifact(tmp_path):
         "ga+mcu_beta",
     ]
     assert results[1]["avg_gap"] == 0.0
-    for r in results:
-        if not r["model"].endswith("+BN"):  # every other final row carries intervals
-            for m in ("UA", "RA", "TA", "MIA"):
-                assert r[f"{m}_lo"] - 1e-9 <= r[m] <= r[f"{m}_hi"] + 1e-9, (r["model"], m)
-            assert r["avg_gap_lo"] <= r["avg_gap_hi"]
+    # the original's accuracy on all of D, printed with the recipe that trained it
+    assert results[0]["recipe"] == "standard" and 0 <= results[0]["train_acc"] <= 100
+    assert "Original (reference recipe standard): training accuracy" in proc.stdout
+    for r in results:  # every row carries intervals, the +BN control's included
+        for m in ("UA", "RA", "TA", "MIA"):
+            assert r[f"{m}_lo"] - 1e-9 <= r[m] <= r[f"{m}_hi"] + 1e-9, (r["model"], m)
+        assert r["avg_gap_lo"] <= r["avg_gap_hi"]
         if "+mcu" in r["model"]:
             assert 0 < r["mask_fraction"] <= 1 and r["beta_mean"] >= 0
             assert r["RTE"] == pytest.approx(r["RTE_base"] + r["RTE_curve"] + r["RTE_eval"])

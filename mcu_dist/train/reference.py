@@ -16,8 +16,8 @@ from mcu_dist.train.fit import cross_entropy, fit, sgd
 
 
 def train_supervised(lab: Lab, positions: torch.Tensor, seed: int) -> nn.Module:
-    """The standard recipe on ``positions`` of the training set, from a fresh seeded initialisation."""
-    r = lab.cfg.reference
+    """The reference recipe on ``positions`` of the training set, from a fresh seeded initialisation."""
+    r = lab.recipe
     model = lab.new_model(seed)
     opt = sgd(model.parameters(), r.lr, r.momentum, r.weight_decay)
     return fit(
