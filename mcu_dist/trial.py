@@ -44,11 +44,14 @@ def _short(v: Any) -> str:
 
 def trial_name(cfg: ExperimentConfig, params: dict[str, Any]) -> str:
     """A run name that says what ran: ``rl · adaptive_step · k0.3 · o2`` (``β0.2`` for a fixed schedule),
-    then every other searched value (``lr0.0157``)."""
+    then every other searched value (``lr0.0157``; a word as ``mask=random_matched``)."""
     schedule = cfg.mcu.beta_schedule[0]
     schedule = f"β{cfg.mcu.beta:.3g}" if schedule == "fixed" else schedule
     parts = [cfg.baselines.methods[0], schedule, f"k{cfg.mcu.k:.3g}", f"o{cfg.mcu.curve_order}"]
-    parts += [f"{k.rsplit('.', 1)[-1]}{_short(v)}" for k, v in params.items() if k not in NAMED]
+    for key, value in params.items():
+        if key not in NAMED:
+            name = key.rsplit(".", 1)[-1]
+            parts.append(f"{name}={value}" if isinstance(value, str) else f"{name}{_short(value)}")
     return " · ".join(parts)
 
 
