@@ -73,6 +73,16 @@ def check_recipe(name: str) -> None:
         raise ConfigError(f"reference.recipe: got {name!r}; allowed: auto, {', '.join(RECIPES)}")
 
 
+def resolved_params(cfg: ExperimentConfig) -> dict:
+    """``cfg.flat()`` with the reference recipe resolved: ``reference.recipe`` its name, ``reference.*``
+    the values training uses (tracking params say what ran)."""
+    recipe = resolve(cfg)
+    flat = cfg.flat()
+    flat.update({f"reference.{k}": v for k, v in recipe.training().items()})
+    flat["reference.recipe"] = recipe.name
+    return flat
+
+
 def resolve(cfg: ExperimentConfig) -> Recipe:
     """The recipe ``cfg`` trains its reference models with: the named (or default) one, then every
     ``reference.*`` field and ``data.augment`` the config sets itself."""

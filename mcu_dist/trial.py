@@ -27,6 +27,7 @@ from mcu_dist.evaluate.selection import gap_cal
 from mcu_dist.lab import Lab
 from mcu_dist.path.beta import CalTargets, variant_name
 from mcu_dist.pipeline import bn_control, line_control, run_path
+from mcu_dist.recipes import resolved_params
 from mcu_dist.references import baseline_model, has_budget_control, prepare_references
 from mcu_dist.store import write_text
 from mcu_dist.train.mcu import retain_prime_record
@@ -63,7 +64,7 @@ def variant_of(cfg: ExperimentConfig) -> str:
 def trial_params(cfg: ExperimentConfig, params: dict[str, Any]) -> dict[str, Any]:
     """Every resolved config field the trial ran with, its baseline and variant by name, and the searched
     values again under ``search.``."""
-    flat = cfg.flat()
+    flat = resolved_params(cfg)
     return {"baseline": cfg.baselines.methods[0], "mcu.variant": variant_of(cfg), **flat} | {
         f"search.{k}": v for k, v in params.items()
     }

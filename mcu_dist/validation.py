@@ -14,6 +14,7 @@ from mcu_dist.data import check_data
 from mcu_dist.fs import check_location
 from mcu_dist.models import check_model
 from mcu_dist.path.beta import check_schedule
+from mcu_dist.recipes import check_recipe
 
 
 def validate(cfg: ExperimentConfig) -> ExperimentConfig:
@@ -23,6 +24,7 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
     check_model(cfg.model)
     check_baselines(cfg.baselines)
     check_schedule(cfg.mcu)
+    check_recipe(cfg.reference.recipe)
     cfg.validate()
     for name, loc in (("cache_dir", cfg.cache_dir), ("out", cfg.out), ("scale.storage", cfg.scale.storage)):
         if loc:

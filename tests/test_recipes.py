@@ -51,7 +51,9 @@ def test_an_unknown_recipe_is_refused_naming_the_field_and_the_choices():
 
 
 def test_tracking_params_show_the_resolved_recipe():
-    flat = _cfg(**{"data.dataset": "cifar10", "reference.lr": 0.2}).flat()
+    from mcu_dist.trial import trial_params
+
+    flat = trial_params(_cfg(**{"data.dataset": "cifar10", "reference.lr": 0.2}), {})
     assert flat["reference.recipe"] == "cifar-small-cnn"
     assert flat["reference.epochs"] == RECIPES["cifar-small-cnn"].epochs and flat["reference.lr"] == 0.2
     assert None not in [v for k, v in flat.items() if k.startswith("reference.")]

@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).resolve().parent.parent
 # Lowest first. A name places the module of that name and every module under it ("mcu_dist" itself
 # places only the package's __init__).
 FLOORS: list[tuple[str, tuple[str, ...]]] = [
-    ("config", ("mcu_dist.config", "mcu_dist.registry")),
+    ("config", ("mcu_dist.config", "mcu_dist.registry", "mcu_dist.recipes")),
     ("store", ("mcu_dist.store", "mcu_dist.fs", "mcu_dist.lease", "mcu_dist.guard", "mcu_dist.services")),
     ("rooms: data and models", ("mcu_dist.data", "mcu_dist.models", "mcu_dist.accel")),
     ("lab", ("mcu_dist.lab",)),
