@@ -107,6 +107,7 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path | None = None, log
             f"mask {mask.sha256[:12]} ({mask.kind}, {mask.mode}, k = {mask.k}): "
             f"{len(mask.selected)} tensors, {mask.selected_params}/{mask.total_params} parameters = "
             f"{100 * mask.fraction:.1f}% selected"
+            + ("" if mask.overlap is None else f"; {100 * mask.overlap:.0f}% shared with the gradient mask")
         )
     paths: dict[str, PathResult] = {}
     lines: dict[str, Selection] = {}

@@ -43,7 +43,7 @@ from mcu_dist.store import atomic, write_table, write_text
 
 METRICS = (*GAP_METRICS, "avg_gap", "rte_min")
 WITH_INTERVALS = (*GAP_METRICS, "avg_gap")
-EXTRAS = ("mask_fraction", "beta_0", "beta_low", "beta_high", "beta_fixed", "beta_other")
+EXTRAS = ("mask_fraction", "mask_overlap", "beta_0", "beta_low", "beta_high", "beta_fixed", "beta_other")
 # trial metric prefix -> row suffix; +budget is the compute-matched control
 CONTROLS = {"baseline_bn": "+BN", "line": "+line", "budget": "+budget"}
 SWEPT = (
@@ -196,7 +196,10 @@ def markdown(rows: list[dict]) -> str:
         ]
         for r in (r for r in rows if r["scenario"] == scenario):
             cells = [_cell(r, k) for k in METRICS[:-1]]
-            note = f"no path gain in {r['no_path_gain']}/{r['n']} seeds" if r.get("no_path_gain") else ""
+            notes = [f"no path gain in {r['no_path_gain']}/{r['n']} seeds"] if r.get("no_path_gain") else []
+            if r.get("mask_overlap") == 1.0:  # a size-matched random control with no other choice
+                notes.append("random control = the gradient mask")
+            note = "; ".join(notes)
             lines.append(
                 f"| {r['model']} | "
                 + " | ".join(cells)

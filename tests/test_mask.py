@@ -73,6 +73,10 @@ def test_size_matched_random_control_has_the_gradient_masks_size_within_one_tens
         )
         assert control.target_params == grad.selected_params
         assert _within_one_tensor(control.sizes, list(control.selected), grad.selected_params)
+        both, either = set(control.selected) & set(grad.selected), set(control.selected) | set(grad.selected)
+        jaccard = sum(control.sizes[n] for n in both) / sum(control.sizes[n] for n in either)
+        assert control.summary()["mask_overlap"] == pytest.approx(jaccard)  # 1.0 only for the same set
+        assert (jaccard == 1.0) == (set(control.selected) == set(grad.selected))
         controls.append(set(control.selected))
     assert any(c != set(grad.selected) for c in controls), "a random control is not the gradient mask"
     again = compute_mask(digits_original, digits_lab, 0.1, 0.1, kind="random_matched", seed=3, mode=mode)

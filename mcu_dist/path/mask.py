@@ -46,6 +46,7 @@ class Mask:
     s_r: dict[str, float] = field(default_factory=dict)
     s_f: dict[str, float] = field(default_factory=dict)
     target_params: int | None = None  # random_matched: the gradient mask's count it matched
+    overlap: float | None = None  # random_matched: parameter Jaccard with that gradient mask (1: the same)
 
     @property
     def sha256(self) -> str:
@@ -80,11 +81,14 @@ class Mask:
 
     def summary(self) -> dict[str, float]:
         """Scalars for run tables and tracking: the selected fraction beside the k it was asked for."""
-        return {
+        out = {
             "mask_fraction": self.fraction,
             "mask_tensors": float(len(self.selected)),
             "mask_params": float(self.selected_params),
         }
+        if self.overlap is not None:  # a control that is the gradient mask itself tells nothing
+            out["mask_overlap"] = self.overlap
+        return out
 
     def to_json(self) -> dict:
         return {
@@ -99,6 +103,7 @@ class Mask:
             "fraction": self.fraction,
             "layer_fractions": self.layer_fractions(),
             "target_params": self.target_params,
+            "overlap": self.overlap,
             "s_r": self.s_r,
             "s_f": self.s_f,
         }
@@ -181,19 +186,30 @@ def compute_mask(
         )
     sizes = {n: p.numel() for n, p in original.named_parameters()}
     total = sum(sizes.values())
-    target = None
+    target = overlap = None
     if kind == "random":
         selected, s_r, s_f = random_tensors(sizes, k * total, seed, mode), {}, {}
     elif kind == "random_matched":
-        target = compute_mask(original, lab, k, k_r, "gradient", seed, mode).selected_params
+        gradient = compute_mask(original, lab, k, k_r, "gradient", seed, mode)
+        target = gradient.selected_params
         selected, s_r, s_f = random_tensors(sizes, target, seed, "budget"), {}, {}
+        overlap = parameter_jaccard(sizes, selected, gradient.selected)
     elif k >= 1:
         selected, s_r, s_f = list(sizes), {}, {}
     else:
         s_r = tensor_scores(original, lab, lab.splits.retain, 1.0) if k_r > 0 else {n: 0.0 for n in sizes}
         s_f = tensor_scores(original, lab, lab.splits.forget, -1.0)
         selected = select_tensors(sizes, s_r, s_f, k, k_r, mode)
-    return Mask(kind, mode, k, k_r, sizes, tuple(sorted(selected)), s_r, s_f, target)
+    return Mask(kind, mode, k, k_r, sizes, tuple(sorted(selected)), s_r, s_f, target, overlap)
+
+
+def parameter_jaccard(sizes: dict[str, int], a: Iterable[str], b: Iterable[str]) -> float:
+    """Parameters both tensor sets select ÷ parameters either selects (1: the same set). A model with few
+    tensors of very different sizes (the small CNN: one tensor holds 76%) leaves a size-matched random
+    control no other choice than the gradient mask; this says so."""
+    a, b = set(a), set(b)
+    union = sum(sizes[n] for n in a | b)
+    return sum(sizes[n] for n in a & b) / union if union else 1.0
 
 
 def mask_for(original: nn.Module, lab: Lab) -> Mask:
