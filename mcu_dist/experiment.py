@@ -22,7 +22,7 @@ from mcu_dist import fs
 from mcu_dist.config import ExperimentConfig, to_yaml
 from mcu_dist.data import write_manifest
 from mcu_dist.evaluate.bootstrap import Outcomes, intervals
-from mcu_dist.evaluate.metrics import avg_gap
+from mcu_dist.evaluate.metrics import avg_gap, training_accuracy
 from mcu_dist.evaluate.mia import FEATURES
 from mcu_dist.evaluate.point import evaluate_outcomes
 from mcu_dist.lab import Lab
@@ -182,11 +182,6 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path | None = None, log
             {"dataset_id": lab.bundle.dataset_id, "forget_sha256": lab.splits.manifest_hash},
         )
     return ExperimentResult(rows, paths, out, mask, lines)
-
-
-def training_accuracy(row: dict, n_forget: int, n_retain: int) -> float:
-    """Accuracy on the whole training set D = D_f ∪ D_r from a row's UA (100 − accuracy on D_f) and RA."""
-    return ((100 - row["UA"]) * n_forget + row["RA"] * n_retain) / (n_forget + n_retain)
 
 
 def add_gains(rows: list[dict], paths: dict[str, PathResult]) -> None:

@@ -1,6 +1,7 @@
 """``python -m mcu_dist.report --experiment NAME``: from MLflow to the paper's tables and plots.
 
-Rows per forgetting scenario: Retrain, each baseline, its controls <baseline>+BN (θ_p with BN
+Rows per forgetting scenario: Original (θ_o, with its training accuracy on all of D, when the trials
+evaluated it), Retrain, each baseline, its controls <baseline>+BN (θ_p with BN
 re-estimated), <baseline>+line (the same t* selection on the untrained straight line; their RTE is
 the baseline's) and <baseline>+budget (the compute-matched control: the baseline continued from θ_p
 for the curve's epochs), and baseline+<path> per β schedule, named as in ``python -m mcu_dist.run``
@@ -15,7 +16,8 @@ interval (forget/test samples, MIA shadow draws) in quadrature:
 (the sampling uncertainty of the mean over S seeds; ± std is the spread between seeds). A cell is
 every trial that differs only in its seed; when a grid varies more than the scenario, the baseline
 and the β schedule (curve order, k, ...), those values are part of the row's name, k with the
-fraction the mask actually selected. Written
+fraction the mask actually selected (a size-matched random control that could only pick the gradient
+mask's own tensors is noted). Written
 as Markdown, CSV and Parquet with plots (paths of each cell overlaid with their effective regions,
 Avg. Gap by curve order / k / k_r / β schedule, the Avg. Gap–RTE Pareto front), and logged to MLflow
 as artifacts of the experiment's sweep run.
@@ -97,6 +99,8 @@ def trial_records(runs: list) -> list[dict[str, Any]]:
                 rec[control] = {k: m.get(f"{control}/{k}") for k in (*GAP_METRICS, *bounds)}
                 rte = m.get(f"{control}/rte_min", rec["baseline"]["rte_min"])
                 rec[control].update({"avg_gap": m[f"{control}_avg_gap"], "rte_min": rte})
+        if m.get("original/avg_gap") is not None:  # the trial evaluated θ_o (its training accuracy too)
+            rec["original"] = {k: m.get(f"original/{k}") for k in (*METRICS, *bounds, "train_acc")}
         rec["retrain"] = {k: m.get(f"retrain/{k}") for k in (*GAP_METRICS, *bounds)}
         rec["retrain"].update({"avg_gap": 0.0, "rte_min": m.get("retrain_rte_min")})
         out.append(rec)
@@ -127,6 +131,10 @@ def table(records: list[dict]) -> list[dict[str, Any]]:
     rows = []
     for scenario in sorted({r["scenario"] for r in records}):
         recs = [r for r in records if r["scenario"] == scenario]
+        originals = list({r["seed"]: r["original"] for r in recs if "original" in r}.values())
+        if originals:
+            rows.append(_row(scenario, "Original", originals))
+            rows[-1]["train_acc"] = _agg([o.get("train_acc") for o in originals])[0]
         by_seed = {r["seed"]: r["retrain"] for r in recs}
         rows.append(_row(scenario, "Retrain", list(by_seed.values())))
         for method in sorted({r["method"] for r in recs}):
@@ -199,6 +207,8 @@ def markdown(rows: list[dict]) -> str:
             notes = [f"no path gain in {r['no_path_gain']}/{r['n']} seeds"] if r.get("no_path_gain") else []
             if r.get("mask_overlap") == 1.0:  # a size-matched random control with no other choice
                 notes.append("random control = the gradient mask")
+            if r.get("train_acc") is not None:
+                notes.append(f"training accuracy {r['train_acc']:.1f}%")
             note = "; ".join(notes)
             lines.append(
                 f"| {r['model']} | "

@@ -20,7 +20,7 @@ from mcu_dist.config import ExperimentConfig, to_yaml
 from mcu_dist.data import write_manifest
 from mcu_dist.evaluate.bn import recalibrate_bn
 from mcu_dist.evaluate.bootstrap import intervals
-from mcu_dist.evaluate.metrics import avg_gap, predict
+from mcu_dist.evaluate.metrics import avg_gap, predict, training_accuracy
 from mcu_dist.evaluate.names import PATH_METRICS, ROW_PREFIXES, TRIAL_METRICS
 from mcu_dist.evaluate.point import evaluate_outcomes
 from mcu_dist.evaluate.selection import gap_cal
@@ -141,8 +141,16 @@ def _compute_in(cfg, params, ctx, report, tracker, run_id, sweep, out: Path) -> 
         return {**row, "avg_gap": avg_gap(row, retrain_row), **intervals(oc, retrain_oc, *boot)}
 
     baseline_row = scored(endpoint)
+    original_row = scored(original)  # the Original row of the report: what there was to unlearn
+    original_row["train_acc"] = training_accuracy(
+        original_row, len(lab.splits.forget), len(lab.splits.retain)
+    )
+    original_row["rte_min"] = refs.original_seconds / 60
     bn_row, bn_outcomes = bn_control(lab, endpoint)
-    controls = {"baseline_bn": {**bn_row, **intervals(bn_outcomes, retrain_oc, *boot)}}
+    controls = {
+        "baseline_bn": {**bn_row, **intervals(bn_outcomes, retrain_oc, *boot)},
+        "original": original_row,
+    }
     if cfg.eval.line_control:
         line = line_control(lab, original, endpoint, cal, retrain_row)
         controls["line"] = {**line.row, **intervals(line.outcomes, retrain_oc, *boot)}

@@ -106,6 +106,7 @@ def test_report_builds_the_paper_table_from_mlflow(tmp_path):
     assert report.main(["--experiment", "grid", "--tracking-uri", uri, "--out", str(out)]) == 0
     rows = pq.read_table(out / "report.parquet").to_pylist()
     assert [r["model"] for r in rows] == [
+        "Original",
         "Retrain",
         "ga",
         "ga+BN",
@@ -114,16 +115,20 @@ def test_report_builds_the_paper_table_from_mlflow(tmp_path):
         "ga+mcu",
         "ga+mcu_beta",
     ]
+    original, rows = rows[0], rows[1:]
+    assert original["n"] == 2 and original["avg_gap"] == pytest.approx(
+        statistics.fmean(metrics[("fixed", s)]["original_avg_gap"] for s in (0, 1))
+    )
+    assert 0 < original["train_acc"] <= 100
     assert rows[0]["avg_gap"] == 0.0 and rows[0]["n"] == 2
     for i, control in ((2, "baseline_bn_avg_gap"), (3, "line_avg_gap"), (4, "budget_avg_gap")):
         assert rows[i]["n"] == 2  # one value per seed, not per cell
         assert rows[i]["avg_gap"] == pytest.approx(
             statistics.fmean(metrics[("fixed", s)][control] for s in (0, 1))
         )
-    for r in rows:
-        if r["model"] != "ga+BN":  # every other row carries the seed mean's interval
-            for m in ("UA", "RA", "TA", "MIA", "avg_gap"):
-                assert r[f"{m}_lo"] <= r[m] <= r[f"{m}_hi"], (r["model"], m)
+    for r in [original, *rows]:  # every row carries the seed mean's interval, the +BN control's included
+        for m in ("UA", "RA", "TA", "MIA", "avg_gap"):
+            assert r[f"{m}_lo"] <= r[m] <= r[f"{m}_hi"], (r["model"], m)
     assert rows[6]["beta_0"] + rows[6]["beta_low"] + rows[6]["beta_high"] + rows[6][
         "beta_other"
     ] == pytest.approx(1)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mcu_dist.config import ConfigError, ExperimentConfig, with_overrides
-from mcu_dist.experiment import training_accuracy
+from mcu_dist.evaluate.metrics import training_accuracy
 from mcu_dist.recipes import RECIPES, resolve
 from mcu_dist.validation import validate
 from tests.conftest import digits_config

@@ -52,5 +52,10 @@ def predict(
     return Outputs(p.argmax(1) == y, p.gather(1, y.view(-1, 1)).flatten(), p, y)
 
 
+def training_accuracy(row: dict[str, float], n_forget: int, n_retain: int) -> float:
+    """Accuracy on the whole training set D = D_f ∪ D_r from a row's UA (100 − accuracy on D_f) and RA."""
+    return ((100 - row["UA"]) * n_forget + row["RA"] * n_retain) / (n_forget + n_retain)
+
+
 def avg_gap(row: dict[str, float], reference: dict[str, float]) -> float:
     return sum(abs(row[m] - reference[m]) for m in GAP_METRICS) / len(GAP_METRICS)
