@@ -43,16 +43,16 @@ def console_table(rows: list[dict], objective: str, n: int = 5) -> str:
     ok = [r for r in rows if r.get(objective) is not None]
     lines = [
         f"Top {min(n, len(ok))} of {len(rows)} trials by {objective} (Avg. Gap to Retrain; lower is better):",
-        f"  {'trial':<46}{objective:>9}{'gain':>8}{'UA':>7}{'RA':>7}{'TA':>7}{'MIA':>7}{'t*':>6}",
+        f"  {'trial':<60}{objective:>9}{'gain':>8}{'UA':>7}{'RA':>7}{'TA':>7}{'MIA':>7}{'t*':>6}",
     ]
     for r in ok[:n]:
         lines.append(
-            f"  {r.get('name') or r['trial_id']:<46.46}{r[objective]:9.3f}{r.get('gain') or 0:8.2f}"
+            f"  {r.get('name') or r['trial_id']:<60.60}{r[objective]:9.3f}{r.get('gain') or 0:8.2f}"
             f"{r['UA']:7.1f}{r['RA']:7.1f}{r['TA']:7.1f}{r['MIA']:7.1f}{r['t_star']:6.2f}"
         )
     failed = [r for r in rows if r.get(objective) is None]
     for r in failed:
-        lines.append(f"  {r.get('name') or r['trial_id']:<46.46} failed: {r.get('error') or ''}"[:160])
+        lines.append(f"  {r.get('name') or r['trial_id']:<60.60} failed: {r.get('error') or ''}"[:160])
     lines.append("Per baseline, Avg. Gap: baseline alone [+BN, +line] → best MCU trial (gain):")
     for name, base, r in per_baseline(ok, objective):
         controls = ", ".join(
