@@ -167,6 +167,7 @@ def write_report(
     tracker, parent: str, rows: list[dict], raw: dict, objective: str, name: str, out: Path
 ) -> Path:
     """Everything above into ``out`` and the parent run's ``report/``; returns ``out``."""
+    from mcu_dist.report import trial_records
     from mcu_dist.report import write_report as paper_tables
 
     out.mkdir(parents=True, exist_ok=True)
@@ -179,6 +180,8 @@ def write_report(
     if ok:
         (out / "best_config.yaml").write_text(yaml.safe_dump(best_config(raw, ok[0], name), sort_keys=False))
         sweep_plot(rows, objective, out)
-        paper_tables(tracker, tracker.children(parent), out)
+        children = tracker.children(parent)
+        if trial_records(children):  # a baseline-tuning sweep (mcu_dist.tuned) has no path rows
+            paper_tables(tracker, children, out)
     tracker.log_artifacts(parent, out, "report")
     return out
