@@ -94,5 +94,8 @@ def test_tuned_baseline_then_mcu_end_to_end(tmp_path, ray_cluster, capsys):
     for t in trials:
         params = yaml.safe_load(t.data.params["baselines.params"])
         assert params["ga"] == pytest.approx(record["hyperparameters"])
-    # the tuned endpoint at the tuning seed came from the cache: stage 2 trained it for the other seed only
+    # the tuned endpoint at the tuning seed came from the cache: stage 2 trained only seed 1's
+    # original, retrained and tuned ga (seed 0's three are the stage-1 ones)
+    ready = [line for line in out.splitlines() if line.startswith("shared models ready")]
+    assert ready[-1].startswith("shared models ready (3 trained now"), ready
     assert "tuned baseline" in out and "±" in out and ("no gain" in out or ": gain" in out)
