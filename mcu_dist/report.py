@@ -74,6 +74,8 @@ def trial_records(runs: list) -> list[dict[str, Any]]:
     for r in runs:
         if r.info.status != "FINISHED" or "avg_gap" not in r.data.metrics:
             continue
+        if r.data.tags.get("mcu.kind") == "baseline_tuning":  # stage 1 of mcu_dist.tuned: no path, no row
+            continue
         p, m = r.data.params, r.data.metrics
         schedule = json.loads(p.get("mcu.beta_schedule", '["adaptive_step"]'))[0]
         rec = {

@@ -48,7 +48,7 @@ def console_table(rows: list[dict], objective: str, n: int = 5) -> str:
     for r in ok[:n]:
         lines.append(
             f"  {r.get('name') or r['trial_id']:<60.60}{r[objective]:9.3f}{r.get('gain') or 0:8.2f}"
-            f"{r['UA']:7.1f}{r['RA']:7.1f}{r['TA']:7.1f}{r['MIA']:7.1f}{r['t_star']:6.2f}"
+            f"{r['UA']:7.1f}{r['RA']:7.1f}{r['TA']:7.1f}{r['MIA']:7.1f}{_t(r.get('t_star')):>6}"
         )
     failed = [r for r in rows if r.get(objective) is None]
     for r in failed:
@@ -84,6 +84,11 @@ def best_config(raw: dict, best: dict, name: str) -> dict:
     return {**out, "fixed": fixed, "search": search, "sweep": sweep}
 
 
+def _t(t_star: float | None) -> str:
+    """t*, or "-" for a trial with no path (a baseline-tuning trial of mcu_dist.tuned)."""
+    return "-" if t_star is None else f"{t_star:.2f}"
+
+
 def summary_markdown(rows: list[dict], objective: str, summary: dict, best: dict | None, n: int = 5) -> str:
     """The parent run's description: counts, the top-n table, per-baseline gains, the best config."""
     ok = [r for r in rows if r.get(objective) is not None]
@@ -100,7 +105,7 @@ def summary_markdown(rows: list[dict], objective: str, summary: dict, best: dict
         lines.append(
             f"| {r.get('name') or r['trial_id']} | {r[objective]:.3f} | {r.get('gain') or 0:+.2f} | "
             + " | ".join(f"{r[k]:.1f}" for k in ("UA", "RA", "TA", "MIA"))
-            + f" | {r['t_star']:.2f} |"
+            + f" | {_t(r.get('t_star'))} |"
         )
     lines += ["", "| baseline | Avg. Gap alone | best MCU | gain |", "|---|---|---|---|"]
     for name, base, r in per_baseline(ok, objective):
@@ -167,6 +172,7 @@ def write_report(
     tracker, parent: str, rows: list[dict], raw: dict, objective: str, name: str, out: Path
 ) -> Path:
     """Everything above into ``out`` and the parent run's ``report/``; returns ``out``."""
+    from mcu_dist.report import trial_records
     from mcu_dist.report import write_report as paper_tables
 
     out.mkdir(parents=True, exist_ok=True)
@@ -179,6 +185,8 @@ def write_report(
     if ok:
         (out / "best_config.yaml").write_text(yaml.safe_dump(best_config(raw, ok[0], name), sort_keys=False))
         sweep_plot(rows, objective, out)
-        paper_tables(tracker, tracker.children(parent), out)
+        children = tracker.children(parent)
+        if trial_records(children):  # a baseline-tuning sweep (mcu_dist.tuned) has no path rows
+            paper_tables(tracker, children, out)
     tracker.log_artifacts(parent, out, "report")
     return out

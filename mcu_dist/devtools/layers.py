@@ -36,6 +36,7 @@ FLOORS: list[tuple[str, tuple[str, ...]]] = [
             "mcu_dist.api",
             "mcu_dist.tune_space",
             "mcu_dist.trial",
+            "mcu_dist.baseline_trial",
             "mcu_dist.console",
             "mcu_dist.dispatch",
         ),
@@ -51,7 +52,10 @@ FLOORS: list[tuple[str, tuple[str, ...]]] = [
             "mcu_dist.connect",
         ),
     ),
-    ("drivers on the sweep", ("mcu_dist.ablate", "mcu_dist.bench", "mcu_dist.bench_pipeline")),
+    (
+        "drivers on the sweep",
+        ("mcu_dist.ablate", "mcu_dist.tuned", "mcu_dist.bench", "mcu_dist.bench_pipeline"),
+    ),
     ("the package", ("mcu_dist", "mcu_dist.devtools")),
 ]
 
