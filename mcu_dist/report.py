@@ -57,6 +57,7 @@ SWEPT = (
     "mcu.lr",
     "mcu.beta",
     "mcu.epochs",
+    "eval.t_star_range",
 )
 MASK_KEYS = ("mcu.k", "mcu.k_r", "mcu.mask", "mcu.mask_mode")
 

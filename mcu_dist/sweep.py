@@ -289,15 +289,15 @@ def build_tuner(space: SearchSpace, storage: str, context: dict, resume: bool):
     )
 
 
-def tune_trainable(config: dict, context: dict) -> None:
-    """The Ray Tune function trainable: one trial."""
+def trial_context(context: dict):
+    """Inside a Tune trial: its TrialContext (the driver's space, MLflow parent, the trial's folder)."""
     from ray import tune
 
-    from mcu_dist.trial import TrialContext, run_trial
+    from mcu_dist.trial import TrialContext
 
     trial_id = tune.get_context().get_trial_id()
     space: SearchSpace = context["space"]  # parsed and checked once, by the driver
-    ctx = TrialContext(
+    return TrialContext(
         space,
         context["tracking_uri"],
         context["experiment"],
@@ -305,8 +305,16 @@ def tune_trainable(config: dict, context: dict) -> None:
         trial_id,
         fs.join(context["storage_dir"], "trials", trial_id),
     )
-    params = _searched(space, config)
-    tune.report(run_trial(params, ctx, report=tune.report))
+
+
+def tune_trainable(config: dict, context: dict) -> None:
+    """The Ray Tune function trainable: one trial."""
+    from ray import tune
+
+    from mcu_dist.trial import run_trial
+
+    params = _searched(context["space"], config)
+    tune.report(run_trial(params, trial_context(context), report=tune.report))
 
 
 def reachable(address: str, timeout: float = 5.0) -> bool:

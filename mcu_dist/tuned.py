@@ -139,21 +139,11 @@ def tuning_trainable(config: dict, context: dict) -> None:
     """The Ray Tune function trainable of stage 1: one baseline-tuning trial."""
     from ray import tune
 
-    from mcu_dist import fs, sweep
+    from mcu_dist import sweep
     from mcu_dist.baseline_trial import run_baseline_trial
-    from mcu_dist.trial import TrialContext
 
-    trial_id = tune.get_context().get_trial_id()
     space: SearchSpace = context["space"]
-    ctx = TrialContext(
-        space,
-        context["tracking_uri"],
-        context["experiment"],
-        context["parent_run_id"],
-        trial_id,
-        fs.join(context["storage_dir"], "trials", trial_id),
-    )
-    tune.report(run_baseline_trial(sweep._searched(space, config), ctx))
+    tune.report(run_baseline_trial(sweep._searched(space, config), sweep.trial_context(context)))
 
 
 def build_tuning_tuner(space: SearchSpace, storage: str, context: dict, resume: bool):
