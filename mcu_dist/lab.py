@@ -11,7 +11,7 @@ from torch import nn
 from mcu_dist import accel, fs
 from mcu_dist.config import ExperimentConfig, default_cache_dir
 from mcu_dist.data import DatasetBundle, Normalizer, Splits, iterate, load_dataset, make_splits
-from mcu_dist.data.loader import Epoch
+from mcu_dist.data.loader import Epoch, batch_spans
 from mcu_dist.models import create_model
 from mcu_dist.recipes import Recipe, resolve
 from mcu_dist.store import ModelCache, architecture_of, file_digest
@@ -72,7 +72,7 @@ class Lab:
         """Training batches over training-set positions (augmented per the dataset's default)."""
         aug = self.bundle.augment if augment is None else augment
         return Epoch(
-            -(-len(positions) // batch_size),
+            len(batch_spans(len(positions), batch_size)),
             lambda: iterate(
                 self.bundle.train,
                 positions,

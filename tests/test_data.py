@@ -31,6 +31,7 @@ from mcu_dist.config import (
 )
 from mcu_dist.data import Normalizer, check_data, iterate, load_dataset, make_splits, write_manifest
 from mcu_dist.data.forget import manifest_hash
+from mcu_dist.data.loader import batch_spans
 from mcu_dist.evaluate.metrics import predict
 from mcu_dist.evaluate.point import evaluate_model
 from mcu_dist.lab import Lab
@@ -660,14 +661,14 @@ def test_real_cifar10_subset(real_cifar_subset):
 @pytest.mark.parametrize("world_size", [2, 3])
 def test_sharded_batches_union_equals_single_rank(digits, world_size, augment):
     normalize = Normalizer(digits.mean, digits.std)
-    positions = torch.arange(3, 3 + 97) * 3  # 97 positions, not in order; 97 = 6 * 16 + 1
+    positions = torch.arange(3, 3 + 97) * 3  # 97 positions, not in order; 97 = 6 * 16 + 1: a 1-image tail
     kw = {"shuffle": True, "seed": 5, "epoch": 2, "augment": augment}
     single = list(iterate(digits.train, positions, 16, normalize, **kw))
     ranks = [
         list(iterate(digits.train, positions, 16, normalize, rank=r, world_size=world_size, **kw))
         for r in range(world_size)
     ]
-    assert len(single) == 7
+    assert [len(b.positions) for b in single] == [16] * 5 + [17], "the 1-image tail joins the batch before it"
     assert all(len(r) == len(single) for r in ranks), "every rank must take the same number of steps"
     for step, one in enumerate(single):
         parts = [r[step] for r in ranks]
@@ -685,6 +686,30 @@ def test_sharded_batches_union_equals_single_rank(digits, world_size, augment):
         plain = next(iterate(digits.train, positions, 16, normalize, **{**kw, "augment": False}))
         assert torch.equal(plain.positions, single[0].positions)
         assert not torch.equal(plain.x, single[0].x), "augmentation should change some pixels"
+
+
+@pytest.mark.parametrize(
+    ("n", "batch_size", "sizes"),
+    [
+        (900, 128, [128] * 6 + [132]),  # the 100/class CIFAR retain set: a 4-image tail would stand alone
+        (4500, 128, [128] * 34 + [148]),  # 500/class: a 20-image tail
+        (97, 16, [16] * 5 + [17]),
+        (104, 16, [16] * 6 + [8]),  # half a batch or more stays its own batch
+        (10, 16, [10]),  # one short batch is the whole epoch
+        (0, 16, []),
+        (64, 16, [16] * 4),
+    ],
+)
+def test_batch_spans_merge_a_small_tail_and_use_every_sample_once(n, batch_size, sizes):
+    spans = batch_spans(n, batch_size)
+    assert [size for _, size in spans] == sizes
+    covered = [i for start, size in spans for i in range(start, start + size)]
+    assert covered == list(range(n))
+
+
+def test_batch_spans_refuses_an_empty_batch():
+    with pytest.raises(ValueError, match="batch_size"):
+        batch_spans(10, 0)
 
 
 def test_epoch_order(digits):

@@ -32,6 +32,7 @@ from torch import nn
 
 from mcu_dist.baselines.base import baseline
 from mcu_dist.baselines.common import SGD
+from mcu_dist.data.batching import batch_spans
 from mcu_dist.guard import LossWatch, check_finite_model
 from mcu_dist.lab import Lab
 from mcu_dist.train.fit import sgd
@@ -97,7 +98,7 @@ def _endless(lab: Lab, positions: torch.Tensor, batch_size: int, seed: int):
 def sfron(model: nn.Module, lab: Lab, hp: dict, seed: int) -> nn.Module:
     mask = fisher_saliency_mask(model, lab, hp["threshold"], hp["batch_size"])
     params = dict(model.named_parameters())
-    total = max(1, hp["epochs"] * math.ceil(len(lab.splits.retain) / hp["batch_size"]))
+    total = max(1, hp["epochs"] * len(batch_spans(len(lab.splits.retain), hp["batch_size"])))
     opt = sgd(model.parameters(), hp["lr"], hp["momentum"], hp["weight_decay"])
     forget = _endless(lab, lab.splits.forget, hp["batch_size"], seed)
     retain = _endless(lab, lab.splits.retain, hp["batch_size"], seed)

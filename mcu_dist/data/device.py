@@ -17,7 +17,7 @@ from collections.abc import Iterator
 
 import torch
 
-from mcu_dist.data.batching import Batch, augment_batch, crop_flip_draws, epoch_order
+from mcu_dist.data.batching import Batch, augment_batch, batch_spans, crop_flip_draws, epoch_order
 from mcu_dist.data.registry import ImageData
 
 MAX_FRACTION = 0.4  # of the device's total memory; the rest is for models, activations and the evaluator
@@ -72,12 +72,12 @@ def iterate_resident(
     images, labels = resident(data, device)
     order = positions[epoch_order(len(positions), seed, epoch, shuffle)]
     on_device = order.to(device)
-    starts = list(range(0, len(order), batch_size))
-    sizes = [min(batch_size, len(order) - s) for s in starts]
+    spans = batch_spans(len(order), batch_size)
+    sizes = [n for _, n in spans]
     draws = None
     if augment:
         draws = tuple(d.to(device) for d in epoch_draws(sizes, seed, epoch))
-    for start, n in zip(starts, sizes, strict=True):
+    for start, n in spans:
         lo, hi = start + (n * rank) // world_size, start + (n * (rank + 1)) // world_size
         idx = on_device[lo:hi]
         x = normalize(images[idx])

@@ -2,8 +2,9 @@
 
 Sharding follows the global batch: with world size W and global batch B, step s of every rank
 draws the same B positions of the epoch's permutation and rank r keeps its contiguous slice, so
-the union over ranks of step s is exactly the batch one worker would see. Nothing is padded; the
-last, short batch is split the same way. ``epoch`` plays the role of ``set_epoch``.
+the union over ranks of step s is exactly the batch one worker would see. Nothing is padded or
+dropped; a short last batch is split the same way, or merged into the one before it when it is
+much smaller than the batch size (``batching.batch_spans``). ``epoch`` plays the role of ``set_epoch``.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from collections.abc import Callable, Iterator
 
 import torch
 
-from mcu_dist.data.batching import Batch, augment_batch, crop_flip_draws, epoch_order, shard
+from mcu_dist.data.batching import Batch, augment_batch, batch_spans, crop_flip_draws, epoch_order, shard
 from mcu_dist.data.registry import ImageData
 
 __all__ = [
@@ -20,6 +21,7 @@ __all__ = [
     "Epoch",
     "Normalizer",
     "augment_batch",
+    "batch_spans",
     "crop_flip_draws",
     "epoch_order",
     "iterate",
@@ -89,8 +91,8 @@ def iterate(
             return
     order = positions[epoch_order(len(positions), seed, epoch, shuffle)]
     g = torch.Generator().manual_seed(seed * 7_919 + epoch + 1)
-    for start in range(0, len(order), batch_size):
-        global_batch = order[start : start + batch_size]
+    for start, size in batch_spans(len(order), batch_size):
+        global_batch = order[start : start + size]
         # the whole global batch's draws are made on every rank, so N ranks see what 1 rank sees
         draws = crop_flip_draws(len(global_batch), g) if augment else None
         lo = (len(global_batch) * rank) // world_size
