@@ -215,8 +215,16 @@ def _seeds(text: str | None) -> list[int] | None:
         raise ConfigError(f"--seeds: got {text!r}; allowed: integers separated by commas (0,1,2)") from None
 
 
+CONTROLS = (  # (trial metric, row label): what MCU's mean Avg. Gap is held against
+    ("baseline_avg_gap", "tuned baseline"),
+    ("baseline_bn_avg_gap", "+BN"),
+    ("line_avg_gap", "+line"),
+    ("budget_avg_gap", "+budget"),
+)
+
+
 def _gain_lines(storage: str, name: str, baselines: list[str]) -> list[str]:
-    """Per baseline: MCU's mean Avg. Gap against the tuned baseline's and the tuned baseline+BN's."""
+    """Per baseline: MCU's mean Avg. Gap against the tuned baseline and each control row (+BN, +line, +budget)."""
     import io
     import statistics
 
@@ -238,11 +246,15 @@ def _gain_lines(storage: str, name: str, baselines: list[str]) -> list[str]:
             return f"{statistics.fmean(vals):.2f} ± {sd:.2f}" if vals else "n/a"
 
         mcu = statistics.fmean(float(r["avg_gap"]) for r in done)
-        bn = [float(r["baseline_bn_avg_gap"]) for r in done if r.get("baseline_bn_avg_gap") is not None]
-        verdict = "gain" if bn and mcu < statistics.fmean(bn) else "no gain"
+        versus = []
+        for key, label in CONTROLS:
+            vals = [float(r[key]) for r in done if r.get(key) is not None]
+            if vals:
+                versus.append(f"{'beats' if mcu < statistics.fmean(vals) else 'not'} {label}")
+        controls = "".join(f", {label} {ms(key)}" for key, label in CONTROLS[1:] if any(r.get(key) is not None for r in done))
         lines.append(
-            f"  {m}: tuned baseline {ms('baseline_avg_gap')}, +BN {ms('baseline_bn_avg_gap')}, "
-            f"+MCU {ms('avg_gap')} over {len(done)} seeds: {verdict} (MCU vs tuned baseline+BN)"
+            f"  {m}: tuned baseline {ms('baseline_avg_gap')}{controls}, +MCU {ms('avg_gap')} "
+            f"over {len(done)} seeds: {'; '.join(versus)}"
         )
     return lines
 
