@@ -148,24 +148,19 @@ class TrainConfig:
         metadata=_cli("--recipe", "reference recipe: auto (chosen from dataset and model) or a recipe name"),
     )
 
+    BOUNDS = (  # (field, test of a set value, what is allowed); the recipe's name: recipes.check_recipe
+        ("epochs", lambda v: v >= 1, "an integer >= 1"),
+        ("lr", lambda v: v > 0, "a number > 0"),
+        ("momentum", lambda v: 0 <= v < 1, "a number in [0, 1)"),
+        ("weight_decay", lambda v: v >= 0, "a number >= 0"),
+        ("batch_size", lambda v: v >= 1, "an integer >= 1"),
+    )
+
     def validate(self, prefix: str = "reference") -> None:
-        def given(name: str, ok) -> None:
+        for name, ok, allowed in self.BOUNDS:
             value = getattr(self, name)
             if value is not None:
-                _check(ok(value), f"{prefix}.{name}", allowed[name], value)
-
-        allowed = {
-            "epochs": "an integer >= 1",
-            "lr": "a number > 0",
-            "momentum": "a number in [0, 1)",
-            "weight_decay": "a number >= 0",
-            "batch_size": "an integer >= 1",
-        }
-        given("epochs", lambda v: v >= 1)
-        given("lr", lambda v: v > 0)
-        given("momentum", lambda v: 0 <= v < 1)
-        given("weight_decay", lambda v: v >= 0)
-        given("batch_size", lambda v: v >= 1)  # the recipe's name: mcu_dist.recipes.check_recipe
+                _check(ok(value), f"{prefix}.{name}", allowed, value)
 
 
 @dataclass

@@ -379,11 +379,15 @@ def summarize(results, space: SearchSpace) -> list[dict]:
 
 
 def _safe_name(space: SearchSpace, params: dict) -> str | None:
-    """The trial's MLflow run name (``mcu_dist.trial.trial_name``)."""
+    """The trial's MLflow run name (``trial.trial_name``; ``baseline_trial.baseline_trial_name`` in tuning)."""
+    from mcu_dist.baseline_trial import KIND, baseline_trial_name
     from mcu_dist.trial import trial_name
 
     try:
-        return trial_name(space.trial_config(params), params)
+        cfg = space.trial_config(params)
+        if space.trial_kind == KIND:
+            return baseline_trial_name(cfg.baselines.methods[0], params)
+        return trial_name(cfg, params)
     except Exception:  # a trial whose config does not build (it failed): named by its id
         return None
 

@@ -18,6 +18,7 @@ and builds the per-stage spaces.
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,6 +45,7 @@ class TunedPlan:
 
     def tuning_space(self, method: str) -> SearchSpace:
         """Stage 1 for one baseline: its declared hyperparameters, TPE, on the tuning seed."""
+        from mcu_dist.baseline_trial import KIND
         from mcu_dist.baselines import BASELINES
 
         data = copy.deepcopy(self.data)
@@ -60,7 +62,7 @@ class TunedPlan:
             "baseline": {"type": "categorical", "choices": [method]},
             **{f"baseline.{hp}": "declared" for hp in BASELINES[method].space},
         }
-        return parse_space(data, f"{self.source} (tuning {method})")
+        return dataclasses.replace(parse_space(data, f"{self.source} (tuning {method})"), trial_kind=KIND)
 
     def final_grid(self, tuned: dict[str, dict[str, Any]]) -> SearchSpace:
         """Stage 2: seeds x baselines, each baseline fixed at its tuned hyperparameters, the MCU path on."""

@@ -82,6 +82,8 @@ def test_tuned_baseline_then_mcu_end_to_end(tmp_path, ray_cluster, capsys):
     exp = client.get_experiment_by_name("tb-tuning")
     runs = client.search_runs([exp.experiment_id], f"tags.`{KIND_TAG}` = 'baseline_tuning'")
     assert len(runs) == 3 == record["trials"]
+    # its console lines name a tuning trial by its baseline and hyperparameters (no curve settings)
+    assert sum("] ga · tuning · lr" in line for line in out.splitlines()) == 3, out
     best = min(runs, key=lambda r: r.data.metrics["avg_gap"])
     assert record["avg_gap"] == pytest.approx(best.data.metrics["avg_gap"])
     assert float(best.data.params["baseline.lr"]) == pytest.approx(record["hyperparameters"]["lr"])
