@@ -181,6 +181,8 @@ class BaselineConfig:
         ),
     )
 
+    tuned: list[str] = field(default_factory=list)  # methods whose params came from mcu_dist.tuned (a label)
+
     def validate(self) -> None:
         """The endpoint; names and hyperparameters: ``mcu_dist.baselines.check_baselines``."""
         _check(
@@ -188,6 +190,12 @@ class BaselineConfig:
             "baselines.methods",
             "at least one method, or baselines.endpoint",
             self.methods,
+        )
+        _check(
+            isinstance(self.tuned, list) and all(m in self.params for m in self.tuned),
+            "baselines.tuned",
+            "a list of methods with tuned values in baselines.params",
+            self.tuned,
         )
         if self.endpoint is not None:
             _check(

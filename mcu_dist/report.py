@@ -63,10 +63,13 @@ MASK_KEYS = ("mcu.k", "mcu.k_r", "mcu.mask", "mcu.mask_mode")
 
 
 def _method(params: dict) -> str:
+    """The baseline's name; ``ga (tuned)`` when its hyperparameters came from ``mcu_dist.tuned``."""
     if "search.baseline" in params:
-        return params["search.baseline"]
-    methods = json.loads(params.get("baselines.methods", "[]"))
-    return methods[0] if methods else "endpoint"
+        method = params["search.baseline"]
+    else:
+        methods = json.loads(params.get("baselines.methods", "[]"))
+        method = methods[0] if methods else "endpoint"
+    return f"{method} (tuned)" if method in json.loads(params.get("baselines.tuned", "[]")) else method
 
 
 def trial_records(runs: list) -> list[dict[str, Any]]:

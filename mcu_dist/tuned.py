@@ -71,6 +71,7 @@ class TunedPlan:
         for method, hp in tuned.items():
             params.setdefault(method, {}).update(hp)
         data.setdefault("fixed", {})["baselines.params"] = params
+        data["fixed"]["baselines.tuned"] = sorted(tuned)
         sweep = dict(data.get("sweep") or {})
         sweep.update(name=f"{sweep.get('name', 'tuned')}-final", objective=self.objective, asha=False)
         data["sweep"] = sweep

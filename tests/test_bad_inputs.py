@@ -104,6 +104,11 @@ RUN = [
         r"allowed: a YAML mapping",
     ),
     ("config_unknown_field", lambda t: ["--config", _file(t, "c.yaml", "mcu: {kk: 1}")], r"mcu\.kk: unknown"),
+    (
+        "tuned_label_without_values",
+        lambda t: ["--config", _file(t, "c.yaml", "baselines: {tuned: [ga]}")],
+        r"baselines\.tuned: got \['ga'\]; allowed: a list of methods with tuned values",
+    ),
     ("config_binary", lambda t: ["--config", _file(t, "c.yaml", b"\xff\xfe\x00garbage")], r"--config"),
     ("out_unwritable", lambda t: ["--out", _blocker(t) + "/runs"], r"--out: cannot write"),
     ("cache_unwritable", lambda t: ["--cache-dir", _blocker(t) + "/c"], r"--cache-dir: cannot write"),

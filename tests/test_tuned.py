@@ -94,6 +94,8 @@ def test_tuned_baseline_then_mcu_end_to_end(tmp_path, ray_cluster, capsys):
     for t in trials:
         params = yaml.safe_load(t.data.params["baselines.params"])
         assert params["ga"] == pytest.approx(record["hyperparameters"])
+        assert yaml.safe_load(t.data.params["baselines.tuned"]) == ["ga"]
+    assert "| ga (tuned) |" in out and "| ga (tuned)+BN |" in out, "the report labels the tuned rows"
     # the tuned endpoint at the tuning seed came from the cache: stage 2 trained only seed 1's
     # original, retrained and tuned ga (seed 0's three are the stage-1 ones)
     ready = [line for line in out.splitlines() if line.startswith("shared models ready")]
