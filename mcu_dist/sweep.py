@@ -379,7 +379,7 @@ def summarize(results, space: SearchSpace) -> list[dict]:
 
 
 def _safe_name(space: SearchSpace, params: dict) -> str | None:
-    """The trial's MLflow run name (``trial.trial_name``; ``baseline_trial.baseline_trial_name`` in tuning)."""
+    """The trial's MLflow run name (``trial_name``; ``baseline_trial_name`` for a tuning trial)."""
     from mcu_dist.baseline_trial import KIND, baseline_trial_name
     from mcu_dist.trial import trial_name
 

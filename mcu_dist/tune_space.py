@@ -106,7 +106,7 @@ class SearchSpace:
     sweep: SweepConfig
     source: str = ""
     grid: dict[str, list] | None = None  # an ablation grid: every cell of the cross product is a trial
-    trial_kind: str = "mcu"  # what a trial runs: "mcu" (a path) or "baseline_tuning" (mcu_dist.tuned, stage 1)
+    trial_kind: str = "mcu"  # what a trial runs: "mcu" (a path) or "baseline_tuning" (tuned's stage 1)
 
     def base_config(self) -> ExperimentConfig:
         return with_overrides(ExperimentConfig(), self.fixed)

@@ -227,7 +227,7 @@ CONTROLS = (  # (trial metric, row label): what MCU's mean Avg. Gap is held agai
 
 
 def _gain_lines(storage: str, name: str, baselines: list[str]) -> list[str]:
-    """Per baseline: MCU's mean Avg. Gap against the tuned baseline and each control row (+BN, +line, +budget)."""
+    """Per baseline: MCU's mean Avg. Gap against the tuned baseline and its control rows."""
     import io
     import statistics
 
@@ -254,7 +254,8 @@ def _gain_lines(storage: str, name: str, baselines: list[str]) -> list[str]:
             vals = [float(r[key]) for r in done if r.get(key) is not None]
             if vals:
                 versus.append(f"{'beats' if mcu < statistics.fmean(vals) else 'not'} {label}")
-        controls = "".join(f", {label} {ms(key)}" for key, label in CONTROLS[1:] if any(r.get(key) is not None for r in done))
+        shown = [(key, label) for key, label in CONTROLS[1:] if any(r.get(key) is not None for r in done)]
+        controls = "".join(f", {label} {ms(key)}" for key, label in shown)
         lines.append(
             f"  {m}: tuned baseline {ms('baseline_avg_gap')}{controls}, +MCU {ms('avg_gap')} "
             f"over {len(done)} seeds: {'; '.join(versus)}"
