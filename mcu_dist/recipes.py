@@ -12,9 +12,10 @@ The recipes:
 - ``cifar-resnet18`` / ``cifar-vgg16bn``: the field's usual full-size CIFAR recipe (SGD, lr 0.1, momentum
   0.9, cosine, weight decay 5e-4, 182 epochs, crop+flip), inside the ranges MCU_METHOD §8 gives for the
   paper's original and retrained models; sized for GPUs.
-- ``cifar-small-cnn``: CPU-sized, for the small CNN on a CIFAR subset (500 images per class): no
-  augmentation and a weight decay low enough that the original memorises its training set (>= 95%
-  training accuracy, measured: README "Reference recipes"), so there is something to unlearn.
+- ``cifar-small-cnn``: CPU-sized, for the small CNN (and the CIFAR ResNet-8) on a CIFAR subset (100-500
+  images per class): no augmentation and a weight decay low enough that the original memorises its
+  training set (>= 95% training accuracy, measured: README "Reference recipes"), so there is something
+  to unlearn.
 """
 
 from __future__ import annotations
@@ -65,6 +66,8 @@ DEFAULT_FOR: dict[tuple[str, str], str] = {
     ("cifar100", "vgg16_bn"): "cifar-vgg16bn",
     ("cifar10", "small_cnn"): "cifar-small-cnn",
     ("cifar100", "small_cnn"): "cifar-small-cnn",
+    ("cifar10", "resnet8"): "cifar-small-cnn",
+    ("cifar100", "resnet8"): "cifar-small-cnn",
 }
 
 

@@ -31,9 +31,11 @@ def _buffers(m: nn.Module) -> dict[str, torch.Tensor]:
     return {n: v.clone() for n, v in m.named_buffers()}
 
 
-@pytest.mark.parametrize("order", [2, 3, 4])
-def test_endpoints_reproduce_original_and_baseline_outputs(order):
-    a, b = _pair()
+@pytest.mark.parametrize(
+    ("order", "name"), [(2, "small_cnn"), (3, "small_cnn"), (4, "small_cnn"), (2, "resnet8")]
+)
+def test_endpoints_reproduce_original_and_baseline_outputs(order, name):
+    a, b = _pair(name=name)
     curve = BezierCurve(copy.deepcopy(a), params_of(a), params_of(b), order)
     x = torch.randn(8, 3, 16, 16)
     with torch.no_grad():
@@ -50,6 +52,15 @@ def test_initial_curve_is_the_straight_line(order):
         w = curve.weights_at(t)
         for n in pa:
             assert torch.allclose(w[n], (1 - t) * pa[n] + t * pb[n], atol=1e-6), (t, n)
+
+
+def test_resnet8_has_many_tensors_none_holding_half_the_parameters():
+    """The CPU model for mask controls: a size-matched random set has other tensors to choose from."""
+    model = create_model("resnet8", 10, 3, 32)
+    sizes = [p.numel() for p in model.parameters()]
+    assert len(sizes) == 29 and 70_000 < sum(sizes) < 80_000
+    assert max(sizes) < 0.5 * sum(sizes)
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
 
 
 def test_bernstein_coefficients_sum_to_one():

@@ -21,6 +21,7 @@ def _cfg(**dotted) -> ExperimentConfig:
     [
         ("digits", "small_cnn", "standard"),
         ("cifar10", "small_cnn", "cifar-small-cnn"),
+        ("cifar10", "resnet8", "cifar-small-cnn"),
         ("cifar100", "resnet18", "cifar-resnet18"),
         ("cifar10", "vgg16_bn", "cifar-vgg16bn"),
         ("cifar10", "tests.fault_models:dies_in_trial", "standard"),  # a user's model: the generic recipe

@@ -1,4 +1,5 @@
-"""The registered architectures: small CNNs for CPU work, ResNet-18 (CIFAR stem), VGG-16-BN, ViTs."""
+"""The registered architectures: small CNNs and a CIFAR ResNet-8 for CPU work, ResNet-18 (CIFAR stem),
+VGG-16-BN, ViTs."""
 
 from __future__ import annotations
 
@@ -50,6 +51,60 @@ def small_cnn(num_classes: int, in_channels: int = 3, image_size: int = 32) -> n
 def small_cnn_nobn(num_classes: int, in_channels: int = 3, image_size: int = 32) -> nn.Module:
     """The small CNN without BatchNorm: data-parallel runs match single-worker runs exactly."""
     return SmallCNN(num_classes, in_channels, image_size, norm=False)
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 conv-BN layers and the identity (or a 1x1 conv-BN when the shape changes), then ReLU."""
+
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False),
+            nn.BatchNorm2d(cout),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(cout, cout, 3, padding=1, bias=False),
+            nn.BatchNorm2d(cout),
+        )
+        self.shortcut = nn.Identity()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout)
+            )
+
+    def forward(self, x):
+        return (self.body(x) + self.shortcut(x)).relu()
+
+
+class CifarResNet(nn.Module):
+    """He et al. (2016)'s CIFAR ResNet-(6n+2): a 3x3 stem, three stages of n basic blocks (width w, 2w, 4w;
+    stride 2 into stages 2 and 3), global pooling, a linear head."""
+
+    def __init__(self, num_classes: int, in_channels: int, blocks: int = 1, width: int = 16):
+        super().__init__()
+        layers: list[nn.Module] = [
+            nn.Conv2d(in_channels, width, 3, padding=1, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(inplace=True),
+        ]
+        cin = width
+        for stage in range(3):
+            cout = width * 2**stage
+            for b in range(blocks):
+                layers.append(BasicBlock(cin, cout, 2 if stage > 0 and b == 0 else 1))
+                cin = cout
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.head = nn.Linear(cin, num_classes)
+
+    def forward(self, x):
+        return self.head(self.pool(self.features(x)).flatten(1))
+
+
+@MODELS.register("resnet8")
+def resnet8(num_classes: int, in_channels: int = 3, image_size: int = 32) -> nn.Module:
+    """CIFAR ResNet-8 (78k parameters in 30 tensors, none over half of them): the CPU model on which a mask
+    has many tensors to choose from (the small CNN's largest tensor holds 76% of its parameters)."""
+    return CifarResNet(num_classes, in_channels, blocks=1, width=16)
 
 
 @MODELS.register("resnet18")
