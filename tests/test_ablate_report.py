@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import statistics
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
@@ -15,6 +17,7 @@ from mcu_dist.sweep import reference_cells
 from mcu_dist.tracking import KIND_TAG, PARENT_TAG, Tracker
 from mcu_dist.trial import TrialContext, run_trial
 from mcu_dist.tune_space import load_space
+from mcu_dist.validation import validate
 
 SMALL = {
     "data.dataset": "digits",
@@ -159,10 +162,24 @@ def test_report_on_an_empty_experiment_is_a_clear_error(tmp_path, capsys):
 
 @pytest.mark.parametrize("name,references", [("ablation_smoke.yaml", 4), ("ablation_mask_smoke.yaml", 2)])
 def test_shipped_smoke_grid_parses(name, references):
-    from pathlib import Path
-
     space = load_space(Path(__file__).resolve().parents[1] / "tune_spaces" / name)
     assert space.grid and space.sweep.num_samples == 16 and len(reference_cells(space)) == references
+
+
+GRIDS = sorted(
+    p.name
+    for p in (Path(__file__).resolve().parents[1] / "tune_spaces").glob("*.yaml")
+    if "grid" in yaml.safe_load(p.read_text())
+)
+
+
+@pytest.mark.parametrize("name", GRIDS)
+def test_every_shipped_grid_parses_and_each_cell_builds_a_valid_config(name):
+    space = load_space(Path(__file__).resolve().parents[1] / "tune_spaces" / name)
+    cells = list(itertools.product(*space.grid.values()))
+    assert space.sweep.num_samples == len(cells) > 0
+    for cell in cells:
+        validate(space.trial_config(dict(zip(space.grid, cell, strict=True))))
 
 
 def test_asha_trials_report_a_gap_cal_proxy_every_epoch(tmp_path):
