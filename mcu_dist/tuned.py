@@ -193,6 +193,12 @@ def best_of(storage: str, name: str, objective: str) -> dict[str, Any]:
     }
 
 
+def tune_can_restore(path: str) -> bool:
+    from ray import tune
+
+    return tune.Tuner.can_restore(path)
+
+
 def parse_args(argv: list[str] | None):
     import argparse
 
@@ -282,23 +288,32 @@ def main(argv: list[str] | None = None) -> int:
             common += [flag, value]
     if args.address:
         common += ["--address", args.address]
-    for flag in ("resume", "smoke_test", "verbose"):
+    for flag in ("smoke_test", "verbose"):
         if getattr(args, flag):
             common.append("--" + flag.replace("_", "-"))
     name = (plan.data.get("sweep") or {}).get("name", "tuned")
     experiment = args.experiment or name
     storage = str(fs.check_location(args.storage or sweep.default_storage(), "--storage"))
+
+    def stage(space: SearchSpace, experiment: str, factory) -> int | None:
+        """One stage's sweep: skipped when ``--resume`` finds it finished, continued when it was cut off."""
+        path = fs.join(storage, space.sweep.name)
+        if args.resume and fs.exists(fs.join(path, "trials.parquet")):
+            print(f"  {space.sweep.name}: finished earlier, kept", flush=True)
+            return 0
+        resume = ["--resume"] if args.resume and tune_can_restore(path) else []
+        return sweep.main(
+            ["--space", *common, *resume, "--experiment", experiment],
+            loader=lambda _: space,
+            tuner_factory=factory,
+        )
+
     tuned: dict[str, dict[str, Any]] = {}
     for method in plan.baselines:  # stage 1: each baseline on its own objective, MCU nowhere in sight
         space = plan.tuning_space(method)
         print(f"stage 1/3: tuning {method} on {plan.objective} ({plan.num_samples} trials)", flush=True)
-        rc = sweep.main(
-            ["--space", *common, "--experiment", f"{experiment}-tuning"],
-            loader=lambda _, s=space: s,
-            tuner_factory=build_tuning_tuner,
-        )
-        if rc == 2:
-            return rc
+        if stage(space, f"{experiment}-tuning", build_tuning_tuner) == 2:
+            return 2
         tuned[method] = best_of(storage, space.sweep.name, plan.objective)
         print(f"  {method}: {tuned[method]}", flush=True)
     record = {
@@ -314,11 +329,9 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"stage 2/3: {len(plan.seeds)} seeds x {len(plan.baselines)} tuned baselines, MCU on top", flush=True
     )
-    rc = sweep.main(
-        ["--space", *common, "--experiment", experiment],
-        loader=lambda _: grid,
-        tuner_factory=ablate.build_grid_tuner,
-    )
+    rc = stage(grid, experiment, ablate.build_grid_tuner)
+    if rc == 2:
+        return 2
     _log_tuned(args.tracking_uri, experiment, fs.join(storage, name, "tuned.yaml"))
     print("stage 3/3: tuned baseline vs tuned baseline + MCU", flush=True)
     rargs = ["--experiment", experiment, "--out", fs.join(storage, name, "report")]

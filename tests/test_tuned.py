@@ -101,3 +101,13 @@ def test_tuned_baseline_then_mcu_end_to_end(tmp_path, ray_cluster, capsys):
     ready = [line for line in out.splitlines() if line.startswith("shared models ready")]
     assert ready[-1].startswith("shared models ready (3 trained now"), ready
     assert "tuned baseline" in out and "±" in out and ("beats +BN" in out or "not +BN" in out)
+
+    # --resume: finished stages are kept, a stage cut off before its table is continued, nothing reruns
+    (storage / "tb-final" / "trials.parquet").unlink()  # stage 2 as if cut off before its end
+    rc = tuned.main(["--space", _file(tmp_path), "--storage", str(storage), "--tracking-uri", uri, "--resume"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "tb-tune-ga: finished earlier, kept" in out
+    assert (storage / "tb-final" / "trials.parquet").exists()
+    assert yaml.safe_load((storage / "tb" / "tuned.yaml").read_text())["baselines"]["ga"] == record
+    assert len(client.search_runs([exp.experiment_id], f"tags.`{KIND_TAG}` = 'trial'")) == 2, "no trial reran"
