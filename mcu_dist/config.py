@@ -183,6 +183,11 @@ class BaselineConfig:
 
     tuned: list[str] = field(default_factory=list)  # methods whose params came from mcu_dist.tuned (a label)
 
+    def primary(self) -> str:
+        """The θ_p a sweep trial wraps: ``endpoint`` (the user's checkpoint) when ``baselines.endpoint`` is
+        set, else the first method (the trial's ``baseline``)."""
+        return USER_ENDPOINT if self.endpoint is not None else self.methods[0]
+
     def validate(self) -> None:
         """The endpoint; names and hyperparameters: ``mcu_dist.baselines.check_baselines``."""
         _check(
@@ -205,6 +210,8 @@ class BaselineConfig:
                 self.endpoint,
             )
 
+
+USER_ENDPOINT = "endpoint"  # the name of the user's own θ_p in tables and trials
 
 MASK_KINDS = ("gradient", "random", "random_matched")
 MASK_MODES = ("paper", "budget")

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from mcu_dist.baselines import BASELINES
-from mcu_dist.config import ConfigError
+from mcu_dist.config import USER_ENDPOINT, ConfigError
 from mcu_dist.evaluate.bootstrap import Outcomes
 from mcu_dist.evaluate.mia import FEATURES
 from mcu_dist.evaluate.point import evaluate_outcomes
@@ -104,6 +104,14 @@ def baseline_model(
     return model.eval(), before + float(meta.get("seconds", 0.0))
 
 
+def endpoint_model(lab: Lab, method: str, original: nn.Module) -> tuple[nn.Module, float]:
+    """θ_p of ``method`` (cached) and its RTE, or the user's checkpoint for ``endpoint`` (RTE 0: not ours)."""
+    if method != USER_ENDPOINT:
+        return baseline_model(lab, method, original)
+    model, _ = load_model(lab.new_model(), lab.cfg.baselines.endpoint, "baselines.endpoint")
+    return model.eval(), 0.0
+
+
 def has_budget_control(method: str) -> bool:
     """Baselines with an iterative update (an ``epochs`` setting) can be continued for MCU's budget."""
     return method in BASELINES and "epochs" in BASELINES[method].defaults
@@ -122,6 +130,5 @@ def endpoints(
     methods = lab.cfg.baselines.methods if methods is None else methods
     out = {m: baseline_model(lab, m, original) for m in methods}
     if lab.cfg.baselines.endpoint:
-        model, _ = load_model(lab.new_model(), lab.cfg.baselines.endpoint, "baselines.endpoint")
-        out["endpoint"] = (model.eval(), 0.0)
+        out[USER_ENDPOINT] = endpoint_model(lab, USER_ENDPOINT, original)
     return out

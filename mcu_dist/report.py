@@ -64,7 +64,9 @@ MASK_KEYS = ("mcu.k", "mcu.k_r", "mcu.mask", "mcu.mask_mode")
 
 def _method(params: dict) -> str:
     """The baseline's name; ``ga (tuned)`` when its hyperparameters came from ``mcu_dist.tuned``."""
-    if "search.baseline" in params:
+    if "baseline" in params:  # the θ_p the trial wrapped (trial.trial_params), the user's endpoint included
+        method = params["baseline"]
+    elif "search.baseline" in params:
         method = params["search.baseline"]
     else:
         methods = json.loads(params.get("baselines.methods", "[]"))

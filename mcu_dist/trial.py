@@ -28,7 +28,7 @@ from mcu_dist.lab import Lab
 from mcu_dist.path.beta import CalTargets, variant_name
 from mcu_dist.pipeline import bn_control, line_control, run_path
 from mcu_dist.recipes import resolved_params
-from mcu_dist.references import baseline_model, has_budget_control, prepare_references
+from mcu_dist.references import baseline_model, endpoint_model, has_budget_control, prepare_references
 from mcu_dist.store import write_text
 from mcu_dist.train.mcu import retain_prime_record
 from mcu_dist.tune_space import SearchSpace
@@ -48,7 +48,7 @@ def trial_name(cfg: ExperimentConfig, params: dict[str, Any]) -> str:
     then every other searched value (``lr0.0157``; a word as ``mask=random_matched``)."""
     schedule = cfg.mcu.beta_schedule[0]
     schedule = f"β{cfg.mcu.beta:.3g}" if schedule == "fixed" else schedule
-    parts = [cfg.baselines.methods[0], schedule, f"k{cfg.mcu.k:.3g}", f"o{cfg.mcu.curve_order}"]
+    parts = [cfg.baselines.primary(), schedule, f"k{cfg.mcu.k:.3g}", f"o{cfg.mcu.curve_order}"]
     for key, value in params.items():
         if key not in NAMED:
             name = key.rsplit(".", 1)[-1]
@@ -65,7 +65,7 @@ def trial_params(cfg: ExperimentConfig, params: dict[str, Any]) -> dict[str, Any
     """Every resolved config field the trial ran with, its baseline and variant by name, and the searched
     values again under ``search.``."""
     flat = resolved_params(cfg)
-    return {"baseline": cfg.baselines.methods[0], "mcu.variant": variant_of(cfg), **flat} | {
+    return {"baseline": cfg.baselines.primary(), "mcu.variant": variant_of(cfg), **flat} | {
         f"search.{k}": v for k, v in params.items()
     }
 
@@ -133,8 +133,8 @@ def _compute_in(cfg, params, ctx, report, tracker, run_id, sweep, out: Path) -> 
     retrain_oc, draws = refs.retrain_outcomes, cfg.eval.shadow_draws
     boot = (cfg.eval.bootstrap, cfg.eval.ci_level, cfg.seeds.eval)
     retrain_row = {**retrain_row, **intervals(retrain_oc, retrain_oc, *boot)}
-    method = cfg.baselines.methods[0]
-    endpoint, base_s = baseline_model(lab, method, original)
+    method = cfg.baselines.primary()
+    endpoint, base_s = endpoint_model(lab, method, original)
 
     def scored(model) -> dict[str, float]:
         row, oc = evaluate_outcomes(model, lab, shadow_draws=draws)
@@ -231,7 +231,7 @@ def _datasets(lab: Lab, out: fs.Location) -> list[dict[str, Any]]:
 
 def describe_trial(cfg, params, metrics, result, baseline_row, retrain_row) -> str:
     """The child run's Description: baseline → MCU, t*, the effective region, what was searched."""
-    method, variant = cfg.baselines.methods[0], "MCU" if variant_of(cfg) == "mcu" else "MCU-β"
+    method, variant = cfg.baselines.primary(), "MCU" if variant_of(cfg) == "mcu" else "MCU-β"
     lo, hi = cfg.eval.t_star_range
     region = result.effective_region
     where = f"t ∈ [{min(region):.2f}, {max(region):.2f}]" if region else "empty"

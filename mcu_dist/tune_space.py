@@ -112,8 +112,12 @@ class SearchSpace:
         return with_overrides(ExperimentConfig(), self.fixed)
 
     def methods(self) -> list[str]:
+        """The registered baselines the trials wrap (none when they wrap the user's baselines.endpoint)."""
         dim = next((d for d in self.dims if d.key == "baseline"), None)
-        return list(dim.choices) if dim else list(self.base_config().baselines.methods)
+        if dim:
+            return list(dim.choices)
+        base = self.base_config().baselines
+        return [] if base.endpoint is not None else list(base.methods)
 
     def suggest(self, trial) -> dict[str, Any]:
         """Optuna define-by-run: sample this space on ``trial``; parents before children."""
@@ -329,6 +333,11 @@ def parse_space(data: dict, source: str = "<dict>") -> SearchSpace:
     both = sorted(set(search) & set(fixed))
     if both:
         raise ConfigError(f"search.{both[0]}: also in fixed; allowed: a field either fixed or searched")
+    if base.baselines.endpoint is not None and "baseline" in search:
+        raise ConfigError(
+            "search.baseline: fixed also sets baselines.endpoint, and a trial wraps one θ_p; "
+            "allowed: a baseline dimension or baselines.endpoint, not both"
+        )
     dims = [_dimension(k, v, leaves, methods) for k, v in search.items()]
     seen: dict[str, Dimension] = {}
     for d in dims:

@@ -204,3 +204,34 @@ def test_asha_trials_report_a_gap_cal_proxy_every_epoch(tmp_path):
     assert [r["epoch"] for r in reports] == [1, 2, 3]
     assert all(r["final"] == 0 and r["gap_cal"] == r["proxy_gap_cal"] >= 0 for r in reports)
     assert final["final"] == 1 and "avg_gap" in final
+
+
+def test_a_trial_wraps_the_users_endpoint_in_a_space_and_a_grid(tmp_path):
+    """A user's own θ_p (``baselines.endpoint``) in a sweep or grid: each trial wraps that checkpoint, and
+    a checkpoint of GA's θ_p gives exactly the path GA's trial gives (no +budget row: not our update)."""
+    from mcu_dist.config import ExperimentConfig, with_overrides
+    from mcu_dist.lab import Lab
+    from mcu_dist.references import baseline_model, prepare_references
+    from mcu_dist.store import save_model
+    from mcu_dist.trial import trial_name
+    from mcu_dist.tune_space import grid_from_dict, parse_space
+
+    fixed = {**SMALL, "cache_dir": str(tmp_path / "cache")}
+    lab = Lab.build(validate(with_overrides(ExperimentConfig(), {**fixed, "baselines.methods": ["ga"]})))
+    ga, _ = baseline_model(lab, "ga", prepare_references(lab, retrain=False, mask=False).original)
+    save_model(ga, tmp_path / "theta_p.pt")  # the user's θ_p, made outside the sweep
+    user = {**fixed, "baselines.endpoint": str(tmp_path / "theta_p.pt")}
+
+    with pytest.raises(ConfigError, match=r"search\.baseline: fixed also sets baselines\.endpoint"):
+        grid_from_dict({"fixed": user, "grid": {"baseline": ["ga"], "seed": [0]}}, "g.yaml")
+    search = parse_space({"fixed": user, "search": {"mcu.k": {"type": "categorical", "choices": [0.5]}}})
+    grid = grid_from_dict({"fixed": user, "grid": {"mcu.k": [0.5]}}, "g.yaml")
+    assert search.methods() == grid.methods() == [], "no registered baseline is trained for these trials"
+    assert trial_name(grid.trial_config({"mcu.k": 0.5}), {"mcu.k": 0.5}).startswith("endpoint · ")
+
+    theirs = run_trial({"mcu.k": 0.5}, TrialContext(grid, None, "x", None, "t0", tmp_path / "t0"))
+    ga_grid = grid_from_dict({"fixed": {**fixed, "baselines.methods": ["ga"]}, "grid": {"mcu.k": [0.5]}}, "g")
+    ours = run_trial({"mcu.k": 0.5}, TrialContext(ga_grid, None, "x", None, "t1", tmp_path / "t1"))
+    for key in ("baseline_avg_gap", "baseline_bn_avg_gap", "line_avg_gap", "avg_gap", "t_star"):
+        assert theirs[key] == pytest.approx(ours[key]), key
+    assert "budget_avg_gap" in ours and "budget_avg_gap" not in theirs
