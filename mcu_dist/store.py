@@ -42,7 +42,8 @@ from mcu_dist import fs
 from mcu_dist.config import ConfigError
 from mcu_dist.guard import check_finite_model
 
-FORMAT = 1  # of checkpoints and of cache keys: entries of another format are simply not hit
+FORMAT = 2  # of checkpoints and of cache keys: entries of another format are simply not hit
+# 2: training batches merge a small ragged tail (data.batching.batch_spans); models of format 1 are retrained
 
 Location = str | Path
 

@@ -233,6 +233,8 @@ def _dimension(key: str, spec: Any, leaves: dict[str, Any], methods: list[str]) 
     kind = spec.get("type")
     if kind not in KINDS:
         raise ConfigError(f"{where}.type: got {kind!r}; allowed: {', '.join(KINDS)}")
+    if key == "baselines.endpoint":
+        raise ConfigError(f"{where}: one checkpoint per space; allowed: baselines.endpoint in fixed")
     if key in ("baselines.methods", "baselines.params"):
         raise ConfigError(
             f"{where}: set per trial by the sweep; allowed: search 'baseline' and 'baseline.<hp>' instead"
@@ -333,11 +335,8 @@ def parse_space(data: dict, source: str = "<dict>") -> SearchSpace:
     both = sorted(set(search) & set(fixed))
     if both:
         raise ConfigError(f"search.{both[0]}: also in fixed; allowed: a field either fixed or searched")
-    if base.baselines.endpoint is not None and "baseline" in search:
-        raise ConfigError(
-            "search.baseline: fixed also sets baselines.endpoint, and a trial wraps one θ_p; "
-            "allowed: a baseline dimension or baselines.endpoint, not both"
-        )
+    if base.baselines.endpoint is not None:
+        check_endpoint_dimensions(list(search))
     dims = [_dimension(k, v, leaves, methods) for k, v in search.items()]
     seen: dict[str, Dimension] = {}
     for d in dims:
@@ -360,6 +359,31 @@ def parse_space(data: dict, source: str = "<dict>") -> SearchSpace:
         except ConfigError as e:
             raise ConfigError(f"search.{culprit}: the point {params} gives an invalid trial ({e})") from None
     return space
+
+
+# what a user's θ_p was made from: its original (data, model, reference training, seeds of the split and
+# of θ_o) and its forget set; a dimension that changes any of them would wrap the checkpoint around
+# references it was not made from
+ENDPOINT_FIXES = (
+    "baseline",
+    "seed",
+    "seeds.split",
+    "seeds.model",
+    "data.",
+    "forget.",
+    "model.",
+    "reference.",
+)
+
+
+def check_endpoint_dimensions(keys: list[str]) -> None:
+    """With ``baselines.endpoint`` fixed: refuse dimensions that change what the endpoint was made from."""
+    for key in keys:
+        if any(key == f or key.startswith(f.rstrip(".") + ".") for f in ENDPOINT_FIXES):
+            raise ConfigError(
+                f"search.{key}: fixed sets baselines.endpoint, a θ_p made from one original and one forget "
+                "set; allowed: dimensions that leave both alone (mcu.*, eval.*, seeds.unlearn, seeds.eval)"
+            )
 
 
 def _probe_points(dims: list[Dimension]) -> list[tuple[str, dict[str, Any]]]:

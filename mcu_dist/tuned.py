@@ -22,7 +22,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from mcu_dist.config import ConfigError
+from mcu_dist.config import ConfigError, flatten
 from mcu_dist.tune_space import SearchSpace, _read_yaml, grid_from_dict, parse_space
 
 MODES = {"research": "avg_gap", "deployment": "gap_cal"}
@@ -100,6 +100,11 @@ def plan_from_dict(data: Any, source: str, seeds: list[int] | None = None) -> Tu
     for key in ("search", "grid"):
         if key in data:
             raise ConfigError(f"{key}: not in a tuned file; allowed: fixed, sweep, tuned")
+    if flatten(data.get("fixed") or {}).get("baselines.endpoint") is not None:
+        raise ConfigError(
+            "fixed.baselines.endpoint: a tuned file tunes registered baselines; allowed: no endpoint "
+            "(wrap your own θ_p with python -m mcu_dist.sweep or ablate)"
+        )
     for key in spec:
         if key not in TUNED_FIELDS:
             raise ConfigError(f"tuned.{key}: unknown field; allowed: {', '.join(TUNED_FIELDS)}")
@@ -191,6 +196,16 @@ def best_of(storage: str, name: str, objective: str) -> dict[str, Any]:
         "trial_id": best["trial_id"],
         "trials": len(rows),
     }
+
+
+def _finished(path: str) -> bool:
+    """A stage that ended with every trial done (its summary written, no failed trial): nothing to resume."""
+    import json
+
+    from mcu_dist import fs
+
+    summary = fs.join(path, "summary.json")
+    return fs.exists(summary) and json.loads(fs.read_bytes(summary)).get("failed", 1) == 0
 
 
 def tune_can_restore(path: str) -> bool:
@@ -298,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     def stage(space: SearchSpace, experiment: str, factory) -> int | None:
         """One stage's sweep: skipped when ``--resume`` finds it finished, continued when it was cut off."""
         path = fs.join(storage, space.sweep.name)
-        if args.resume and fs.exists(fs.join(path, "trials.parquet")):
+        if args.resume and _finished(path):
             print(f"  {space.sweep.name}: finished earlier, kept", flush=True)
             return 0
         resume = ["--resume"] if args.resume and tune_can_restore(path) else []

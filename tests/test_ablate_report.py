@@ -222,8 +222,14 @@ def test_a_trial_wraps_the_users_endpoint_in_a_space_and_a_grid(tmp_path):
     save_model(ga, tmp_path / "theta_p.pt")  # the user's θ_p, made outside the sweep
     user = {**fixed, "baselines.endpoint": str(tmp_path / "theta_p.pt")}
 
-    with pytest.raises(ConfigError, match=r"search\.baseline: fixed also sets baselines\.endpoint"):
-        grid_from_dict({"fixed": user, "grid": {"baseline": ["ga"], "seed": [0]}}, "g.yaml")
+    # dimensions that would change what the checkpoint was made from (or a second θ_p) are refused
+    refused = ({"baseline": ["ga"]}, {"baseline.lr": [0.1]}, {"seed": [0, 1]}, {"forget.spec": ["classes:1"]})
+    for dim in refused:
+        with pytest.raises(ConfigError, match=rf"search\.{next(iter(dim))}: fixed sets baselines\.endpoint"):
+            grid_from_dict({"fixed": user, "grid": dim}, "g.yaml")
+    with pytest.raises(ConfigError, match=r"search\.baselines\.endpoint: one checkpoint per space"):
+        grid_from_dict({"fixed": fixed, "grid": {"baselines.endpoint": [user["baselines.endpoint"]]}}, "g")
+    grid_from_dict({"fixed": user, "grid": {"seeds.unlearn": [0, 1], "mcu.curve_order": [2, 3]}}, "g.yaml")
     search = parse_space({"fixed": user, "search": {"mcu.k": {"type": "categorical", "choices": [0.5]}}})
     grid = grid_from_dict({"fixed": user, "grid": {"mcu.k": [0.5]}}, "g.yaml")
     assert search.methods() == grid.methods() == [], "no registered baseline is trained for these trials"

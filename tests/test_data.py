@@ -707,6 +707,10 @@ def test_batch_spans_merge_a_small_tail_and_use_every_sample_once(n, batch_size,
     assert covered == list(range(n))
 
 
+def test_prediction_batches_keep_the_tail_apart():
+    assert [size for _, size in batch_spans(900, 128, merge_tail=False)] == [128] * 7 + [4]
+
+
 def test_batch_spans_refuses_an_empty_batch():
     with pytest.raises(ValueError, match="batch_size"):
         batch_spans(10, 0)

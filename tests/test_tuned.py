@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
@@ -49,6 +51,14 @@ def test_bad_tuned_file_is_one_line_naming_the_field_before_ray(tmp_path, capsys
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"error: {field}") and "\n" not in err
     assert not (tmp_path / "st").exists()  # refused before the driver made its storage or reached Ray
+
+
+def test_a_tuned_file_with_a_user_endpoint_is_refused(tmp_path, capsys):
+    body = yaml.safe_load(open(_file(tmp_path)).read())
+    body["fixed"]["baselines.endpoint"] = str(tmp_path / "theta_p.pt")
+    (tmp_path / "tuned.yaml").write_text(yaml.safe_dump(body))
+    assert tuned.main(["--space", str(tmp_path / "tuned.yaml"), "--storage", str(tmp_path / "st")]) == 2
+    assert capsys.readouterr().err.startswith("error: fixed.baselines.endpoint: a tuned file tunes")
 
 
 def test_shipped_tuned_files_parse():
@@ -103,11 +113,13 @@ def test_tuned_baseline_then_mcu_end_to_end(tmp_path, ray_cluster, capsys):
     assert "tuned baseline" in out and "±" in out and ("beats +BN" in out or "not +BN" in out)
 
     # --resume: finished stages are kept, a stage cut off before its table is continued, nothing reruns
-    (storage / "tb-final" / "trials.parquet").unlink()  # stage 2 as if cut off before its end
-    rc = tuned.main(["--space", _file(tmp_path), "--storage", str(storage), "--tracking-uri", uri, "--resume"])
+    summary = storage / "tb-final" / "summary.json"  # stage 2 as if a trial had failed: it is resumed
+    summary.write_text(json.dumps({**json.loads(summary.read_text()), "failed": 1}))
+    again = ["--space", _file(tmp_path), "--storage", str(storage), "--tracking-uri", uri, "--resume"]
+    rc = tuned.main(again)
     out = capsys.readouterr().out
     assert rc == 0, out
-    assert "tb-tune-ga: finished earlier, kept" in out
-    assert (storage / "tb-final" / "trials.parquet").exists()
+    assert "tb-tune-ga: finished earlier, kept" in out and "tb-final: finished earlier" not in out
+    assert json.loads(summary.read_text())["failed"] == 0, "stage 2 restored, its table written again"
     assert yaml.safe_load((storage / "tb" / "tuned.yaml").read_text())["baselines"]["ga"] == record
     assert len(client.search_runs([exp.experiment_id], f"tags.`{KIND_TAG}` = 'trial'")) == 2, "no trial reran"

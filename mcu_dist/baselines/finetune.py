@@ -6,6 +6,7 @@ from torch import nn
 
 from mcu_dist.baselines.base import baseline
 from mcu_dist.baselines.common import SGD, SPACE, train_on
+from mcu_dist.data.batching import batch_spans
 from mcu_dist.lab import Lab
 from mcu_dist.train.fit import cross_entropy
 
@@ -21,7 +22,7 @@ def ft(model: nn.Module, lab: Lab, hp: dict, seed: int) -> nn.Module:
     space={**SPACE, "gamma": {"type": "logfloat", "low": 1e-6, "high": 1e-3}},
 )
 def l1_sparse(model: nn.Module, lab: Lab, hp: dict, seed: int) -> nn.Module:
-    steps_per_epoch = -(-len(lab.splits.retain) // hp["batch_size"])
+    steps_per_epoch = len(batch_spans(len(lab.splits.retain), hp["batch_size"]))
     total = hp["epochs"] * steps_per_epoch
     state = {"step": 0}
     weights = [p for p in model.parameters() if p.dim() > 1]

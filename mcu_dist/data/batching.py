@@ -34,17 +34,18 @@ def epoch_order(n: int, seed: int, epoch: int, shuffle: bool) -> torch.Tensor:
 MERGE_BELOW = 0.5  # a last batch smaller than this fraction of the batch size joins the one before it
 
 
-def batch_spans(n: int, batch_size: int) -> list[tuple[int, int]]:
+def batch_spans(n: int, batch_size: int, merge_tail: bool = True) -> list[tuple[int, int]]:
     """(start, size) of an epoch's global batches over ``n`` samples.
 
     Every sample is used once. A ragged tail smaller than ``MERGE_BELOW`` of ``batch_size`` is merged
     into the batch before it instead of standing alone: a 4-image batch under BatchNorm (900 samples
     at batch 128) trains on — and, during BN re-estimation, weighs in on — statistics of 4 images.
+    Prediction (``merge_tail=False``) keeps the tail apart: no batch is larger than asked for there.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     spans = [(s, min(batch_size, n - s)) for s in range(0, n, batch_size)]
-    if len(spans) > 1 and spans[-1][1] < MERGE_BELOW * batch_size:
+    if merge_tail and len(spans) > 1 and spans[-1][1] < MERGE_BELOW * batch_size:
         (start, size), (_, tail) = spans[-2], spans.pop()
         spans[-1] = (start, size + tail)
     return spans

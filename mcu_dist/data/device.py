@@ -67,12 +67,13 @@ def iterate_resident(
     rank: int = 0,
     world_size: int = 1,
     device: torch.device | str = "cpu",
+    merge_tail: bool = True,
 ) -> Iterator[Batch]:
     """``loader.iterate`` with the data on ``device``; batch positions stay host tensors."""
     images, labels = resident(data, device)
     order = positions[epoch_order(len(positions), seed, epoch, shuffle)]
     on_device = order.to(device)
-    spans = batch_spans(len(order), batch_size)
+    spans = batch_spans(len(order), batch_size, merge_tail)
     sizes = [n for _, n in spans]
     draws = None
     if augment:

@@ -66,6 +66,7 @@ def iterate(
     rank: int = 0,
     world_size: int = 1,
     device: torch.device | str = "cpu",
+    merge_tail: bool = True,
 ) -> Iterator[Batch]:
     """Batches over ``data[positions]``; ``positions`` index ``data``.
 
@@ -87,11 +88,12 @@ def iterate(
                 rank=rank,
                 world_size=world_size,
                 device=device,
+                merge_tail=merge_tail,
             )
             return
     order = positions[epoch_order(len(positions), seed, epoch, shuffle)]
     g = torch.Generator().manual_seed(seed * 7_919 + epoch + 1)
-    for start, size in batch_spans(len(order), batch_size):
+    for start, size in batch_spans(len(order), batch_size, merge_tail):
         global_batch = order[start : start + size]
         # the whole global batch's draws are made on every rank, so N ranks see what 1 rank sees
         draws = crop_flip_draws(len(global_batch), g) if augment else None

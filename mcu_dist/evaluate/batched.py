@@ -86,7 +86,7 @@ def predict_many(
     probs: list[list[torch.Tensor]] = [[] for _ in models]
     labels = []
     with lab.autocast():
-        for batch in iterate(data, positions, batch_size, lab.normalize, device=lab.device):
+        for batch in iterate(data, positions, batch_size, lab.normalize, device=lab.device, merge_tail=False):
             for i, m in enumerate(models):
                 probs[i].append(torch.softmax(m(batch.x).float(), dim=1))
             labels.append(batch.y)

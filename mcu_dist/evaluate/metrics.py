@@ -42,7 +42,7 @@ def predict(
 ) -> Outputs:
     model.eval()
     probs, labels = [], []
-    for batch in iterate(data, positions, batch_size, normalize, device=device):
+    for batch in iterate(data, positions, batch_size, normalize, device=device, merge_tail=False):
         probs.append(torch.softmax(model(batch.x).float(), dim=1).cpu())
         labels.append(batch.y.cpu())
     if not probs:
