@@ -34,7 +34,9 @@ def per_baseline(ok: list[dict], objective: str) -> list[tuple[str, float, dict]
     """For each baseline, its own Avg. Gap and the best trial wrapping it (``ok`` sorted best first)."""
     best: dict[str, dict] = {}
     for r in ok:
-        best.setdefault(str(params_of(r).get("baseline", r.get("baseline", "?"))), r)
+        # searched, else the first word of the trial's name (trial.trial_name: the θ_p it wrapped)
+        named = (r.get("name") or "?").split(" · ")[0]
+        best.setdefault(str(params_of(r).get("baseline", r.get("baseline", named))), r)
     return [(name, r.get("baseline_avg_gap"), r) for name, r in best.items()]
 
 

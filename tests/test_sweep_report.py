@@ -93,6 +93,10 @@ def test_the_end_of_sweep_tables_say_what_they_are(tmp_path):
     assert [line.split()[0] for line in per_base] == ["rl", "ft"]
     assert all(x in per_base[0] for x in ("3.00", "1.00", "(+2.00)"))
     assert all(x in per_base[1] for x in ("2.50", "2.00", "(+0.50)"))
+    # a sweep with no baseline dimension (e.g. one user endpoint) names the baseline from the trial names
+    endpoint = [{**_row("e", {"mcu.k": 0.5}, 1.5, 2.0), "name": "endpoint · adaptive_step · k0.5 · o2"}]
+    line = console_table(endpoint, "avg_gap").split("Per baseline")[1].splitlines()[1]
+    assert line.split()[0] == "endpoint", line
     summary = {"trials": 4, "completed": 3, "failed": 1, "wall_s": 10.0}
     md = summary_markdown(rows, "avg_gap", summary, rows[0])
     assert "3 of 4 trials completed" in md and "Best config" in md and "boom" in md
