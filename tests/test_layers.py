@@ -30,13 +30,13 @@ def test_a_store_checkpoint_round_trips_and_a_damaged_one_is_refused(tmp_path):
     import torch
 
     from mcu_dist.config import ConfigError
-    from mcu_dist.store import load_checkpoint, save_checkpoint
+    from mcu_dist.store import FORMAT, load_checkpoint, save_checkpoint
 
     state = {"w": torch.arange(6.0).reshape(2, 3), "n": torch.tensor(3)}
     path = tmp_path / "c.pt"
     save_checkpoint(path, "curve", state, {"order": 2}, {"rng": torch.get_rng_state()})
     ckpt = load_checkpoint(path, "curve", kind="curve")
-    assert ckpt.header["order"] == 2 and ckpt.header["format"] == 1 and ckpt.header["kind"] == "curve"
+    assert ckpt.header["order"] == 2 and ckpt.header["format"] == FORMAT and ckpt.header["kind"] == "curve"
     assert all(torch.equal(ckpt.state[k], state[k]) for k in state)
     with pytest.raises(ConfigError, match=r"^x: .* holds a 'curve'; allowed: a 'model'"):
         load_checkpoint(path, "x", kind="model")
