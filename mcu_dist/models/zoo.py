@@ -18,7 +18,19 @@ def _conv_block(cin: int, cout: int, norm: bool) -> list[nn.Module]:
     ]
 
 
-class SmallCNN(nn.Module):
+class PooledClassifier(nn.Module):
+    """``features``, global average pooling, a linear ``head``: the shape both CPU-sized conv nets share."""
+
+    def _set_layers(self, layers: list[nn.Module], channels: int, num_classes: int) -> None:
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.head = nn.Linear(channels, num_classes)
+
+    def forward(self, x):
+        return self.head(self.pool(self.features(x)).flatten(1))
+
+
+class SmallCNN(PooledClassifier):
     """Three conv blocks (16-32-64 channels, each then 2x2 pooling while the map allows), a linear head."""
 
     def __init__(
@@ -34,12 +46,7 @@ class SmallCNN(nn.Module):
                 layers.append(nn.MaxPool2d(2))
                 size //= 2
             cin = cout
-        self.features = nn.Sequential(*layers)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.head = nn.Linear(cin, num_classes)
-
-    def forward(self, x):
-        return self.head(self.pool(self.features(x)).flatten(1))
+        self._set_layers(layers, cin, num_classes)
 
 
 @MODELS.register("small_cnn")
@@ -75,7 +82,7 @@ class BasicBlock(nn.Module):
         return (self.body(x) + self.shortcut(x)).relu()
 
 
-class CifarResNet(nn.Module):
+class CifarResNet(PooledClassifier):
     """He et al. (2016)'s CIFAR ResNet-(6n+2): a 3x3 stem, three stages of n basic blocks (width w, 2w, 4w;
     stride 2 into stages 2 and 3), global pooling, a linear head."""
 
@@ -92,12 +99,7 @@ class CifarResNet(nn.Module):
             for b in range(blocks):
                 layers.append(BasicBlock(cin, cout, 2 if stage > 0 and b == 0 else 1))
                 cin = cout
-        self.features = nn.Sequential(*layers)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.head = nn.Linear(cin, num_classes)
-
-    def forward(self, x):
-        return self.head(self.pool(self.features(x)).flatten(1))
+        self._set_layers(layers, cin, num_classes)
 
 
 @MODELS.register("resnet8")
