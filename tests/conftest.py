@@ -60,13 +60,14 @@ def digits_original(digits_lab):
 @pytest.fixture(scope="session")
 def s3():
     """The loopback S3 server (moto), started once for the tests that ask for it."""
-    from tests.s3_server import start_s3, stop
+    from tests.ray_cluster import stop_group
+    from tests.s3_server import start_s3
 
     proc = start_s3()
     try:
         yield os.environ["AWS_ENDPOINT_URL"]
     finally:
-        stop(proc)
+        stop_group(proc)
 
 
 @pytest.fixture(scope="session")

@@ -40,13 +40,20 @@ class RayNode:
     env: dict = field(default_factory=dict)
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(10)
+        stop_group(self.process, grace=10)
+
+
+def stop_group(proc: subprocess.Popen, grace: float = 30) -> None:
+    """Ends a process started in its own session: SIGTERM to the group, SIGKILL if it outlives ``grace``
+    seconds (a loaded machine can take longer than that to shut an MLflow server down cleanly)."""
+    if proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(30)
 
 
 LOOPBACK = {

@@ -56,8 +56,3 @@ def make_bucket(name: str) -> str:
 
     boto3.client("s3").create_bucket(Bucket=name)
     return f"s3://{name}"
-
-
-def stop(proc: subprocess.Popen) -> None:
-    os.killpg(proc.pid, signal.SIGTERM)
-    proc.wait(30)

@@ -19,7 +19,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from mcu_dist import fs
-from tests.ray_cluster import start_head, start_worker
+from tests.ray_cluster import start_head, start_worker, stop_group
 from tests.s3_server import make_bucket
 from tests.test_sweep import _mlflow_server
 
@@ -45,7 +45,7 @@ def two_nodes(tmp_path_factory):
     try:
         yield head, worker, url, tmp
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
+        stop_group(server)
         worker.stop()
         head.stop()
 

@@ -86,9 +86,9 @@ def test_smoke_sweep_on_s3_with_mlflow_artifacts_in_the_bucket(ray_cluster, s3, 
         assert list(cwd.iterdir()) == []  # nothing written on the driver's local disk
         assert_no_credentials(client, "s3smoke", objects, proc.stdout, proc.stderr)
     finally:
-        from tests.s3_server import stop
+        from tests.ray_cluster import stop_group
 
-        stop(server)
+        stop_group(server)
 
 
 def _terminated(experiment_dir: str) -> set[str]:

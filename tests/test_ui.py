@@ -10,13 +10,13 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import signal
 from pathlib import Path
 
 import pytest
 
 from mcu_dist import sweep as sweep_cli
 from tests.browser import Browser, ensure_chromium, open_artifact, open_run, open_runs
+from tests.ray_cluster import stop_group
 from tests.test_sweep import _mlflow_server, _runs
 
 pytestmark = pytest.mark.slow
@@ -58,8 +58,7 @@ def finished_sweep(ray_cluster, tmp_path_factory):
         assert code == 0, out.getvalue()[-3000:]
         yield url, out.getvalue()
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(30)
+        stop_group(server)
 
 
 def _shot(browser: Browser, name: str) -> None:
