@@ -394,8 +394,8 @@ class ScaleConfig:
 
 @dataclass
 class AccelConfig:
-    """Accelerator switches, each for CUDA devices: on CPU training stays fp32 and NCHW (the batched
-    path evaluation alone uses channels_last on CPU too, where it halves inference time)."""
+    """Accelerator switches, each for CUDA devices: on CPU training stays fp32 and NCHW (evaluation
+    alone uses channels_last and small forward pieces on CPU too, where they halve inference time)."""
 
     bf16: bool = field(default=True, metadata=_cli("--bf16", "bf16 autocast of forward passes on CUDA"))
     channels_last: bool = field(
@@ -403,9 +403,16 @@ class AccelConfig:
     )
     tf32: bool = True  # TF32 matrix products and convolutions on CUDA (fp32 accumulate)
     eval_chunk: int = 0  # t points sharing one pass over the data; 0: the whole grid, 1: per point
+    # eval-mode forward passes on a CPU run this many samples at a time, so activations stay in cache
+    # (small CNN: 1.6x faster at 128 than at 512); 0: whole evaluation batches. Never changes BN
+    # re-estimation, whose batches are eval.batch_size.
+    cpu_forward_batch: int = 128
 
     def validate(self) -> None:
         _check(self.eval_chunk >= 0, "accel.eval_chunk", "an integer >= 0", self.eval_chunk)
+        _check(
+            self.cpu_forward_batch >= 0, "accel.cpu_forward_batch", "an integer >= 0", self.cpu_forward_batch
+        )
 
 
 @dataclass

@@ -52,7 +52,7 @@ def whole_training_set(lab: Lab) -> Lab:
 
 def point_metrics(curve: BezierCurve, t: float, lab: Lab, calib: torch.Tensor) -> dict[str, float]:
     model = model_at(curve, t, lab, calib)
-    kw = {"batch_size": lab.cfg.eval.batch_size, "device": lab.device}
+    kw = {"batch_size": lab.cfg.eval.batch_size, "device": lab.device, "piece": lab.forward_piece}
     train = predict(model, lab.bundle.train, lab.all_train, lab.normalize, **kw)
     test = predict(model, lab.bundle.test, torch.arange(len(lab.bundle.test)), lab.normalize, **kw)
     loss = -train.confidence.clamp_min(1e-12).log().mean().item()

@@ -39,6 +39,11 @@ class Lab:
         """bf16 autocast on CUDA when ``accel.bf16`` (a no-op context on CPU)."""
         return accel.autocast(self.cfg.accel, self.device)
 
+    @property
+    def forward_piece(self) -> int:
+        """Samples per eval-mode forward call: ``accel.cpu_forward_batch`` on a CPU, else whole batches."""
+        return self.cfg.accel.cpu_forward_batch if self.device.type == "cpu" else 0
+
     @classmethod
     def build(cls, cfg: ExperimentConfig) -> Lab:
         # decoded datasets are memory-mapped arrays: on a node-local path when the model cache is remote

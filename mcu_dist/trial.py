@@ -88,8 +88,9 @@ def proxy_gap_cal(curve, lab: Lab, cal: CalTargets, ts=(0.8, 0.9, 1.0), n: int =
     best = math.inf
     for t in ts:
         model = recalibrate_bn(curve.materialize(t), lab, calib, lab.cfg.eval.batch_size)
-        ra = predict(model, lab.bundle.train, retain, lab.normalize, device=lab.device).accuracy
-        fa = predict(model, lab.bundle.train, forget, lab.normalize, device=lab.device).accuracy
+        kw = {"device": lab.device, "piece": lab.forward_piece}
+        ra = predict(model, lab.bundle.train, retain, lab.normalize, **kw).accuracy
+        fa = predict(model, lab.bundle.train, forget, lab.normalize, **kw).accuracy
         best = min(best, gap_cal(ra, fa, cal))
     curve.base.train()
     return best

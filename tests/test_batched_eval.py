@@ -7,8 +7,9 @@ import copy
 import pytest
 import torch
 
-from mcu_dist.evaluate.batched import chunks, eval_model, evaluate_grid, recalibrate_many
+from mcu_dist.evaluate.batched import chunks, evaluate_grid, recalibrate_many
 from mcu_dist.evaluate.bn import bn_set_positions, recalibrate_bn
+from mcu_dist.evaluate.inference import in_eval_layout
 from mcu_dist.evaluate.path_eval import evaluate_point
 from mcu_dist.path.bezier import curve_between
 
@@ -63,7 +64,7 @@ def test_each_point_gets_its_own_bn_statistics(digits_lab, bent_curve):
     lab = digits_lab
     calib = bn_set_positions(lab, lab.cfg.eval, lab.cfg.seeds.eval)
     ts = [0.0, 0.4, 1.0]
-    together = [eval_model(bent_curve.materialize(t), lab) for t in ts]
+    together = [in_eval_layout(bent_curve.materialize(t), lab) for t in ts]
     recalibrate_many(together, lab, calib, 64)
     for t, m in zip(ts, together, strict=True):
         alone = recalibrate_bn(bent_curve.materialize(t), lab, calib, 64)

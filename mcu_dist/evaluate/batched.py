@@ -7,51 +7,29 @@ run through all m models in train mode. Then one pass over D_r, D_f, D_test (and
 classes' test set) runs each batch through all m models in eval mode; softmax outputs stay on the
 device until the pass ends. Every metric is then computed from those outputs by the same function
 as the per-point evaluation (point.row_from_outputs): the MIA uses the same shadow sets and the
-same classifier. The SVC fits (libsvm releases the GIL) run on host threads while the next chunk's
-forward passes run.
+same classifier. The SVC fits (libsvm releases the GIL) run on host threads, one per torch thread,
+while the next chunk's forward passes run.
 
-Speed: data preparation is shared by the m points; after recalibration each BatchNorm is folded
-into the convolution before it (torch.fx, exact up to rounding); on CUDA the passes run under the lab's bf16
-autocast; conv nets run in channels_last (``accel.channels_last``), which on a CPU halves the
-inference time of the small CNN (oneDNN's NHWC kernels), so CPU evaluation uses it too.
+Speed: data preparation is shared by the m points; after recalibration each model runs as every
+evaluated model does (evaluate/inference.py: BatchNorm folded into the convolutions, channels_last),
+on CUDA under the lab's bf16 autocast, on a CPU ``accel.cpu_forward_batch`` samples per forward call.
 """
 
 from __future__ import annotations
 
-import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
 from torch import nn
 
-from mcu_dist.accel import has_conv
 from mcu_dist.data.loader import iterate
 from mcu_dist.data.registry import ImageData
-from mcu_dist.evaluate.metrics import Outputs
+from mcu_dist.evaluate.inference import eval_copy, in_eval_layout
+from mcu_dist.evaluate.metrics import Outputs, forward_in_pieces
 from mcu_dist.evaluate.point import row_from_outputs
 from mcu_dist.lab import Lab
 from mcu_dist.path.bezier import BezierCurve, has_batchnorm
-
-
-def eval_model(model: nn.Module, lab: Lab) -> nn.Module:
-    if lab.cfg.accel.channels_last and has_conv(model):
-        model = model.to(memory_format=torch.channels_last)
-    return model
-
-
-def folded(model: nn.Module) -> nn.Module:
-    """The eval-mode model with each BatchNorm folded into the convolution before it (one pass less).
-
-    Exact up to float rounding: BN at fixed statistics is an affine map per channel. A model that
-    torch.fx cannot trace (some user architectures) is used as it is.
-    """
-    from torch.fx.experimental.optimization import fuse
-
-    try:
-        return fuse(model.eval())
-    except Exception:  # fx tracing fails on data-dependent control flow: keep the plain model
-        return model
 
 
 @torch.no_grad()
@@ -88,7 +66,9 @@ def predict_many(
     with lab.autocast():
         for batch in iterate(data, positions, batch_size, lab.normalize, device=lab.device, merge_tail=False):
             for i, m in enumerate(models):
-                probs[i].append(torch.softmax(m(batch.x).float(), dim=1))
+                probs[i].append(
+                    torch.softmax(forward_in_pieces(m, batch.x, lab.forward_piece).float(), dim=1)
+                )
             labels.append(batch.y)
     if not labels:
         empty = torch.empty(0)
@@ -112,14 +92,14 @@ def evaluate_grid(
     """One row per t, as path_eval.evaluate_point gives it (``seconds``: the point's share of its chunk)."""
     cfg, s, b = lab.cfg.eval, lab.splits, lab.bundle
     chunk = lab.cfg.accel.eval_chunk if chunk is None else chunk
-    threads = max(1, min(len(grid), (os.cpu_count() or 2) - 1))
+    threads = max(1, min(len(grid), torch.get_num_threads()))
     rows: list = []
     with ThreadPoolExecutor(threads) as pool:
         for ts in chunks(grid, chunk):
             start = time.perf_counter()
-            models = [eval_model(curve.materialize(t), lab) for t in ts]
+            models = [in_eval_layout(curve.materialize(t), lab) for t in ts]
             recalibrate_many(models, lab, calib, cfg.batch_size)
-            models = [eval_model(folded(m), lab) for m in models]
+            models = [eval_copy(m, lab) for m in models]
             retain = predict_many(models, lab, b.train, s.retain, cfg.batch_size)
             forget = predict_many(models, lab, b.train, s.forget, cfg.batch_size)
             test = predict_many(models, lab, b.test, s.test_eval, cfg.batch_size)

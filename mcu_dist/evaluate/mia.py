@@ -9,6 +9,9 @@ modified entropy are the secondary features.
 
 from __future__ import annotations
 
+import time
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import torch
 
@@ -59,6 +62,36 @@ def attack_verdicts(
     return torch.from_numpy(clf.predict(feature(forget, name)) == 0)
 
 
+def attacks(
+    retain: Outputs, test: Outputs, forget: Outputs, jobs: list[tuple[str, int]], cap: int = 2000
+) -> list[tuple[torch.Tensor, float]]:
+    """``attack_verdicts`` for every ``(feature, seed)`` job, with each fit's seconds, in job order.
+
+    The fits run on host threads, one per torch thread (libsvm releases the GIL): the verdicts are
+    those of the fits run one after another.
+    """
+
+    def timed(job: tuple[str, int]) -> tuple[torch.Tensor, float]:
+        start = time.perf_counter()
+        verdicts = attack_verdicts(retain, test, forget, job[0], cap, job[1])
+        return verdicts, time.perf_counter() - start
+
+    threads = min(len(jobs), torch.get_num_threads())
+    if threads <= 1:
+        return [timed(job) for job in jobs]
+    with ThreadPoolExecutor(threads) as pool:
+        return list(pool.map(timed, jobs))
+
+
+def mia_n(retain: Outputs, test: Outputs, cap: int) -> float:
+    return float(min(len(retain.correct), len(test.correct), cap))
+
+
+def efficacy(verdicts: torch.Tensor) -> float:
+    """MIA-Efficacy from the verdicts on D_f: the percentage called non-member."""
+    return 100.0 * verdicts.double().mean().item()
+
+
 def mia_efficacy(
     retain: Outputs,
     test: Outputs,
@@ -68,12 +101,12 @@ def mia_efficacy(
     features: tuple[str, ...] = ("confidence",),
 ) -> dict[str, float]:
     """``{"MIA": ..., "MIA_<feature>": ..., "mia_n": n}`` for the requested features."""
-    result: dict[str, float] = {"mia_n": float(min(len(retain.correct), len(test.correct), cap))}
-    for name in features:
-        value = 100.0 * attack_verdicts(retain, test, forget, name, cap, seed).double().mean().item()
-        result[f"MIA_{name}"] = value
+    result: dict[str, float] = {"mia_n": mia_n(retain, test, cap)}
+    done = attacks(retain, test, forget, [(name, seed) for name in features], cap)
+    for name, (verdicts, _) in zip(features, done, strict=True):
+        result[f"MIA_{name}"] = efficacy(verdicts)
         if name == "confidence":
-            result["MIA"] = value
+            result["MIA"] = result[f"MIA_{name}"]
     return result
 
 

@@ -18,6 +18,7 @@ from concurrent.futures import ProcessPoolExecutor
 import torch
 
 from mcu_dist.evaluate.bn import bn_set_positions, recalibrate_bn
+from mcu_dist.evaluate.inference import in_eval_layout
 from mcu_dist.evaluate.metrics import avg_gap
 from mcu_dist.evaluate.point import evaluate_model
 from mcu_dist.evaluate.selection import gap_cal
@@ -32,8 +33,10 @@ def model_at(curve: BezierCurve, t: float, lab: Lab, calib: torch.Tensor):
 
 
 def evaluate_point(model, lab: Lab, t: float, calib: torch.Tensor) -> dict:
+    """One row of the path table; ``model`` (θ(t), a fresh module) is re-estimated in the evaluation
+    layout, as the batched evaluation does it."""
     start = time.perf_counter()
-    model = recalibrate_bn(model, lab, calib, lab.cfg.eval.batch_size)
+    model = recalibrate_bn(in_eval_layout(model, lab), lab, calib, lab.cfg.eval.batch_size)
     return {"t": float(t), **evaluate_model(model, lab), "seconds": time.perf_counter() - start}
 
 

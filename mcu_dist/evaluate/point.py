@@ -3,18 +3,19 @@
 ``evaluate_outcomes`` also keeps the per-sample results the metrics are means of (correctness on
 D_r, D_f, D_test; the attack's verdict on each D_f sample for each of ``shadow_draws`` shadow-set
 draws, the first being the headline's), so confidence intervals resample them without running the
-network again (``mcu_dist.evaluate.bootstrap``).
+network again (``mcu_dist.evaluate.bootstrap``). The model runs as every evaluated model does
+(``mcu_dist.evaluate.inference``: a BN-folded, channels_last copy), and the attacks of several shadow
+draws and features are fitted on host threads side by side.
 """
 
 from __future__ import annotations
 
-import time
-
 from torch import nn
 
 from mcu_dist.evaluate.bootstrap import Outcomes
+from mcu_dist.evaluate.inference import eval_copy
 from mcu_dist.evaluate.metrics import Outputs, predict
-from mcu_dist.evaluate.mia import attack_verdicts, mia_efficacy, shadow_seeds
+from mcu_dist.evaluate.mia import attacks, efficacy, mia_efficacy, mia_n, shadow_seeds
 from mcu_dist.lab import Lab
 
 
@@ -22,24 +23,32 @@ def evaluate_outcomes(
     model: nn.Module, lab: Lab, *, features: tuple[str, ...] = ("confidence",), shadow_draws: int = 1
 ) -> tuple[dict[str, float], Outcomes]:
     cfg, s, b = lab.cfg.eval, lab.splits, lab.bundle
-    kw = {"normalize": lab.normalize, "batch_size": cfg.batch_size, "device": lab.device}
-    retain = predict(model, b.train, s.retain, **kw)
-    forget = predict(model, b.train, s.forget, **kw)
-    test = predict(model, b.test, s.test_eval, **kw)
-    forgotten = predict(model, b.test, s.test_forgotten, **kw) if s.classwise else None
-    seed = lab.cfg.seeds.eval
-    verdicts = []
-    for i, sd in enumerate(shadow_seeds(seed, shadow_draws)):
-        if i == 1:  # the draws beyond the headline's are the intervals' cost
-            start = time.perf_counter()
-        verdicts.append(attack_verdicts(retain, test, forget, "confidence", cfg.mia_cap, sd))
+    net = eval_copy(model, lab)
+    kw = {
+        "normalize": lab.normalize,
+        "batch_size": cfg.batch_size,
+        "device": lab.device,
+        "piece": lab.forward_piece,
+    }
+    retain = predict(net, b.train, s.retain, **kw)
+    forget = predict(net, b.train, s.forget, **kw)
+    test = predict(net, b.test, s.test_eval, **kw)
+    forgotten = predict(net, b.test, s.test_forgotten, **kw) if s.classwise else None
+    # the headline's shadow draw, the further draws (the intervals' cost), the other features' attacks
     others = tuple(f for f in features if f != "confidence")
-    row = row_from_outputs(retain, forget, test, forgotten, lab, others)
-    row["MIA"] = row["MIA_confidence"] = 100.0 * verdicts[0].double().mean().item()
+    jobs = [("confidence", sd) for sd in shadow_seeds(lab.cfg.seeds.eval, shadow_draws)]
+    jobs += [(f, lab.cfg.seeds.eval) for f in others]
+    done = attacks(retain, test, forget, jobs, cfg.mia_cap)
+    verdicts = [v for v, _ in done[:shadow_draws]]
+    row = accuracy_row(retain, forget, test, forgotten)
+    row["mia_n"] = mia_n(retain, test, cfg.mia_cap)
+    row["MIA"] = row["MIA_confidence"] = efficacy(verdicts[0])
+    for name, (v, _) in zip(others, done[shadow_draws:], strict=True):
+        row[f"MIA_{name}"] = efficacy(v)
     if shadow_draws > 1:
-        draws = [100.0 * v.double().mean().item() for v in verdicts]
+        draws = [efficacy(v) for v in verdicts]
         row["MIA_shadow_min"], row["MIA_shadow_max"] = min(draws), max(draws)
-        row["ci_s"] = time.perf_counter() - start
+        row["ci_s"] = sum(seconds for _, seconds in done[1:shadow_draws])
     return row, Outcomes(retain.correct, forget.correct, test.correct, verdicts)
 
 
@@ -58,8 +67,15 @@ def row_from_outputs(
     features: tuple[str, ...] = ("confidence",),
 ) -> dict[str, float]:
     """The metric row from one model's outputs on D_r, D_f, D_test (and the forgotten classes' test set)."""
+    row = accuracy_row(retain, forget, test, forgotten)
+    row.update(mia_efficacy(retain, test, forget, lab.cfg.eval.mia_cap, lab.cfg.seeds.eval, features))
+    return row
+
+
+def accuracy_row(
+    retain: Outputs, forget: Outputs, test: Outputs, forgotten: Outputs | None
+) -> dict[str, float]:
     row = {"RA": retain.accuracy, "FA": forget.accuracy, "UA": 100.0 - forget.accuracy, "TA": test.accuracy}
     if forgotten is not None:
         row["TA_forgotten"] = forgotten.accuracy
-    row.update(mia_efficacy(retain, test, forget, lab.cfg.eval.mia_cap, lab.cfg.seeds.eval, features))
     return row

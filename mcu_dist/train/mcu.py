@@ -232,12 +232,11 @@ def calibration_targets(original: nn.Module, lab: Lab, classwise: bool, batch_si
     """Cal_r: θ_o's accuracy on its training data; Cal_f: θ_o's test accuracy (0 when class-wise)."""
     from mcu_dist.evaluate.metrics import predict
 
-    cal_r = predict(original, lab.bundle.train, lab.all_train, lab.normalize, batch_size, lab.device).accuracy
+    kw = {"batch_size": batch_size, "device": lab.device, "piece": lab.forward_piece}
+    cal_r = predict(original, lab.bundle.train, lab.all_train, lab.normalize, **kw).accuracy
     cal_f = (
         0.0
         if classwise
-        else predict(
-            original, lab.bundle.test, lab.splits.test_eval, lab.normalize, batch_size, lab.device
-        ).accuracy
+        else predict(original, lab.bundle.test, lab.splits.test_eval, lab.normalize, **kw).accuracy
     )
     return CalTargets(cal_f=cal_f, cal_r=cal_r)
