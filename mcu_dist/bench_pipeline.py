@@ -11,7 +11,8 @@ CIFAR-10, ResNet-18, the paper's evaluation settings) adds these rows:
 - ``epoch``: an FT epoch against curve epochs over the same sample stream: fixed β unmasked,
   adaptive β unmasked, fixed β with the k-mask (each after one warm-up epoch).
 - ``eval``: per-point against batched evaluation of the trained curve on the same grid, and the
-  largest difference of any metric between the two.
+  largest difference of any metric between the two; on a CPU, the grid's D_test pass in whole
+  evaluation batches against forward pieces of ``accel.cpu_forward_batch`` samples.
 """
 
 from __future__ import annotations
@@ -25,8 +26,9 @@ import torch
 
 from mcu_dist.baselines import BASELINES
 from mcu_dist.config import ExperimentConfig, with_overrides
-from mcu_dist.evaluate.batched import evaluate_grid
+from mcu_dist.evaluate.batched import evaluate_grid, predict_many, recalibrate_many
 from mcu_dist.evaluate.bn import bn_set_positions
+from mcu_dist.evaluate.inference import eval_copy, in_eval_layout
 from mcu_dist.evaluate.path_eval import evaluate_point
 from mcu_dist.lab import Lab
 from mcu_dist.path.bezier import curve_between
@@ -257,6 +259,31 @@ def eval_rows(lab: Lab, curve, rows: list[dict]) -> None:
         f"  batched speed-up {batched['speedup']:.2f}x; largest metric difference {gap:.3f} points",
         flush=True,
     )
+    if lab.forward_piece:
+        piece_rows(lab, curve, grid, calib, rows)
+
+
+def piece_rows(lab: Lab, curve, grid: list[float], calib: torch.Tensor, rows: list[dict]) -> None:
+    """The grid's D_test pass (BN re-estimated, folded models) in whole evaluation batches against
+    forward pieces of ``accel.cpu_forward_batch`` samples (CPU only)."""
+    models = [in_eval_layout(curve.materialize(t), lab) for t in grid]
+    recalibrate_many(models, lab, calib, lab.cfg.eval.batch_size)
+    models = [eval_copy(m, lab) for m in models]
+    accel, piece, test = lab.cfg.accel, lab.forward_piece, lab.splits.test_eval
+    timed = []
+    for name, size in (("whole batches", 0), (f"pieces of {piece}", piece)):
+        accel.cpu_forward_batch = size
+        try:
+            with Stage(lab, rows, f"D_test pass of {len(grid)} models, {name}", len(grid) * len(test)) as st:
+                outputs = predict_many(models, lab, lab.bundle.test, test, lab.cfg.eval.batch_size)
+        finally:
+            accel.cpu_forward_batch = piece
+        st.rows[-1]["bench"] = "eval"
+        timed.append((st.rows[-1], outputs))
+    (whole, a), (pieces, b) = timed
+    pieces["speedup"] = whole["seconds"] / pieces["seconds"]
+    pieces["max_metric_gap"] = max(abs(x.accuracy - y.accuracy) for x, y in zip(a, b, strict=True))
+    print(f"  pieces {pieces['speedup']:.2f}x faster; largest TA difference {pieces['max_metric_gap']:.3f}")
 
 
 def format_row(r: dict) -> str:

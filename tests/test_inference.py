@@ -88,3 +88,21 @@ def test_cpu_forward_batch_is_checked_and_used_on_cpu_only(digits_lab):
         AccelConfig(cpu_forward_batch=-1).validate()
     assert digits_lab.device.type == "cpu"
     assert digits_lab.forward_piece == digits_lab.cfg.accel.cpu_forward_batch == 128
+
+
+def test_bench_times_whole_batches_against_pieces_on_equal_outputs(digits_lab, digits_original):
+    from mcu_dist.bench_pipeline import piece_rows
+    from mcu_dist.evaluate.bn import bn_set_positions
+    from mcu_dist.path.bezier import curve_between
+
+    names = [n for n, _ in digits_original.named_parameters()]
+    curve = curve_between(digits_original, copy.deepcopy(digits_original), 2, names)
+    calib = bn_set_positions(digits_lab, digits_lab.cfg.eval, 0)
+    rows: list[dict] = []
+    piece_rows(digits_lab, curve, [0.0, 0.5, 1.0], calib, rows)
+    assert [r["stage"] for r in rows] == [
+        "D_test pass of 3 models, whole batches",
+        "D_test pass of 3 models, pieces of 128",
+    ]
+    assert rows[1]["speedup"] > 0 and rows[1]["max_metric_gap"] == 0.0
+    assert digits_lab.cfg.accel.cpu_forward_batch == 128  # restored after the whole-batch timing
