@@ -3,6 +3,8 @@
 Rows:
 - ``curve_vs_ft``: one curve-training step (θ(t) built from the points, the network run on it,
   backward to the control points, SGD) ÷ one fine-tuning step of the plain model, same model and batch.
+- ``host_step``: host time per step — FT against curve, unmasked and masked — on a model too small
+  for arithmetic to matter (what bounds a curve step on a fast GPU; measurable on any CPU).
 - ``mask_k``: a curve epoch with a k-mask ÷ the unmasked curve epoch, beside the bound the selected
   tensors allow: a tensor mask saves only the weight-gradient work of unselected layers, and the
   input-gradient work of the layers before the earliest selected one (estimated from per-layer
@@ -126,6 +128,59 @@ def curve_vs_ft(lab: Lab, batch_size: int, steps: int) -> dict:
         "curve_s": curve_s,
         "ratio": curve_s / ft_s,
         "target": 1.10,
+    }
+
+
+def host_overhead(steps: int = 300) -> dict:
+    """Host time per step, FT against curve (unmasked, and with every 10th tensor selected), on a model
+    whose GPU kernels would be tiny: a CIFAR ResNet-20 of width 2 (65 parameter tensors, as many as
+    ResNet-18's 62) on 2 images of 8x8, one thread. What it times is Python, dispatch and the small
+    ops of each step — what bounds a curve step on a fast GPU — not arithmetic."""
+    from mcu_dist.models.zoo import CifarResNet
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        torch.manual_seed(0)
+        base = CifarResNet(10, 3, blocks=3, width=2)
+        names = [n for n, _ in base.named_parameters()]
+        x, y = torch.randn(2, 3, 8, 8), torch.tensor([1, 2])
+        ft = copy.deepcopy(base).train()
+        ft_opt = torch.optim.SGD(ft.parameters(), lr=0.01, momentum=0.9)
+
+        def ft_step():
+            ft_opt.zero_grad(set_to_none=True)
+            nn.functional.cross_entropy(ft(x), y).backward()
+            ft_opt.step()
+
+        def curve_step(selected):
+            curve = curve_between(base, copy.deepcopy(base), 2, selected)
+            curve.base.train()
+            opt = torch.optim.SGD(curve.trainable(), lr=0.01, momentum=0.9)
+
+            def step():
+                opt.zero_grad(set_to_none=True)
+                nn.functional.cross_entropy(curve(x, 0.37), y).backward()
+                opt.step()
+
+            return step
+
+        cpu = torch.device("cpu")
+        ft_s = time_steps(ft_step, steps, 30, cpu)
+        curve_s = time_steps(curve_step(names), steps, 30, cpu)
+        masked_s = time_steps(curve_step(names[::10]), steps, 30, cpu)
+    finally:
+        torch.set_num_threads(threads)
+    return {
+        "bench": "host_step",
+        "model": "resnet20_w2",
+        "batch": 2,
+        "ft_s": ft_s,
+        "curve_s": curve_s,
+        "masked_curve_s": masked_s,
+        "selected_tensors": f"{len(names[::10])}/{len(names)}",
+        "ratio": curve_s / ft_s,
+        "target": None,
     }
 
 
@@ -300,6 +355,12 @@ def format_rows(rows: list[dict]) -> str:
             f"{bound:>8}{('<= ' + str(r['target'])) if r['target'] is not None else '-':>8}"
             + (f"  start-up {r['startup_s']:.1f} s" if "startup_s" in r else "")
             + (
+                f"  masked ({r['selected_tensors']} tensors) {r['masked_curve_s'] * 1e3:.2f} ms"
+                f" = {r['masked_curve_s'] / r['ft_s']:.2f}x FT"
+                if "masked_curve_s" in r
+                else ""
+            )
+            + (
                 f"  overhead/trial {r['overhead_per_trial_s']:.1f} s (target <= 10 s in-process)"
                 if "overhead_per_trial_s" in r
                 else ""
@@ -385,6 +446,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--t-points", type=int, default=20, help="pipeline: t grid size")
     p.add_argument("--md", default=None, help="pipeline: also write the stage table as markdown here")
+    p.add_argument(
+        "--host-steps",
+        type=int,
+        default=300,
+        help="timed steps of the host-overhead row (FT vs curve step on a tiny thin ResNet); 0: skip",
+    )
     p.add_argument("--gpu", action="store_true")
     p.add_argument("--out", default="bench.parquet")
     p.add_argument("--cache-dir", default=ExperimentConfig().cache_dir)
@@ -399,6 +466,7 @@ def main(argv: list[str] | None = None) -> int:
                 ("--mask-k", args.mask_k, 0 < args.mask_k <= 1, "a number in (0, 1]"),
                 ("--scaling-workers", args.scaling_workers, args.scaling_workers >= 0, "an integer >= 0"),
                 ("--sweep-trials", args.sweep_trials, args.sweep_trials >= 0, "an integer >= 0"),
+                ("--host-steps", args.host_steps, args.host_steps >= 0, "an integer >= 0"),
             )
             if not ok
         ),
@@ -420,6 +488,9 @@ def main(argv: list[str] | None = None) -> int:
         for model in filter(None, args.models.split(",")):
             lab = make_lab(model, args.data, args.n_train, device, args.cache_dir)
             rows.append(curve_vs_ft(lab, args.batch_size, args.steps))
+            print(format_rows(rows[-1:]), flush=True)
+        if args.host_steps:
+            rows.append(host_overhead(args.host_steps))
             print(format_rows(rows[-1:]), flush=True)
         for model in filter(None, args.mask_models.split(",")):
             lab = make_lab(model, args.data, args.n_train, device, args.cache_dir)

@@ -236,6 +236,12 @@ SWEEP = [
     ),
     ("bench_zero_steps", "bench", lambda t: ["--steps", "0"], r"--steps: got 0; allowed: an integer >= 1"),
     ("bench_zero_batch", "bench", lambda t: ["--batch-size", "0"], r"--batch-size: got 0"),
+    (
+        "bench_negative_host_steps",
+        "bench",
+        lambda t: ["--host-steps", "-1"],
+        r"--host-steps: got -1; allowed: an integer >= 0",
+    ),
 ]
 
 

@@ -107,3 +107,47 @@ def test_endpoints_of_different_architectures_are_refused():
         BezierCurve(a, params_of(a), params_of(b), 2)
     with pytest.raises(ConfigError, match="curve_order"):
         BezierCurve(a, params_of(a), params_of(a), 1)
+
+
+def _one_chain(curve: BezierCurve, t: float) -> dict[str, torch.Tensor]:
+    """θ(t) as a single chain c_0·θ_0 + c_1·θ_1 + ... per tensor, in the order j = 0..n."""
+    coeffs = bernstein(curve.order, t)
+    out = {}
+    for n in curve.names:
+        w = torch.mul(curve.point(0, n), coeffs[0])
+        for j in range(1, curve.order + 1):
+            w = torch.add(w, curve.point(j, n), alpha=coeffs[j])
+        out[n] = w
+    return out
+
+
+@pytest.mark.parametrize("order", [2, 3])
+def test_masked_weights_equal_one_chain_and_only_selected_tensors_carry_gradient(order):
+    a, b = _pair(name="resnet8")
+    names = [n for n, _ in a.named_parameters()]
+    selected = set(names[::4])
+    curve = BezierCurve(copy.deepcopy(a), params_of(a), params_of(b), order, selected)
+    with torch.no_grad():  # interior points off the line, the frozen ones too
+        for j in range(1, order):
+            for n in names:
+                curve.point(j, n).add_(0.05 * torch.randn_like(curve.point(j, n)))
+    for t in (0.0, 0.29, 0.5, 0.83, 1.0):
+        w, ref = curve.weights_at(t), _one_chain(curve, t)
+        assert list(w) == names
+        for n in names:
+            assert torch.equal(w[n], ref[n]), (t, n)  # bitwise: training trajectories do not change
+            assert w[n].requires_grad == (n in selected), (t, n)
+
+
+def test_weights_follow_the_curve_after_it_moves_to_another_dtype():
+    a, b = _pair()
+    curve = BezierCurve(copy.deepcopy(a), params_of(a), params_of(b), 2)
+    first = curve.weights_at(0.4)  # builds the cached tensor lists
+    curve.double()  # replaces every tensor: the lists must be rebuilt
+    again = curve.weights_at(0.4)
+    for n, w in again.items():
+        assert w.dtype == torch.float64
+        torch.testing.assert_close(w.float(), first[n].detach(), rtol=0, atol=1e-6)
+    with torch.no_grad():
+        curve.point(1, curve.names[0]).add_(1.0)  # an in-place change is seen without a rebuild
+    assert not torch.equal(curve.weights_at(0.4)[curve.names[0]], again[curve.names[0]])

@@ -15,12 +15,21 @@ from __future__ import annotations
 
 import copy
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.func import functional_call
 
 from mcu_dist.config import ConfigError
+
+
+@dataclass
+class _PointLists:
+    moving: list[int]  # positions in ``names`` of the selected tensors
+    frozen: list[int]
+    moving_points: list[list[torch.Tensor]]  # [j][k]: control point j's k-th selected tensor
+    frozen_points: list[list[torch.Tensor]]
 
 
 def bernstein(n: int, t: float | torch.Tensor) -> list:
@@ -70,6 +79,7 @@ class BezierCurve(nn.Module):
             self.points.append(holder)
         for p in self.base.parameters():
             p.requires_grad_(False)
+        self._point_lists: _PointLists | None = None
 
     def trainable(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
@@ -88,15 +98,51 @@ class BezierCurve(nn.Module):
                     w = w + coeffs[j] * self.point(j, n)
                 out[n] = w
             return out
-        # one fused (multi-tensor) kernel per control point instead of two per tensor per point: on a
-        # GPU the curve step would otherwise be bound by kernel launches, not by the network
-        ws = torch._foreach_mul(self._points(0), coeffs[0])
-        for j in range(1, self.order + 1):
-            ws = torch._foreach_add(ws, self._points(j), alpha=coeffs[j])
+        # multi-tensor (foreach) kernels, one per control point and tensor group instead of two per tensor
+        # per point: on a GPU the curve step would otherwise be bound by kernel launches. The tensors
+        # no gradient reaches (frozen by the mask) are summed outside autograd, so a masked step
+        # records and back-propagates through the selected tensors only. The sum runs in the same
+        # order (j = 0..n) for every tensor, so θ(t) is bitwise what one foreach chain gives.
+        lists = self._lists()
+        ws: list[torch.Tensor | None] = [None] * len(self.names)
+        with torch.no_grad():
+            if lists.frozen:
+                part = torch._foreach_mul(lists.frozen_points[0], coeffs[0])
+                for j in range(1, self.order + 1):
+                    torch._foreach_add_(part, lists.frozen_points[j], alpha=coeffs[j])
+                for i, w in zip(lists.frozen, part, strict=True):
+                    ws[i] = w
+            if lists.moving:
+                start = torch._foreach_mul(lists.moving_points[0], coeffs[0])  # θ_o: no gradient
+        if lists.moving:
+            part = start
+            for j in range(1, self.order + 1):
+                part = torch._foreach_add(part, lists.moving_points[j], alpha=coeffs[j])
+            for i, w in zip(lists.moving, part, strict=True):
+                ws[i] = w
         return dict(zip(self.names, ws, strict=True))
+
+    def _lists(self) -> _PointLists:
+        """The control points' tensors as lists, split into moving (selected) and frozen; built once and
+        rebuilt after ``.to()`` / ``.cuda()`` (``_apply``), which may replace the tensors."""
+        if self._point_lists is None:
+            moving = [i for i, n in enumerate(self.names) if n in self.selected]
+            frozen = [i for i, n in enumerate(self.names) if n not in self.selected]
+            points = [self._points(j) for j in range(self.order + 1)]
+            self._point_lists = _PointLists(
+                moving,
+                frozen,
+                [[p[i] for i in moving] for p in points],
+                [[p[i] for i in frozen] for p in points],
+            )
+        return self._point_lists
 
     def _points(self, j: int) -> list[torch.Tensor]:
         return [getattr(self.points[j], _slot(n)) for n in self.names]
+
+    def _apply(self, fn, *args, **kwargs):
+        self._point_lists = None
+        return super()._apply(fn, *args, **kwargs)
 
     def forward(self, x: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:
         buffers = dict(self.base.named_buffers())
