@@ -151,3 +151,37 @@ def test_weights_follow_the_curve_after_it_moves_to_another_dtype():
     with torch.no_grad():
         curve.point(1, curve.names[0]).add_(1.0)  # an in-place change is seen without a rebuild
     assert not torch.equal(curve.weights_at(0.4)[curve.names[0]], again[curve.names[0]])
+
+
+class _Tied(nn.Module):
+    """Two layers sharing one weight tensor (named once by named_parameters)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 4), nn.Linear(4, 4)
+        self.b.weight = self.a.weight
+
+    def forward(self, x):
+        return self.b(torch.relu(self.a(x)))
+
+
+def test_curve_runs_the_network_on_theta_t_in_every_slot_and_gives_the_slots_back():
+    from torch.func import functional_call
+
+    torch.manual_seed(0)
+    a, b = _Tied(), _Tied()
+    curve = BezierCurve(copy.deepcopy(a), params_of(a), params_of(b), 2)
+    assert "b.weight" not in curve.names  # the shared tensor is named once...
+    own = {(m, k): p for m in curve.base.modules() for k, p in m._parameters.items()}
+    x = torch.randn(5, 4)
+    for t in (0.0, 0.3, 1.0):
+        got = curve(x, t)
+        ref = functional_call(curve.base, curve.weights_at(t), (x,))  # torch's own, ties included
+        assert torch.equal(got, ref), t
+    assert torch.equal(curve(x, 1.0), b(x))  # ...and fills both slots: θ(1) is the end model
+    got.sum().backward()
+    assert all(p.grad is not None for p in curve.trainable())
+    with pytest.raises(RuntimeError):
+        curve(torch.randn(5, 3), 0.5)  # a failing call still gives every slot its own parameter back
+    assert all(m._parameters[k] is p for (m, k), p in own.items())
+    assert all(isinstance(p, nn.Parameter) for p in own.values())

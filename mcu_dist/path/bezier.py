@@ -5,8 +5,9 @@
 Degree 2 is the paper's quadratic curve (1−t)²θ_o + 2t(1−t)θ_c + t²θ_p. The endpoints are frozen
 buffers; the interior points start evenly on the straight line (point j at j/n), so the initial
 curve *is* the line. Only interior tensors the mask selects are ``nn.Parameter``s; the others are
-buffers that nothing can move. The network is run on θ(t) with ``torch.func.functional_call``, so
-autograd gives ∂L/∂θ_j = B_j(t)·∂L/∂w at w = θ(t) exactly, for any architecture.
+buffers that nothing can move. The network is run on θ(t) by putting θ(t)'s tensors in the base's
+parameter slots for the call (what ``torch.func.functional_call`` does), so autograd gives
+∂L/∂θ_j = B_j(t)·∂L/∂w at w = θ(t) exactly, for any architecture.
 
 BatchNorm running statistics do not lie on the curve: there is one set, the base model's.
 """
@@ -19,7 +20,6 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.func import functional_call
 
 from mcu_dist.config import ConfigError
 
@@ -80,6 +80,7 @@ class BezierCurve(nn.Module):
         for p in self.base.parameters():
             p.requires_grad_(False)
         self._point_lists: _PointLists | None = None
+        self._param_slots: list[tuple[nn.Module, str, str]] | None = None
 
     def trainable(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
@@ -141,12 +142,37 @@ class BezierCurve(nn.Module):
         return [getattr(self.points[j], _slot(n)) for n in self.names]
 
     def _apply(self, fn, *args, **kwargs):
-        self._point_lists = None
+        self._point_lists = self._param_slots = None
         return super()._apply(fn, *args, **kwargs)
 
     def forward(self, x: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:
-        buffers = dict(self.base.named_buffers())
-        return functional_call(self.base, {**self.weights_at(t), **buffers}, (x,))
+        """The base network run on θ(t): each parameter slot of the base holds θ(t)'s tensor for the
+        call and its own parameter again afterwards (as ``torch.func.functional_call`` does, without
+        its per-call bookkeeping: 0.4 ms a step on a 65-tensor network, measured by ``bench``'s
+        host_step row). A tensor shared by several modules fills every slot it occupies."""
+        weights = self.weights_at(t)
+        slots = self._slots()
+        saved = [(module, leaf, module._parameters[leaf]) for module, leaf, _ in slots]
+        try:
+            for module, leaf, name in slots:
+                module._parameters[leaf] = weights[name]
+            return self.base(x)
+        finally:
+            for module, leaf, param in saved:
+                module._parameters[leaf] = param
+
+    def _slots(self) -> list[tuple[nn.Module, str, str]]:
+        """(module, attribute, parameter name) of every parameter slot of the base, built once."""
+        if self._param_slots is None:
+            first_name = {id(p): n for n, p in self.base.named_parameters()}
+            slots, seen = [], set()
+            for module in self.base.modules():
+                for leaf, p in module._parameters.items():
+                    if p is not None and id(p) in first_name and (id(module), leaf) not in seen:
+                        seen.add((id(module), leaf))
+                        slots.append((module, leaf, first_name[id(p)]))
+            self._param_slots = slots
+        return self._param_slots
 
     @torch.no_grad()
     def materialize(self, t: float, buffers: dict[str, torch.Tensor] | None = None) -> nn.Module:
