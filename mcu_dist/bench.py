@@ -92,30 +92,46 @@ def time_steps(step, n: int, warmup: int, device: torch.device) -> float:
     return sorted(times)[len(times) // 2]
 
 
+def ft_stepper(model: nn.Module, x: torch.Tensor, y: torch.Tensor):
+    """One SGD fine-tuning step of ``model`` on the batch (x, y), as a function."""
+    model.train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+
+    return step
+
+
+def curve_stepper(original, endpoint, selected, x, y, t_of_step, device: torch.device | str = "cpu"):
+    """One curve-training step (θ(t) with t from ``t_of_step``, the network, backward to the control
+    points, SGD) on the batch (x, y), as a function."""
+    curve = curve_between(original, endpoint, 2, selected).to(device)
+    curve.base.train()
+    opt = torch.optim.SGD(curve.trainable(), lr=0.01, momentum=0.9)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        nn.functional.cross_entropy(curve(x, t_of_step()), y).backward()
+        opt.step()
+
+    return step
+
+
 def curve_vs_ft(lab: Lab, batch_size: int, steps: int) -> dict:
     torch.manual_seed(0)
     original = lab.new_model(0)
     endpoint = copy.deepcopy(original)
     x = lab.normalize(lab.bundle.train.images[:batch_size].to(lab.device))
     y = lab.bundle.train.labels[:batch_size].to(lab.device)
-    ft_model = copy.deepcopy(original).train()
-    ft_opt = torch.optim.SGD(ft_model.parameters(), lr=0.01, momentum=0.9)
-
-    def ft_step():
-        ft_opt.zero_grad(set_to_none=True)
-        nn.functional.cross_entropy(ft_model(x), y).backward()
-        ft_opt.step()
-
-    curve = curve_between(original, endpoint, 2, [n for n, _ in original.named_parameters()]).to(lab.device)
-    curve.base.train()
-    opt = torch.optim.SGD(curve.trainable(), lr=0.01, momentum=0.9)
+    ft_step = ft_stepper(copy.deepcopy(original), x, y)
     gen = torch.Generator().manual_seed(0)
-
-    def curve_step():
-        opt.zero_grad(set_to_none=True)
-        t = float(torch.rand(1, generator=gen))
-        nn.functional.cross_entropy(curve(x, t), y).backward()
-        opt.step()
+    names = [n for n, _ in original.named_parameters()]
+    curve_step = curve_stepper(
+        original, endpoint, names, x, y, lambda: float(torch.rand(1, generator=gen)), lab.device
+    )
 
     warm = 2
     ft_s = time_steps(ft_step, steps, warm, lab.device)
@@ -145,25 +161,10 @@ def host_overhead(steps: int = 300) -> dict:
         base = CifarResNet(10, 3, blocks=3, width=2)
         names = [n for n, _ in base.named_parameters()]
         x, y = torch.randn(2, 3, 8, 8), torch.tensor([1, 2])
-        ft = copy.deepcopy(base).train()
-        ft_opt = torch.optim.SGD(ft.parameters(), lr=0.01, momentum=0.9)
-
-        def ft_step():
-            ft_opt.zero_grad(set_to_none=True)
-            nn.functional.cross_entropy(ft(x), y).backward()
-            ft_opt.step()
+        ft_step = ft_stepper(copy.deepcopy(base), x, y)
 
         def curve_step(selected):
-            curve = curve_between(base, copy.deepcopy(base), 2, selected)
-            curve.base.train()
-            opt = torch.optim.SGD(curve.trainable(), lr=0.01, momentum=0.9)
-
-            def step():
-                opt.zero_grad(set_to_none=True)
-                nn.functional.cross_entropy(curve(x, 0.37), y).backward()
-                opt.step()
-
-            return step
+            return curve_stepper(base, copy.deepcopy(base), selected, x, y, lambda: 0.37)
 
         cpu = torch.device("cpu")
         ft_s = time_steps(ft_step, steps, 30, cpu)
