@@ -185,3 +185,26 @@ def test_curve_runs_the_network_on_theta_t_in_every_slot_and_gives_the_slots_bac
         curve(torch.randn(5, 3), 0.5)  # a failing call still gives every slot its own parameter back
     assert all(m._parameters[k] is p for (m, k), p in own.items())
     assert all(isinstance(p, nn.Parameter) for p in own.values())
+
+
+@pytest.mark.parametrize("order", [2, 3])
+def test_control_point_gradients_are_bitwise_those_of_one_plain_chain(order):
+    from torch.func import functional_call
+
+    a, b = _pair(name="resnet8")
+    names = [n for n, _ in a.named_parameters()]
+    curve = BezierCurve(copy.deepcopy(a), params_of(a), params_of(b), order, set(names[::3]))
+    with torch.no_grad():
+        for p in curve.trainable():
+            p.add_(0.05 * torch.randn_like(p))
+    x, y, t = torch.randn(8, 3, 16, 16), torch.randint(0, 10, (8,)), 0.61
+    curve.base.eval()  # the same forward twice: BN statistics must not move between the two
+    nn.functional.cross_entropy(curve(x, t), y).backward()
+    fast = [p.grad.clone() for p in curve.trainable()]
+    for p in curve.trainable():
+        p.grad = None
+    nn.functional.cross_entropy(functional_call(curve.base, _one_chain(curve, t), (x,)), y).backward()
+    plain = [p.grad for p in curve.trainable()]
+    assert len(fast) == len(plain) == (order - 1) * len(names[::3])
+    for f, g in zip(fast, plain, strict=True):
+        assert torch.equal(f, g)
