@@ -55,3 +55,32 @@ def test_smooth_schedule_is_continuous_and_bounded():
     assert all(a <= b for a, b in zip(values, values[1:], strict=False))
     assert all(0.0 <= v <= P.beta_high for v in values)
     assert values[-1] > 0.4
+
+
+@pytest.mark.parametrize("name", ["fixed", "adaptive_step", "adaptive_abs"])
+@pytest.mark.parametrize("cal", [CalTargets(60.0, 95.0), CalTargets(0.0, 95.0), CalTargets(60.0, 0.0)])
+def test_device_rules_give_the_host_rules_beta_bitwise(name, cal):
+    import itertools
+
+    import torch
+
+    from mcu_dist.path.beta import DEVICE_RULES
+    from mcu_dist.train.mcu import accuracies
+
+    p = MCUConfig(beta=0.7, beta_low=0.13, beta_high=0.91)
+    host, device = BETA_SCHEDULES[name], DEVICE_RULES[name]
+    seen = set()
+    # (n_f, n_r, c_f, c_r): acc_f below, at (60 of 100) and above Cal_f; an empty retain side
+    for n_f, n_r, c_f, c_r in itertools.product(
+        [1.0, 7.0, 100.0], [0.0, 9.0, 128.0], [0.0, 1.0, 60.0, 61.0], [0.0, 5.0, 122.0, 128.0]
+    ):
+        if c_f > n_f or c_r > n_r:
+            continue
+        values = [n_f, n_r, c_f, c_r, 3.2, 1.1]
+        want = host(*accuracies(values, cal), cal, p)
+        got = device(torch.tensor(values, dtype=torch.float64), cal, p)
+        got = float(got) if isinstance(got, torch.Tensor) else got
+        assert got == want, (values, got, want)
+        seen.add(want)
+    if cal.cal_f and cal.cal_r:  # every level of the rule was reached (the degenerate targets skip β_low)
+        assert len(seen) == (1 if name == "fixed" else 3)

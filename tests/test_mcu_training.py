@@ -170,3 +170,24 @@ def test_parallel_path_evaluation_equals_serial(tmp_path, digits_lab, digits_ori
     for a, b in zip(serial, parallel, strict=True):
         for key in ("t", "RA", "FA", "TA", "MIA", "gap_cal"):
             assert a[key] == pytest.approx(b[key], abs=1e-6), (a["t"], key)
+
+
+@pytest.mark.parametrize("schedule", ["adaptive_step", "adaptive_abs", "fixed"])
+def test_deferred_step_log_trains_bitwise_as_reading_every_step_back(
+    digits_lab, digits_original, endpoint, schedule
+):
+    """β on the device (no read-back inside a step) gives the same β, the same log, the same curve."""
+    cfg = MCUConfig(k=0.3, k_r=0.1, epochs=2, batch_size=64)
+    mask = compute_mask(digits_original, digits_lab, cfg.k, cfg.k_r)
+    cal = CalTargets(cal_f=95.0, cal_r=50.0)  # targets under which the adaptive rules switch levels
+    runs = []
+    for defer in (True, False):
+        curve = curve_between(digits_original, endpoint, 2, mask.selected)
+        state = train_curve(curve, digits_lab, cfg, schedule, cal, seed=0, defer_log=defer)
+        runs.append((curve, state))
+    (fast, fast_state), (slow, slow_state) = runs
+    assert fast_state.steps == slow_state.steps
+    if schedule != "fixed":  # the rule's levels really switch along the run
+        assert len({s["beta"] for s in fast_state.steps}) > 1
+    for n in fast.names:
+        assert torch.equal(fast.point(1, n), slow.point(1, n)), n

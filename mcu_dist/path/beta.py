@@ -89,6 +89,46 @@ def adaptive_smooth(acc_f: float, acc_r: float, cal: CalTargets, p: MCUConfig) -
     return ramp * (p.beta_low + (p.beta_high - p.beta_low) / (1 + math.exp(-(g_f - g_r) / p.beta_tau)))
 
 
+def _device_accuracies(values, cal: CalTargets):
+    """(acc_f, acc_r) as 0-dim float64 tensors from a batch's summed (n_f, n_r, c_f, c_r, ...) on its
+    device, the same arithmetic as ``train.mcu.accuracies`` (n_f > 0: the caller knows it)."""
+    import torch
+
+    n_f, n_r, c_f, c_r = values[0], values[1], values[2], values[3]
+    acc_r = torch.where(n_r > 0, 100.0 * c_r / n_r.clamp_min(1.0), torch.full_like(n_r, cal.cal_r))
+    return 100.0 * c_f / n_f, acc_r
+
+
+def _device_gaps(acc_f, acc_r, cal: CalTargets):
+    import torch
+
+    rel_f = torch.full_like(acc_f, math.inf) if cal.cal_f == 0 else (acc_f - cal.cal_f) / cal.cal_f
+    rel_r = (acc_r - cal.cal_r) / cal.cal_r if cal.cal_r else torch.zeros_like(acc_r)
+    return rel_f, rel_r
+
+
+def _device_step(values, cal: CalTargets, p: MCUConfig, absolute: bool):
+    import torch
+
+    acc_f, acc_r = _device_accuracies(values, cal)
+    rel_f, rel_r = _device_gaps(acc_f, acc_r, cal)
+    if absolute:
+        rel_f, rel_r = rel_f.abs(), rel_r.abs()
+    zero, low, high = (torch.full_like(acc_f, v) for v in (0.0, p.beta_low, p.beta_high))
+    return torch.where(acc_f <= cal.cal_f, zero, torch.where(rel_f < rel_r, low, high))
+
+
+# β from the batch's summed statistics *on their device*, without reading them back to the host:
+# the same value as the host rule (bitwise: the same float64 operations; tests/test_beta.py), so a
+# single-process curve step need not wait for the device. ``fixed`` gives its plain float. The
+# smooth rule is absent: its exp on the device may differ from the host's in the last bit.
+DEVICE_RULES: dict[str, Callable] = {
+    "fixed": lambda values, cal, p: p.beta,
+    "adaptive_step": lambda values, cal, p: _device_step(values, cal, p, absolute=False),
+    "adaptive_abs": lambda values, cal, p: _device_step(values, cal, p, absolute=True),
+}
+
+
 def beta_shares(betas: list[float], schedule: str, p: MCUConfig) -> dict[str, float]:
     """The β actually used on a path: the share of steps at each of the schedule's levels, and the mean.
 

@@ -21,7 +21,7 @@ from torch import nn
 from mcu_dist.config import MCUConfig
 from mcu_dist.guard import check_finite_tensors, check_loss
 from mcu_dist.lab import Lab
-from mcu_dist.path.beta import BETA_SCHEDULES, CalTargets
+from mcu_dist.path.beta import BETA_SCHEDULES, DEVICE_RULES, CalTargets
 from mcu_dist.path.bezier import BezierCurve
 
 
@@ -85,7 +85,6 @@ class CurveState:
     attempts: list[int] = field(default_factory=list)  # start epoch of each (re)start, distributed runs
 
 
-STATIC_SCHEDULES = {"fixed"}  # schedules whose β ignores the batch's accuracies
 READBACK = 20  # steps between read-backs of a deferred step log
 
 
@@ -129,13 +128,20 @@ def checked_record(
 
 
 def read_back(pending: list, epoch: int, cal: CalTargets, max_loss: float) -> list[dict]:
-    """The deferred steps' log entries (one device read for all of them); empties ``pending``."""
+    """The deferred steps' log entries (one device read for all of them); empties ``pending``.
+
+    A step's β is a float, or a 0-dim device tensor when a device rule computed it."""
     if not pending:
         return []
     values = torch.stack([p[3] for p in pending]).tolist()
+    on_device = [i for i, p in enumerate(pending) if isinstance(p[2], torch.Tensor)]
+    betas = [p[2] for p in pending]
+    if on_device:
+        for i, b in zip(on_device, torch.stack([betas[i] for i in on_device]).tolist(), strict=True):
+            betas[i] = b
     out = [
-        checked_record(i, epoch, t, v, cal, max_loss, None, None, beta=beta)
-        for (i, t, beta, _), v in zip(pending, values, strict=True)
+        checked_record(p[0], epoch, p[1], v, cal, max_loss, None, None, beta=beta)
+        for p, v, beta in zip(pending, values, betas, strict=True)
     ]
     pending.clear()
     return out
@@ -158,7 +164,10 @@ def train_curve(
     state: CurveState | None = None,
     per_rank_t: bool = False,
     on_epoch_end: Callable[[CurveState, torch.optim.Optimizer], None] | None = None,
+    defer_log: bool = True,
 ) -> CurveState:
+    """``defer_log`` False: every step's statistics are read back before its update (the loss guard
+    acts at once), as they always are with several workers or the smooth β rule."""
     comm = comm or LocalComm()
     state = state or CurveState()
     optimizer = optimizer or make_optimizer(curve, cfg)
@@ -166,9 +175,11 @@ def train_curve(
     host_flags = torch.zeros(len(lab.bundle.train), dtype=torch.bool)
     host_flags[lab.splits.forget] = True
     flags = host_flags.to(lab.device)  # indexed on the device each step: no host copy
-    # β of a static schedule needs no statistic of the batch: with one process nothing waits for the
-    # device inside a step; the step log (and the loss guard) is read back every READBACK steps
-    deferred = comm.world_size == 1 and schedule in STATIC_SCHEDULES
+    # with one process and a β rule that runs on the device (fixed, adaptive_step, adaptive_abs) nothing
+    # waits for the device inside a step; the step log (and the loss guard) is read back every
+    # READBACK steps
+    device_rule = DEVICE_RULES.get(schedule)
+    deferred = defer_log and comm.world_size == 1 and device_rule is not None
     stream = torch.cat([lab.splits.forget, retain_sample(lab.splits.retain, cfg.retain_fraction, seed)])
     trainable = curve.trainable()
     max_loss = lab.cfg.max_loss
@@ -200,7 +211,7 @@ def train_curve(
             if deferred:
                 n_f = float(host_flags[batch.positions].sum())  # a host tensor: no device sync
                 n_r = len(batch.positions) - n_f
-                beta = rule(math.nan, math.nan, targets, cfg) if n_f else 0.0
+                beta = device_rule(local, targets, cfg) if n_f else 0.0
                 pending.append((step, t, beta, local))
             else:
                 values = comm.all_reduce_sum(local).tolist()
@@ -210,6 +221,8 @@ def train_curve(
             loss_r = (ce * r).sum() / max(n_r, 1.0)
             loss_f = (ce * f).sum() / max(n_f, 1.0)
             optimizer.zero_grad(set_to_none=True)
+            if isinstance(beta, torch.Tensor):  # as a float would be: cast to the loss's dtype
+                beta = beta.to(loss_f.dtype)
             (loss_r - beta * loss_f).backward()
             if comm.world_size > 1:
                 for p in trainable:
