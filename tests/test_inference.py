@@ -106,3 +106,37 @@ def test_bench_times_whole_batches_against_pieces_on_equal_outputs(digits_lab, d
     ]
     assert rows[1]["speedup"] > 0 and rows[1]["max_metric_gap"] == 0.0
     assert digits_lab.cfg.accel.cpu_forward_batch == 128  # restored after the whole-batch timing
+
+
+class _SharedConv(nn.Module):
+    """One convolution called twice, each call followed by its own BatchNorm."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 3, padding=1)
+        self.bn1, self.bn2 = nn.BatchNorm2d(3), nn.BatchNorm2d(3)
+        self.head = nn.Linear(3, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.bn1(self.conv(x)))
+        x = torch.relu(self.bn2(self.conv(x)))
+        return self.head(x.mean((2, 3)))
+
+
+def test_a_shared_convolution_is_not_folded_into_one_of_its_batchnorms(digits_lab):
+    torch.manual_seed(0)
+    model = _SharedConv()
+    with torch.no_grad():
+        for bn in (model.bn1, model.bn2):
+            bn.running_mean.normal_()
+            bn.running_var.uniform_(0.5, 2.0)
+    x = torch.randn(16, 3, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(eval_copy(model, digits_lab)(x), model.eval()(x), rtol=1e-5, atol=1e-5)
+
+
+def test_forward_pieces_leave_batch_statistics_models_whole():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4, track_running_stats=False)).eval()
+    x = torch.randn(9, 3, 6, 6)
+    with torch.no_grad():  # pieces of 4 would normalise each piece by its own statistics
+        assert torch.equal(forward_in_pieces(model, x, 4), model(x))

@@ -208,3 +208,21 @@ def test_control_point_gradients_are_bitwise_those_of_one_plain_chain(order):
     assert len(fast) == len(plain) == (order - 1) * len(names[::3])
     for f, g in zip(fast, plain, strict=True):
         assert torch.equal(f, g)
+
+
+def test_the_curve_follows_tensors_and_modules_replaced_under_it():
+    a, b = _pair(name="resnet8")
+    x = torch.randn(4, 3, 16, 16)
+    curve = BezierCurve(copy.deepcopy(a), params_of(a), params_of(b), 2)
+    curve.base.eval()
+    curve(x, 0.5)  # builds the caches
+    moved = {k: v + 0.1 for k, v in curve.state_dict().items()}
+    curve.load_state_dict(moved, assign=True)  # new tensor objects in every slot
+    fresh = BezierCurve(copy.deepcopy(a), params_of(a), params_of(b), 2)
+    fresh.load_state_dict(moved)
+    fresh.base.eval()
+    with torch.no_grad():
+        assert torch.equal(curve(x, 0.3), fresh(x, 0.3))
+        curve.base = copy.deepcopy(curve.base)  # new modules: the parameter slots are found again
+        assert torch.equal(curve(x, 0.3), fresh(x, 0.3))
+    assert all(isinstance(p, nn.Parameter) for p in curve.base.parameters())

@@ -9,6 +9,7 @@ needs only the layout change is copied first.
 from __future__ import annotations
 
 import copy
+from collections import Counter
 
 import torch
 from torch import nn
@@ -16,6 +17,8 @@ from torch import nn
 from mcu_dist.accel import has_conv
 from mcu_dist.lab import Lab
 from mcu_dist.path.bezier import has_batchnorm
+
+_FOLDED = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, nn.modules.batchnorm._BatchNorm)  # what fuse rewrites
 
 
 def in_eval_layout(model: nn.Module, lab: Lab) -> nn.Module:
@@ -29,12 +32,22 @@ def folded(model: nn.Module) -> nn.Module:
     """The eval-mode model with each BatchNorm folded into the convolution before it (one pass less).
 
     Exact up to float rounding: BN at fixed statistics is an affine map per channel. A model that
-    torch.fx cannot trace (some user architectures) is returned as it is.
+    torch.fx cannot trace (some user architectures), or that calls one module in several places, is
+    returned as it is.
     """
+    from torch.fx import symbolic_trace
     from torch.fx.experimental.optimization import fuse
 
     try:
-        return fuse(model.eval())
+        modules = dict(model.named_modules())
+        calls = Counter(
+            n.target
+            for n in symbolic_trace(model.eval()).graph.nodes
+            if n.op == "call_module" and isinstance(modules[n.target], _FOLDED)
+        )
+        if any(count > 1 for count in calls.values()):  # fuse would give every call of a shared conv
+            return model  # the weights folded for one of its calls: keep the plain model
+        return fuse(model)
     except Exception:  # fx tracing fails on data-dependent control flow: keep the plain model
         return model
 

@@ -31,13 +31,21 @@ class Outputs:
         return 100.0 * self.correct.float().mean().item() if len(self.correct) else float("nan")
 
 
+def batch_dependent(model: nn.Module) -> bool:
+    """Whether an eval-mode output depends on the rest of the batch (BatchNorm without running stats)."""
+    return any(
+        isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is None for m in model.modules()
+    )
+
+
 def forward_in_pieces(model: nn.Module, x: torch.Tensor, piece: int = 0) -> torch.Tensor:
     """``model(x)`` of an eval-mode model, run ``piece`` samples at a time (0: all at once).
 
-    Per sample the same result up to rounding (eval mode: no sample sees another). On a CPU the
+    Per sample the same result up to rounding (eval mode: no sample sees another; a model where one
+    does, BatchNorm without running statistics, runs whole batches). On a CPU the
     activations of a small piece stay in cache: the small CNN infers 1.6x faster at 128 than at 512.
     """
-    if piece <= 0 or len(x) <= piece:
+    if piece <= 0 or len(x) <= piece or batch_dependent(model):
         return model(x)
     return torch.cat([model(x[i : i + piece]) for i in range(0, len(x), piece)])
 

@@ -30,6 +30,7 @@ class _PointLists:
     frozen: list[int]
     moving_points: list[list[torch.Tensor]]  # [j][k]: control point j's k-th selected tensor
     frozen_points: list[list[torch.Tensor]]
+    first: list[torch.Tensor]  # [j]: control point j's first tensor, to notice a replacement
 
 
 def bernstein(n: int, t: float | torch.Tensor) -> list:
@@ -126,7 +127,10 @@ class BezierCurve(nn.Module):
     def _lists(self) -> _PointLists:
         """The control points' tensors as lists, split into moving (selected) and frozen; built once and
         rebuilt after ``.to()`` / ``.cuda()`` (``_apply``), which may replace the tensors."""
-        if self._point_lists is None:
+        lists = self._point_lists
+        if lists is None or any(  # a point's tensors replaced under the curve (e.g. a child's .to())
+            lists.first[j] is not getattr(self.points[j], _slot(self.names[0])) for j in range(self.order + 1)
+        ):
             moving = [i for i, n in enumerate(self.names) if n in self.selected]
             frozen = [i for i, n in enumerate(self.names) if n not in self.selected]
             points = [self._points(j) for j in range(self.order + 1)]
@@ -135,15 +139,29 @@ class BezierCurve(nn.Module):
                 frozen,
                 [[p[i] for i in moving] for p in points],
                 [[p[i] for i in frozen] for p in points],
+                [p[0] for p in points],
             )
         return self._point_lists
 
     def _points(self, j: int) -> list[torch.Tensor]:
         return [getattr(self.points[j], _slot(n)) for n in self.names]
 
+    # the caches hold tensors and modules: anything that may replace them drops the caches
+    def _drop_caches(self) -> None:
+        self.__dict__["_point_lists"] = self.__dict__["_param_slots"] = None
+
     def _apply(self, fn, *args, **kwargs):
-        self._point_lists = self._param_slots = None
+        self._drop_caches()
         return super()._apply(fn, *args, **kwargs)
+
+    def load_state_dict(self, *args, **kwargs):  # assign=True replaces the tensors
+        self._drop_caches()
+        return super().load_state_dict(*args, **kwargs)
+
+    def __setattr__(self, name, value):  # e.g. ``curve.base = convert_sync_batchnorm(curve.base)``
+        if name in ("base", "points"):
+            self._drop_caches()
+        super().__setattr__(name, value)
 
     def forward(self, x: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:
         """The base network run on θ(t): each parameter slot of the base holds θ(t)'s tensor for the
