@@ -26,9 +26,8 @@ import torch
 
 from mcu_dist.baselines import BASELINES
 from mcu_dist.config import ExperimentConfig, with_overrides
-from mcu_dist.evaluate.batched import evaluate_grid, predict_many, recalibrate_many
+from mcu_dist.evaluate.batched import evaluate_grid, models_at, predict_many
 from mcu_dist.evaluate.bn import bn_set_positions
-from mcu_dist.evaluate.inference import eval_copy, in_eval_layout
 from mcu_dist.evaluate.path_eval import evaluate_point
 from mcu_dist.lab import Lab
 from mcu_dist.path.bezier import curve_between
@@ -266,9 +265,7 @@ def eval_rows(lab: Lab, curve, rows: list[dict]) -> None:
 def piece_rows(lab: Lab, curve, grid: list[float], calib: torch.Tensor, rows: list[dict]) -> None:
     """The grid's D_test pass (BN re-estimated, folded models) in whole evaluation batches against
     forward pieces of ``accel.cpu_forward_batch`` samples (CPU only)."""
-    models = [in_eval_layout(curve.materialize(t), lab) for t in grid]
-    recalibrate_many(models, lab, calib, lab.cfg.eval.batch_size)
-    models = [eval_copy(m, lab) for m in models]
+    models = models_at(curve, lab, grid, calib)
     accel, piece, test = lab.cfg.accel, lab.forward_piece, lab.splits.test_eval
     timed = []
     for name, size in (("whole batches", 0), (f"pieces of {piece}", piece)):

@@ -81,6 +81,13 @@ def predict_many(
     return out
 
 
+def models_at(curve: BezierCurve, lab: Lab, ts: list[float], calib: torch.Tensor) -> list[nn.Module]:
+    """θ(t) for each t, BN re-estimated at each (one pass over the calibration batches), as evaluated."""
+    models = [in_eval_layout(curve.materialize(t), lab) for t in ts]
+    recalibrate_many(models, lab, calib, lab.cfg.eval.batch_size)
+    return [eval_copy(m, lab) for m in models]
+
+
 def chunks(grid: list[float], size: int) -> list[list[float]]:
     size = size or len(grid)
     return [grid[i : i + size] for i in range(0, len(grid), size)]
@@ -97,9 +104,7 @@ def evaluate_grid(
     with ThreadPoolExecutor(threads) as pool:
         for ts in chunks(grid, chunk):
             start = time.perf_counter()
-            models = [in_eval_layout(curve.materialize(t), lab) for t in ts]
-            recalibrate_many(models, lab, calib, cfg.batch_size)
-            models = [eval_copy(m, lab) for m in models]
+            models = models_at(curve, lab, ts, calib)
             retain = predict_many(models, lab, b.train, s.retain, cfg.batch_size)
             forget = predict_many(models, lab, b.train, s.forget, cfg.batch_size)
             test = predict_many(models, lab, b.test, s.test_eval, cfg.batch_size)

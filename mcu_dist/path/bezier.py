@@ -33,6 +33,14 @@ class _PointLists:
     first: list[torch.Tensor]  # [j]: control point j's first tensor, to notice a replacement
 
 
+def _weighted_sum(coeffs: list[float], points: list[list[torch.Tensor]]) -> list[torch.Tensor]:
+    """Σ_j coeffs[j]·points[j] tensor by tensor, in the order j = 0..n, one foreach kernel per point."""
+    ws = torch._foreach_mul(points[0], coeffs[0])
+    for j in range(1, len(points)):
+        ws = torch._foreach_add(ws, points[j], alpha=coeffs[j])
+    return ws
+
+
 def bernstein(n: int, t: float | torch.Tensor) -> list:
     return [math.comb(n, j) * t**j * (1 - t) ** (n - j) for j in range(n + 1)]
 
@@ -108,25 +116,16 @@ class BezierCurve(nn.Module):
         lists = self._lists()
         ws: list[torch.Tensor | None] = [None] * len(self.names)
         with torch.no_grad():
-            if lists.frozen:
-                part = torch._foreach_mul(lists.frozen_points[0], coeffs[0])
-                for j in range(1, self.order + 1):
-                    torch._foreach_add_(part, lists.frozen_points[j], alpha=coeffs[j])
-                for i, w in zip(lists.frozen, part, strict=True):
-                    ws[i] = w
-            if lists.moving:
-                start = torch._foreach_mul(lists.moving_points[0], coeffs[0])  # θ_o: no gradient
-        if lists.moving:
-            part = start
-            for j in range(1, self.order + 1):
-                part = torch._foreach_add(part, lists.moving_points[j], alpha=coeffs[j])
-            for i, w in zip(lists.moving, part, strict=True):
-                ws[i] = w
+            frozen = _weighted_sum(coeffs, lists.frozen_points) if lists.frozen else []
+        moving = _weighted_sum(coeffs, lists.moving_points) if lists.moving else []
+        for i, w in [*zip(lists.frozen, frozen, strict=True), *zip(lists.moving, moving, strict=True)]:
+            ws[i] = w
         return dict(zip(self.names, ws, strict=True))
 
     def _lists(self) -> _PointLists:
         """The control points' tensors as lists, split into moving (selected) and frozen; built once and
-        rebuilt after ``.to()`` / ``.cuda()`` (``_apply``), which may replace the tensors."""
+        rebuilt when the tensors are replaced (``.to()`` through ``_apply``; ``load_state_dict(assign=True)``
+        or a child's ``.to()``, seen by the first tensor of each point)."""
         lists = self._point_lists
         if lists is None or any(  # a point's tensors replaced under the curve (e.g. a child's .to())
             lists.first[j] is not getattr(self.points[j], _slot(self.names[0])) for j in range(self.order + 1)
@@ -153,10 +152,6 @@ class BezierCurve(nn.Module):
     def _apply(self, fn, *args, **kwargs):
         self._drop_caches()
         return super()._apply(fn, *args, **kwargs)
-
-    def load_state_dict(self, *args, **kwargs):  # assign=True replaces the tensors
-        self._drop_caches()
-        return super().load_state_dict(*args, **kwargs)
 
     def __setattr__(self, name, value):  # e.g. ``curve.base = convert_sync_batchnorm(curve.base)``
         if name in ("base", "points"):
